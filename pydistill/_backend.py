@@ -1,0 +1,112 @@
+"""Which compiled backends this install has, and the backend choice per call.
+
+Backends: ``"reference"`` (plain PyTorch, runs anywhere), ``"cpp"`` (pydistill._C CPU kernels),
+``"cuda"`` (pydistill._C CUDA kernels), ``"triton"`` (kernels/ Triton kernels; on the CPU only under
+``TRITON_INTERPRET=1``). ``"auto"`` picks the fastest available for the tensors' device.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+
+import torch
+
+BACKENDS = ("auto", "reference", "cpp", "cuda", "triton")
+
+_C_ERROR: str | None = None
+try:
+    from pydistill import _C  # noqa: F401  (registers torch.ops.pydistill.*)
+except ImportError as exc:  # pragma: no cover - depends on the install
+    _C = None
+    _C_ERROR = str(exc)
+
+
+def has_compiled() -> bool:
+    """True when the compiled extension ``pydistill._C`` is importable."""
+    return _C is not None
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_with_cuda() -> bool:
+    return has_compiled() and bool(torch.ops.pydistill.compiled_with_cuda())
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def backends() -> dict[str, bool]:
+    """Which backends can run here: ``{"reference", "cpp", "cuda", "triton"} -> bool``."""
+    cuda_ok = torch.cuda.is_available()
+    return {
+        "reference": True,
+        "cpp": has_compiled(),
+        "cuda": compiled_with_cuda() and cuda_ok,
+        "triton": has_triton() and (cuda_ok or triton_interpret()),
+    }
+
+
+def require_compiled(what: str) -> None:
+    """Raise a clear error when the compiled part is missing."""
+    if not has_compiled():
+        raise RuntimeError(
+            f"{what} needs the compiled extension pydistill._C, which failed to import ({_C_ERROR}). "
+            "Reinstall with `pip install --no-build-isolation -e .` (CUDA_HOME=/usr/local/cuda for the CUDA "
+            "kernels), or pass backend='reference'."
+        )
+
+
+def resolve(backend: str, device: torch.device, *, available: tuple[str, ...], arg: str = "backend") -> str:
+    """Turn ``backend`` (possibly ``"auto"``) into a concrete backend an op can run on ``device``.
+
+    ``available`` lists the backends the op implements, in order of preference for "auto".
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"{arg} must be one of {BACKENDS}, got {backend!r}")
+    env = os.environ.get("PYDISTILL_BACKEND")
+    if backend == "auto" and env:
+        backend = env
+    have = backends()
+    if backend == "auto":
+        for cand in available:
+            if cand == "reference":
+                return cand
+            if not have.get(cand, False):
+                continue
+            if cand == "cpp" and device.type == "cpu":
+                return cand
+            if cand in ("cuda", "triton") and device.type == "cuda":
+                return cand
+        return "reference"
+    if backend not in available:
+        raise ValueError(f"{arg}={backend!r} is not implemented for this op; choose from {available}")
+    if backend == "cpp":
+        require_compiled("backend='cpp'")
+        if device.type != "cpu":
+            raise ValueError(f"{arg}='cpp' runs on CPU tensors, got tensors on {device}")
+    elif backend == "cuda":
+        if not compiled_with_cuda():
+            require_compiled("backend='cuda'")
+            raise RuntimeError("backend='cuda': pydistill._C was built without CUDA (FORCE_ONLY_CPU or no nvcc)")
+        if device.type != "cuda":
+            raise ValueError(f"{arg}='cuda' needs CUDA tensors, got tensors on {device}")
+    elif backend == "triton":
+        if not has_triton():
+            raise RuntimeError("backend='triton': triton is not installed")
+        if device.type == "cpu" and not triton_interpret():
+            raise ValueError(f"{arg}='triton' on CPU tensors needs TRITON_INTERPRET=1 set before import")
+    return backend
+
+
+if _C is None and os.environ.get("PYDISTILL_QUIET") != "1":  # pragma: no cover
+    warnings.warn(f"pydistill._C not found ({_C_ERROR}); using the PyTorch reference ops only", stacklevel=2)
