@@ -1,0 +1,163 @@
+"""Triton kernels of ``trajectory_loss`` (MTT's normalized parameter-matching loss) and their launchers.
+
+Forward = one launch over the whole tensor list plus one tiny finishing launch:
+  stage 1 (``_fwd_partial_kernel``): the list is cut into chunks described by a pointer table
+  (int64 rows ``[student_addr, start_addr, target_addr, length]``); program ``p`` walks chunks
+  ``p, p + G, ...`` and writes its two partial sums ``sum (s-t)^2`` and ``sum (a-t)^2`` (fp32, fp64 for
+  fp64) to its own slot -- no atomics;
+  stage 2 (``_fwd_finish_kernel``): one program adds the ``G`` partial pairs (fixed order) and writes
+  ``loss = num / den`` (input dtype) and ``den`` (accumulation dtype).
+Backward (``_bwd_kernel``), one launch: ``out = grad * 2 * (s - t) / den`` with ``grad`` and ``den`` read
+from device memory (no host synchronisation).
+
+The table is built from the tensors' addresses on the host and copied with one asynchronous pinned
+host-to-device copy; this is why the launchers are registered as opaque custom ops rather than as
+``triton_op`` (whose tracing would see fake tensors without addresses).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRET_BLOCK = 1024
+_GPU_BLOCK = 2048
+_MAX_CHUNK = 1 << 16
+
+
+@triton.jit
+def _fwd_partial_kernel(table_ptr, n_chunks, ref_ptr, partial_ptr, BLOCK: tl.constexpr, ACC_FP64: tl.constexpr,
+                        ALIGNED: tl.constexpr):
+    pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    acc_t = tl.float64 if ACC_FP64 else tl.float32
+    elem_ptr_t = tl.pointer_type(ref_ptr.dtype.element_ty)
+    num = tl.zeros([BLOCK], dtype=acc_t)
+    den = tl.zeros([BLOCK], dtype=acc_t)
+    for c in range(pid, n_chunks, n_prog):
+        row = table_ptr + 4 * c
+        s_ptr = tl.load(row).to(elem_ptr_t)
+        a_ptr = tl.load(row + 1).to(elem_ptr_t)
+        t_ptr = tl.load(row + 2).to(elem_ptr_t)
+        n = tl.load(row + 3)
+        if ALIGNED:
+            s_ptr = tl.multiple_of(s_ptr, 16)
+            a_ptr = tl.multiple_of(a_ptr, 16)
+            t_ptr = tl.multiple_of(t_ptr, 16)
+        for start in range(0, n, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < n
+            xt = tl.load(t_ptr + offs, mask=mask, other=0).to(acc_t)
+            ds = tl.load(s_ptr + offs, mask=mask, other=0).to(acc_t) - xt
+            da = tl.load(a_ptr + offs, mask=mask, other=0).to(acc_t) - xt
+            num += ds * ds
+            den += da * da
+    tl.store(partial_ptr + 2 * pid, tl.sum(num, axis=0))
+    tl.store(partial_ptr + 2 * pid + 1, tl.sum(den, axis=0))
+
+
+@triton.jit
+def _fwd_finish_kernel(partial_ptr, n_partial, loss_ptr, den_ptr, BLOCK_P: tl.constexpr):
+    offs = tl.arange(0, BLOCK_P)
+    mask = offs < n_partial
+    num = tl.sum(tl.load(partial_ptr + 2 * offs, mask=mask, other=0), axis=0)
+    den = tl.sum(tl.load(partial_ptr + 2 * offs + 1, mask=mask, other=0), axis=0)
+    tl.store(loss_ptr, (num / den).to(loss_ptr.dtype.element_ty))
+    tl.store(den_ptr, den)
+
+
+@triton.jit
+def _bwd_kernel(table_ptr, n_chunks, ref_ptr, grad_ptr, den_ptr, BLOCK: tl.constexpr, ACC_FP64: tl.constexpr,
+                ALIGNED: tl.constexpr):
+    pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    acc_t = tl.float64 if ACC_FP64 else tl.float32
+    elem_t = ref_ptr.dtype.element_ty
+    elem_ptr_t = tl.pointer_type(elem_t)
+    scale = 2.0 * tl.load(grad_ptr).to(acc_t) / tl.load(den_ptr).to(acc_t)
+    for c in range(pid, n_chunks, n_prog):
+        row = table_ptr + 4 * c
+        s_ptr = tl.load(row).to(elem_ptr_t)
+        t_ptr = tl.load(row + 1).to(elem_ptr_t)
+        o_ptr = tl.load(row + 2).to(elem_ptr_t)
+        n = tl.load(row + 3)
+        if ALIGNED:
+            s_ptr = tl.multiple_of(s_ptr, 16)
+            t_ptr = tl.multiple_of(t_ptr, 16)
+            o_ptr = tl.multiple_of(o_ptr, 16)
+        for start in range(0, n, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < n
+            xs = tl.load(s_ptr + offs, mask=mask, other=0).to(acc_t)
+            xt = tl.load(t_ptr + offs, mask=mask, other=0).to(acc_t)
+            tl.store(o_ptr + offs, (scale * (xs - xt)).to(elem_t), mask=mask)
+
+
+def _config(total: int, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK, chunk length, max programs) for ``total`` elements on ``device``."""
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        block, max_prog = _GPU_BLOCK, 4 * sms
+    else:  # interpreter
+        block, max_prog = _INTERPRET_BLOCK, 4
+    want = max(1, -(-total // max_prog))
+    chunk = min(_MAX_CHUNK, max(block, triton.next_power_of_2(want)))
+    return block, chunk, max_prog
+
+
+def _table(columns: list[list[torch.Tensor]], lengths: list[int], chunk: int, device: torch.device):
+    """int64 table ``[addr_0, ..., addr_k, length]`` per chunk; returns (table, n_chunks, all 16-byte aligned)."""
+    rows, aligned = [], True
+    esize = columns[0][0].element_size()
+    for i, n in enumerate(lengths):
+        bases = [col[i].data_ptr() for col in columns]
+        for off in range(0, n, chunk):
+            addrs = [b + off * esize for b in bases]
+            aligned = aligned and all(a % 16 == 0 for a in addrs)
+            rows.append(addrs + [min(chunk, n - off)])
+    if not rows:
+        rows = [[0] * len(columns) + [0]]
+    if device.type == "cuda":
+        host = torch.tensor(rows, dtype=torch.int64, pin_memory=True)
+        return host.to(device, non_blocking=True), len(rows), aligned
+    return torch.tensor(rows, dtype=torch.int64), len(rows), aligned
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def fwd(student: list[torch.Tensor], start: list[torch.Tensor], target: list[torch.Tensor]):
+    """Forward launcher: returns ``(loss, den)``, 0-dim, in the input dtype / the accumulation dtype."""
+    s = [x.contiguous() for x in student]
+    a = [x.contiguous() for x in start]
+    t = [x.contiguous() for x in target]
+    device, dtype = s[0].device, s[0].dtype
+    lengths = [x.numel() for x in s]
+    block, chunk, max_prog = _config(sum(lengths), device)
+    table, n_chunks, aligned = _table([s, a, t], lengths, chunk, device)
+    grid = max(1, min(n_chunks, max_prog))
+    acc = _acc_dtype(dtype)
+    partial = torch.empty((grid, 2), dtype=acc, device=device)
+    loss = torch.empty((), dtype=dtype, device=device)
+    den = torch.empty((), dtype=acc, device=device)
+    _fwd_partial_kernel[(grid,)](table, n_chunks, s[0], partial, BLOCK=block, ACC_FP64=acc == torch.float64,
+                                 ALIGNED=aligned)
+    _fwd_finish_kernel[(1,)](partial, grid, loss, den, BLOCK_P=max(16, triton.next_power_of_2(grid)))
+    return loss, den
+
+
+def bwd(grad: torch.Tensor, student: list[torch.Tensor], target: list[torch.Tensor], den: torch.Tensor):
+    """Backward launcher: ``[grad * 2 * (s_i - t_i) / den]``, contiguous, shapes of ``student``."""
+    s = [x.contiguous() for x in student]
+    t = [x.contiguous() for x in target]
+    device, dtype = s[0].device, s[0].dtype
+    out = [torch.empty(x.shape, dtype=dtype, device=device) for x in s]
+    lengths = [x.numel() for x in s]
+    block, chunk, max_prog = _config(sum(lengths), device)
+    table, n_chunks, aligned = _table([s, t, out], lengths, chunk, device)
+    grid = max(1, min(n_chunks, 2 * max_prog))
+    g = grad.reshape(()).to(dtype).contiguous()
+    _bwd_kernel[(grid,)](table, n_chunks, s[0], g, den.contiguous(), BLOCK=block,
+                         ACC_FP64=_acc_dtype(dtype) == torch.float64, ALIGNED=aligned)
+    return out

@@ -1,0 +1,98 @@
+"""The interface every distillation method implements (DD, DC/DSA, DM, MTT, SSD-KD, MGD3, random subset).
+
+A method owns its synthetic set and optimizers. ``step(it)`` runs one outer iteration and returns logged
+scalars; ``state_dict()``/``load_state_dict()`` capture everything needed to resume bit-exactly, including
+``self.generator`` (a ``torch.Generator`` on the method's device from which all randomness must be drawn).
+Each method module defines a dataclass ``Config`` holding its paper defaults, with a classmethod
+``Config.for_dataset(name, ipc)`` for dataset/IPC-dependent defaults; the CLI overrides its fields.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any
+
+import torch
+
+__all__ = ["Method", "default_config"]
+
+
+def default_config(config_cls, dataset_name: str, ipc: int):
+    """``config_cls.for_dataset(dataset_name, ipc)`` when defined, else ``config_cls()``."""
+    if config_cls is None:
+        return None
+    factory = getattr(config_cls, "for_dataset", None)
+    if callable(factory):
+        return factory(dataset_name, ipc)
+    return config_cls()
+
+
+class Method(abc.ABC):
+    """Abstract distillation method.
+
+    Attributes set here: ``dataset`` (moved to ``device``), ``ipc``, ``config`` (a ``Config`` instance; None ->
+    ``Config.for_dataset(dataset.name, ipc)``; a dict -> ``Config(**dict)``), ``device``, ``seed`` and
+    ``generator`` (seeded with ``seed``).
+    """
+
+    name: str = "method"
+    Config: Any = None  # the method's dataclass of hyperparameters
+
+    def __init__(self, dataset, ipc: int, *, config=None, device="cpu", seed: int = 0):
+        if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+            raise ValueError(f"ipc must be a positive int (images per class), got {ipc!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        self.device = torch.device(device)
+        self.dataset = dataset.to(self.device)
+        self.ipc = int(ipc)
+        self.seed = int(seed)
+        if config is None:
+            config = default_config(self.Config, dataset.name, self.ipc)
+        elif isinstance(config, dict) and self.Config is not None:
+            config = self.Config(**config)
+        elif self.Config is not None and dataclasses.is_dataclass(self.Config) and not isinstance(config, self.Config):
+            raise TypeError(f"config must be a {self.Config.__module__}.{self.Config.__qualname__}, a dict or None, "
+                            f"got {type(config).__name__}")
+        self.config = config
+        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+
+    @property
+    @abc.abstractmethod
+    def num_iterations(self) -> int:
+        """Number of outer iterations (``step`` is called with it = 0 .. num_iterations - 1)."""
+
+    @abc.abstractmethod
+    def step(self, it: int) -> dict[str, float]:
+        """Run outer iteration ``it``; return scalars to log (e.g. ``{"loss": 0.3}``)."""
+
+    @abc.abstractmethod
+    def synthetic_set(self):
+        """The current distilled set (a ``pydistill.synthetic.SyntheticSet``; tensors detached)."""
+
+    def state_dict(self) -> dict:
+        """Everything to resume exactly; subclasses extend ``super().state_dict()``."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; subclasses call ``super().load_state_dict(state)``."""
+        if "generator" not in state:
+            raise KeyError("method state lacks 'generator' (was it written by Method.state_dict?)")
+        self.generator.set_state(state["generator"].cpu())
+
+    def config_dict(self) -> dict:
+        """The config as a plain dict (for logs, metrics.json and resume checks)."""
+        from pydistill.utils import to_jsonable
+
+        cfg = self.config
+        if cfg is None:
+            return {}
+        if dataclasses.is_dataclass(cfg):
+            return to_jsonable(cfg)
+        if isinstance(cfg, dict):
+            return to_jsonable(cfg)
+        return {"repr": repr(cfg)}
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(dataset={self.dataset.name!r}, ipc={self.ipc}, device={self.device}, "
+                f"seed={self.seed})")

@@ -1,0 +1,110 @@
+"""DM: dataset condensation by distribution matching (Zhao & Bilen, WACV 2023).
+
+Notation (paper): psi_theta the embedding (network output before the classifier) of a freshly initialised
+network theta ~ P_theta drawn every iteration, A_w the siamese DSA augmentation. One iteration:
+
+    theta <- fresh random initialisation (not trained)
+    L = sum_c || mean_{x in T_c} psi_theta(A_w(x)) - mean_{s in S_c} psi_theta(A_w(s)) ||_2^2
+    S <- SGD_momentum(S, dL/dS)                                   # lr_img 1.0, momentum 0.5
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from pydistill.methods.base import Method
+from pydistill.methods.dc import class_labels, fresh_network, init_synthetic_images
+
+__all__ = ["Config", "DM"]
+
+
+@dataclass
+class Config:
+    """DM defaults as published (20,000 iterations); ``for_dataset("digits")`` shrinks the budget."""
+
+    model: str = "ConvNet"
+    model_kwargs: dict = field(default_factory=dict)
+    iterations: int = 20000
+    lr_img: float = 1.0
+    momentum_img: float = 0.5
+    batch_real: int = 256  # real images per class per iteration
+    init: str = "real"
+    dsa: bool = True
+    dsa_strategy: str | None = None  # None: data.dsa_strategy_for(dataset)
+
+    @classmethod
+    def for_dataset(cls, name: str, ipc: int | None = None) -> "Config":
+        cfg = cls()
+        if name.lower() == "digits":
+            cfg.iterations = 300
+            cfg.batch_real = 64
+        return cfg
+
+
+class DM(Method):
+    """Distribution matching; ``step(it)`` is one iteration on one freshly initialised network."""
+
+    Config = Config
+    name = "dm"
+
+    def __init__(self, dataset, ipc, *, config=None, device="cpu", seed=0):
+        super().__init__(dataset, ipc, config=config, device=device, seed=seed)
+        cfg = self.config
+        if int(cfg.iterations) < 1 or int(cfg.batch_real) < 1:
+            raise ValueError(f"config.iterations and config.batch_real must be >= 1, got {cfg.iterations}, "
+                             f"{cfg.batch_real}")
+        if not float(cfg.lr_img) > 0:
+            raise ValueError(f"config.lr_img must be > 0, got {cfg.lr_img}")
+        if cfg.dsa:
+            from pydistill.data import dsa_strategy_for
+
+            self.strategy = cfg.dsa_strategy or dsa_strategy_for(self.dataset.name)
+        self.labels = class_labels(self.dataset.num_classes, self.ipc, self.device)
+        self.images = init_synthetic_images(self, cfg.init).requires_grad_(True)
+        self.opt_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum_img)
+
+    @property
+    def num_iterations(self) -> int:
+        return int(self.config.iterations)
+
+    def step(self, it: int) -> dict[str, float]:
+        from pydistill.ops import diff_augment
+
+        cfg, ds = self.config, self.dataset
+        net = fresh_network(self, cfg)  # theta ~ P_theta
+        net.train()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        self.opt_img.zero_grad(set_to_none=True)
+        total = 0.0
+        for c in range(ds.num_classes):
+            x_real = ds.sample_real(c, cfg.batch_real, self.generator).to(self.device)  # T_c
+            x_syn = self.images[c * self.ipc: (c + 1) * self.ipc]  # S_c
+            if cfg.dsa:  # siamese: one draw w for both sides
+                x_real, w = diff_augment(x_real, self.strategy, generator=self.generator, return_params=True)
+                x_syn = diff_augment(x_syn, self.strategy, params=w)
+            with torch.no_grad():
+                mu_real = net.embed(x_real).mean(0)
+            mu_syn = net.embed(x_syn).mean(0)
+            loss_c = (mu_real - mu_syn).pow(2).sum()
+            loss_c.backward()  # sum over classes, one graph alive at a time
+            total += float(loss_c.detach())
+        self.opt_img.step()
+        return {"loss": total / ds.num_classes}
+
+    def synthetic_set(self):
+        from pydistill.synthetic import SyntheticSet
+
+        return SyntheticSet(self.images.detach().clone(), self.labels.clone(), None,
+                            {"method": self.name, "ipc": self.ipc, "model": self.config.model,
+                             "dsa": bool(self.config.dsa)})
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "images": self.images.detach().clone(), "opt_img": self.opt_img.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        with torch.no_grad():
+            self.images.copy_(state["images"].to(self.device))
+        self.opt_img.load_state_dict(state["opt_img"])

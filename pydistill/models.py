@@ -1,0 +1,290 @@
+"""Networks used to distill and to evaluate: the DC ConvNet family, MLP, LeNet, AlexNet, VGG11, ResNets.
+
+Every network maps images [N, C, H, W] to logits [N, num_classes] and has ``.embed(x)`` (the features that
+enter the last linear layer, [N, F]) and ``.classifier`` (that last ``nn.Linear``). Architectures follow the
+DC/DSA/DM code base; for tiny inputs (e.g. 8x8 digits) pooling stages that would shrink a feature map below
+1x1 are skipped instead of failing.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["get_network", "NETWORKS", "ConvNet", "MLP", "LeNet", "AlexNet", "VGG", "ResNet", "num_parameters"]
+
+NETWORKS = ("ConvNet", "ConvNetD1", "ConvNetD2", "ConvNetD3", "ConvNetD4", "ConvNetD5", "ConvNetW32", "ConvNetW64",
+            "ConvNetW128", "ConvNetW256", "ConvNetBN", "ConvNetNoNorm", "ConvNetLN", "ConvNetGN", "ConvNetMP",
+            "MLP", "LeNet", "AlexNet", "VGG11", "VGG11BN", "ResNet18", "ResNet18BN", "ResNet34", "ResNet34BN")
+NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
+ACTS = ("relu", "sigmoid", "leakyrelu", "gelu")
+POOLS = ("avgpool", "maxpool", "none")
+
+
+def num_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def _norm(kind: str, c: int, hw: tuple[int, int]) -> nn.Module:
+    if kind == "instancenorm":
+        return nn.GroupNorm(c, c, affine=True)
+    if kind == "batchnorm":
+        return nn.BatchNorm2d(c)
+    if kind == "layernorm":
+        return nn.LayerNorm([c, hw[0], hw[1]], elementwise_affine=True)
+    if kind == "groupnorm":
+        return nn.GroupNorm(4 if c % 4 == 0 else 1, c, affine=True)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
+def _act(kind: str) -> nn.Module:
+    table = {"relu": lambda: nn.ReLU(inplace=True), "sigmoid": nn.Sigmoid,
+             "leakyrelu": lambda: nn.LeakyReLU(0.01), "gelu": nn.GELU}
+    if kind not in table:
+        raise ValueError(f"act must be one of {ACTS}, got {kind!r}")
+    return table[kind]()
+
+
+class _Net(nn.Module):
+    """Base: ``forward(x) = classifier(embed(x))``."""
+
+    classifier: nn.Linear
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class ConvNet(_Net):
+    """DC ConvNet: ``depth`` x [conv3x3(width, bias), norm, act, pool 2x2], flatten, Linear.
+
+    28x28 inputs get padding 3 on the first conv (so they run at 32x32, as in the original).
+    """
+
+    def __init__(self, channel, num_classes, im_size, *, width=128, depth=3, norm="instancenorm", act="relu",
+                 pool="avgpool"):
+        super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        h, w = im_size
+        layers: list[nn.Module] = []
+        c_in = channel
+        for d in range(depth):
+            pad = 3 if (d == 0 and (h, w) == (28, 28)) else 1
+            layers.append(nn.Conv2d(c_in, width, 3, padding=pad))
+            h, w = h + 2 * pad - 2, w + 2 * pad - 2
+            layers += [_norm(norm, width, (h, w)), _act(act)]
+            if pool != "none" and h >= 2 and w >= 2:
+                layers.append(nn.AvgPool2d(2, 2) if pool == "avgpool" else nn.MaxPool2d(2, 2))
+                h, w = h // 2, w // 2
+            c_in = width
+        self.features = nn.Sequential(*layers)
+        self.feat_shape = (width, h, w)
+        self.classifier = nn.Linear(width * h * w, num_classes)
+
+    def embed(self, x):
+        return self.features(x).flatten(1)
+
+
+class MLP(_Net):
+    """Flatten, Linear(128), ReLU, Linear(128), ReLU, Linear(num_classes) (DC's MLP)."""
+
+    def __init__(self, channel, num_classes, im_size, *, width=128, act="relu"):
+        super().__init__()
+        d = channel * im_size[0] * im_size[1]
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(d, width), _act(act), nn.Linear(width, width), _act(act))
+        self.classifier = nn.Linear(width, num_classes)
+
+    def embed(self, x):
+        return self.features(x)
+
+
+class LeNet(_Net):
+    """LeNet-5: conv5(6), ReLU, maxpool, conv5(16), ReLU, maxpool, 120, 84, classes (paddings adapt to size)."""
+
+    def __init__(self, channel, num_classes, im_size, *, act="relu"):
+        super().__init__()
+        h, w = im_size
+        p1 = 2 if min(h, w) < 32 else 0
+        h, w = h + 2 * p1 - 4, w + 2 * p1 - 4
+        layers = [nn.Conv2d(channel, 6, 5, padding=p1), _act(act)]
+        if min(h, w) >= 2:
+            layers.append(nn.MaxPool2d(2, 2))
+            h, w = h // 2, w // 2
+        p2 = 0 if min(h, w) >= 6 else 2
+        h, w = h + 2 * p2 - 4, w + 2 * p2 - 4
+        layers += [nn.Conv2d(6, 16, 5, padding=p2), _act(act)]
+        if min(h, w) >= 2:
+            layers.append(nn.MaxPool2d(2, 2))
+            h, w = h // 2, w // 2
+        if min(h, w) < 1:
+            raise ValueError(f"im_size {im_size} is too small for LeNet")
+        self.features = nn.Sequential(*layers, nn.Flatten(), nn.Linear(16 * h * w, 120), _act(act),
+                                      nn.Linear(120, 84), _act(act))
+        self.classifier = nn.Linear(84, num_classes)
+
+    def embed(self, x):
+        return self.features(x)
+
+
+class AlexNet(_Net):
+    """DC's AlexNet variant: 5 convs (128, 192, 256, 192, 192), 3 max pools, Linear."""
+
+    def __init__(self, channel, num_classes, im_size, *, act="relu"):
+        super().__init__()
+        h, w = im_size
+        p1 = 4 if channel == 1 and (h, w) == (28, 28) else 2
+        h, w = h + 2 * p1 - 4, w + 2 * p1 - 4
+        spec = [(channel, 128, 5, p1, True), (128, 192, 5, 2, True), (192, 256, 3, 1, False),
+                (256, 192, 3, 1, False), (192, 192, 3, 1, True)]
+        layers: list[nn.Module] = []
+        for i, (ci, co, k, p, pool) in enumerate(spec):
+            layers += [nn.Conv2d(ci, co, k, padding=p), _act(act)]
+            if i > 0:
+                h, w = h + 2 * p - k + 1, w + 2 * p - k + 1
+            if pool and min(h, w) >= 2:
+                layers.append(nn.MaxPool2d(2, 2))
+                h, w = h // 2, w // 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(192 * h * w, num_classes)
+
+    def embed(self, x):
+        return self.features(x).flatten(1)
+
+
+class VGG(_Net):
+    """VGG11 (DC style: GroupNorm 'instancenorm' or BatchNorm), flatten, Linear."""
+
+    CFG = {"VGG11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]}
+
+    def __init__(self, channel, num_classes, im_size, *, cfg="VGG11", norm="instancenorm", act="relu"):
+        super().__init__()
+        h, w = im_size
+        layers: list[nn.Module] = []
+        c_in = channel
+        first = True
+        for v in self.CFG[cfg]:
+            if v == "M":
+                if min(h, w) >= 2:
+                    layers.append(nn.MaxPool2d(2, 2))
+                    h, w = h // 2, w // 2
+                continue
+            pad = 3 if first and channel == 1 and (h, w) == (28, 28) else 1
+            first = False
+            layers.append(nn.Conv2d(c_in, v, 3, padding=pad))
+            h, w = h + 2 * pad - 2, w + 2 * pad - 2
+            layers += [_norm(norm, v, (h, w)), _act(act)]
+            c_in = v
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(c_in * h * w, num_classes)
+
+    def embed(self, x):
+        return self.features(x).flatten(1)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, c_in, c_out, stride, norm, hw):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = _norm(norm, c_out, hw)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = _norm(norm, c_out, hw)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), _norm(norm, c_out, hw))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet(_Net):
+    """CIFAR-style ResNet (3x3 stem, no stem pooling), blocks [2,2,2,2] (18) or [3,4,6,3] (34), global avg pool."""
+
+    def __init__(self, channel, num_classes, im_size, *, blocks=(2, 2, 2, 2), norm="instancenorm"):
+        super().__init__()
+        if norm == "layernorm":
+            raise ValueError("norm='layernorm' is not supported for ResNets; use instancenorm, batchnorm, "
+                             "groupnorm or none")
+        h, w = im_size
+        self.conv1 = nn.Conv2d(channel, 64, 3, 1, 1, bias=False)
+        self.bn1 = _norm(norm, 64, (h, w))
+        stages = []
+        c_in = 64
+        for i, (c, n) in enumerate(zip((64, 128, 256, 512), blocks)):
+            stride = 1 if i == 0 else 2
+            h, w = (h - 1) // stride + 1, (w - 1) // stride + 1
+            layer = []
+            for j in range(n):
+                layer.append(_BasicBlock(c_in, c, stride if j == 0 else 1, norm, (h, w)))
+                c_in = c
+            stages.append(nn.Sequential(*layer))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.classifier = nn.Linear(512, num_classes)
+
+    def embed(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+
+def get_network(name: str, channel: int, num_classes: int, im_size, *, width: int = 128, depth: int = 3,
+                norm: str | None = None, act: str = "relu", pool: str = "avgpool") -> nn.Module:
+    """Build a network by name (see ``NETWORKS``); parameters use PyTorch's default initialization.
+
+    ``norm=None`` means the name's default: instancenorm (ConvNet, VGG11, ResNet18), batchnorm for
+    ResNet34 and every ``*BN`` name; a name's suffix (D3, W64, BN, NoNorm, ...) overrides the keyword.
+    im_size: (H, W) or an int.
+    """
+    if isinstance(im_size, int):
+        im_size = (im_size, im_size)
+    im_size = tuple(int(v) for v in im_size)
+    if len(im_size) != 2 or min(im_size) < 1:
+        raise ValueError(f"im_size must be (H, W) with positive sizes, got {im_size}")
+    if int(channel) < 1:
+        raise ValueError(f"channel must be >= 1, got {channel}")
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if norm is not None and norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS} or None, got {norm!r}")
+    args = (int(channel), int(num_classes), im_size)
+    if name.startswith("ConvNet"):
+        suffix = name[len("ConvNet"):]
+        kw = dict(width=width, depth=depth, norm=norm or "instancenorm", act=act, pool=pool)
+        if m := re.fullmatch(r"D(\d+)", suffix):
+            kw["depth"] = int(m.group(1))
+        elif m := re.fullmatch(r"W(\d+)", suffix):
+            kw["width"] = int(m.group(1))
+        elif suffix in ("BN", "NoNorm", "LN", "GN", "IN"):
+            kw["norm"] = {"BN": "batchnorm", "NoNorm": "none", "LN": "layernorm", "GN": "groupnorm",
+                          "IN": "instancenorm"}[suffix]
+        elif suffix in ("MP", "AP", "NP"):
+            kw["pool"] = {"MP": "maxpool", "AP": "avgpool", "NP": "none"}[suffix]
+        elif suffix:
+            raise ValueError(f"unknown network {name!r}; choose from {NETWORKS}")
+        return ConvNet(*args, **kw)
+    if name == "MLP":
+        return MLP(*args, width=width, act=act)
+    if name == "LeNet":
+        return LeNet(*args, act=act)
+    if name == "AlexNet":
+        return AlexNet(*args, act=act)
+    if name in ("VGG11", "VGG11BN"):
+        return VGG(*args, cfg="VGG11", norm="batchnorm" if name.endswith("BN") else (norm or "instancenorm"), act=act)
+    if name in ("ResNet18", "ResNet18BN", "ResNet34", "ResNet34BN"):
+        blocks = (2, 2, 2, 2) if name.startswith("ResNet18") else (3, 4, 6, 3)
+        default = "batchnorm" if (name.endswith("BN") or name == "ResNet34") else "instancenorm"
+        nrm = "batchnorm" if name.endswith("BN") else (norm or default)
+        return ResNet(*args, blocks=blocks, norm=nrm)
+    raise ValueError(f"unknown network {name!r}; choose from {NETWORKS}")
