@@ -123,6 +123,11 @@ def _table(columns: list[list[torch.Tensor]], lengths: list[int], chunk: int, de
     return torch.tensor(rows, dtype=torch.int64), len(rows), aligned
 
 
+def _empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Output allocation (one place, so tests can poison what the kernels must overwrite)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -138,9 +143,9 @@ def fwd(student: list[torch.Tensor], start: list[torch.Tensor], target: list[tor
     table, n_chunks, aligned = _table([s, a, t], lengths, chunk, device)
     grid = max(1, min(n_chunks, max_prog))
     acc = _acc_dtype(dtype)
-    partial = torch.empty((grid, 2), dtype=acc, device=device)
-    loss = torch.empty((), dtype=dtype, device=device)
-    den = torch.empty((), dtype=acc, device=device)
+    partial = _empty((grid, 2), acc, device)
+    loss = _empty((), dtype, device)
+    den = _empty((), acc, device)
     _fwd_partial_kernel[(grid,)](table, n_chunks, s[0], partial, BLOCK=block, ACC_FP64=acc == torch.float64,
                                  ALIGNED=aligned)
     _fwd_finish_kernel[(1,)](partial, grid, loss, den, BLOCK_P=max(16, triton.next_power_of_2(grid)))
@@ -152,7 +157,7 @@ def bwd(grad: torch.Tensor, student: list[torch.Tensor], target: list[torch.Tens
     s = [x.contiguous() for x in student]
     t = [x.contiguous() for x in target]
     device, dtype = s[0].device, s[0].dtype
-    out = [torch.empty(x.shape, dtype=dtype, device=device) for x in s]
+    out = [_empty(x.shape, dtype, device) for x in s]
     lengths = [x.numel() for x in s]
     block, chunk, max_prog = _config(sum(lengths), device)
     table, n_chunks, aligned = _table([s, t, out], lengths, chunk, device)

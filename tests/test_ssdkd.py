@@ -1,4 +1,5 @@
 """SSD-KD: loss pieces against hand-computed values, replay sampling, and a tiny end-to-end run with resume."""
+import dataclasses
 import json
 import math
 import os
@@ -161,3 +162,172 @@ def test_generator_shapes_and_range(size):
         g(torch.randn(5, 15))
     with pytest.raises(ValueError, match="std"):
         Generator(16, 3, size, mean, [0.1, 0.0, 0.1])
+
+
+# ------------------------------------------------------------------------------------------ replay buffer
+def _buffer(capacity, replace="oldest", alpha=0.6, eps=1e-3):
+    from pydistill.methods.ssdkd import ReplayBuffer
+
+    return ReplayBuffer(capacity, (1, 2, 2), 3, alpha=alpha, eps=eps, replace=replace)
+
+
+def test_replay_sampling_matches_priorities_chi_square():
+    buf = _buffer(7, alpha=0.7, eps=0.01)
+    delta = torch.tensor([0.0, 0.05, 0.3, 1.0, 2.5, 0.7, 0.12])
+    buf.add(torch.randn(7, 1, 2, 2), torch.randn(7, 3), delta)
+    expected = (delta + 0.01) ** 0.7
+    expected = expected / expected.sum()
+    g = torch.Generator().manual_seed(1234)
+    counts = torch.zeros(7, dtype=torch.float64)
+    n_draws, batch = 0, 61
+    for _ in range(300):
+        slots, probs = buf.sample_prioritized(batch, g)
+        torch.testing.assert_close(probs.double(), expected.double()[slots], rtol=1e-6, atol=1e-12)
+        counts += torch.bincount(slots, minlength=7).double()
+        n_draws += batch
+    exp_counts = expected.double() * n_draws
+    chi2 = float(((counts - exp_counts) ** 2 / exp_counts).sum())
+    assert chi2 < 22.46, (chi2, counts, exp_counts)  # chi-square, 6 dof, p = 0.001
+    # a wrong distribution (uniform) is rejected by the same test
+    uni = torch.full((7,), n_draws / 7, dtype=torch.float64)
+    assert float(((counts - uni) ** 2 / uni).sum()) > 22.46
+
+
+def test_replay_refresh_and_replacement():
+    buf = _buffer(4)
+    s1 = buf.add(torch.zeros(3, 1, 2, 2), torch.eye(3), torch.tensor([0.5, 0.1, 0.9]))
+    assert s1.tolist() == [0, 1, 2] and buf.size == 3
+    assert buf.labels[:3].tolist() == [0, 1, 2]
+    s2 = buf.add(torch.ones(3, 1, 2, 2), torch.eye(3).flip(0), torch.tensor([0.2, 0.3, 0.4]))
+    # one free slot, then the oldest (slots 0 and 1) are overwritten
+    assert s2.tolist() == [3, 0, 1] and buf.size == 4 and buf.ptr == 2
+    torch.testing.assert_close(buf.delta, torch.tensor([0.3, 0.4, 0.9, 0.2]))
+    torch.testing.assert_close(buf.tree.get(torch.arange(4)).float(), (buf.delta + 1e-3) ** 0.6)
+    s3 = buf.add(torch.full((2, 1, 2, 2), 2.0), torch.eye(3)[:2], torch.tensor([1.0, 1.0]))
+    assert s3.tolist() == [2, 3] and buf.ptr == 0
+    # refresh: the last write of a duplicated slot wins
+    buf.update(torch.tensor([1, 1, 0]), torch.tensor([5.0, 6.0, 0.0]))
+    torch.testing.assert_close(buf.delta[:2], torch.tensor([0.0, 6.0]))
+    torch.testing.assert_close(buf.tree.get(torch.tensor([0, 1])).float(), torch.tensor([1e-3, 6.001]) ** 0.6)
+    # lowest-priority replacement
+    low = _buffer(3, replace="lowest")
+    low.add(torch.zeros(3, 1, 2, 2), torch.eye(3), torch.tensor([0.5, 0.1, 0.9]))
+    assert low.add(torch.ones(2, 1, 2, 2), torch.eye(3)[:2], torch.tensor([2.0, 3.0])).tolist() == [1, 0]
+    torch.testing.assert_close(low.delta, torch.tensor([3.0, 2.0, 0.9]))
+    with pytest.raises(ValueError, match="replace"):
+        _buffer(3, replace="random")
+
+
+# ------------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def digits_small():
+    from pydistill.data import load_dataset
+
+    return load_dataset("digits").subset(12, seed=0, n_test_per_class=6)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(digits_small, tmp_path_factory):
+    from pydistill.methods.ssdkd import train_teacher
+
+    path = str(tmp_path_factory.mktemp("teacher") / "teacher.pt")
+    meta = train_teacher(digits_small, path, model="ConvNetBN", model_kwargs={"width": 8}, epochs=3,
+                         batch_size=32, lr=0.05, verbose=False)
+    return path, meta
+
+
+def test_teacher_file_and_resume(digits_small, tiny_teacher, tmp_path, monkeypatch):
+    from pydistill.methods import ssdkd
+
+    path, meta = tiny_teacher
+    assert meta["complete"] and meta["model"] == "ConvNetBN" and meta["epochs_done"] == 3
+    assert 0.0 <= meta["test_accuracy"] <= 1.0
+    net, m2 = ssdkd.load_teacher(path)
+    assert not net.training and m2["test_accuracy"] == meta["test_accuracy"]
+    assert ssdkd.train_teacher(digits_small, path, model="ConvNetBN", model_kwargs={"width": 8}, epochs=3,
+                               batch_size=32, lr=0.05, verbose=False)["epochs_done"] == 3  # complete: no work
+    # crash during epoch 2, then resume: same weights as the uninterrupted run
+    out = str(tmp_path / "t.pt")
+    calls = {"n": 0}
+    real = ssdkd.test_accuracy
+
+    def flaky(net_, ds_):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(net_, ds_)
+
+    kw = dict(model="ConvNetBN", model_kwargs={"width": 8}, epochs=3, batch_size=32, lr=0.05, verbose=False)
+    monkeypatch.setattr(ssdkd, "test_accuracy", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        ssdkd.train_teacher(digits_small, out, **kw)
+    part = torch.load(out, weights_only=True)
+    assert part["epochs_done"] == 1 and not part["complete"]
+    with pytest.raises(ValueError, match="not finished"):
+        ssdkd.load_teacher(out)
+    monkeypatch.setattr(ssdkd, "test_accuracy", real)
+    ssdkd.train_teacher(digits_small, out, **kw)
+    a, b = torch.load(out, weights_only=True)["state_dict"], torch.load(path, weights_only=True)["state_dict"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="epochs"):
+        ssdkd.train_teacher(digits_small, out, **{**kw, "epochs": 4})
+
+
+def _tiny_config(teacher, **kw):
+    from pydistill.methods.ssdkd import Config
+
+    cfg = Config(teacher=teacher, student="ConvNetW32", student_kwargs={}, rounds=4, synthesis_batch=10,
+                 g_steps=2, kd_steps=2, batch_size=12, buffer_size=25, latent_dim=16, gen_width=8,
+                 lr_student=0.05)
+    return dataclasses.replace(cfg, **kw)
+
+
+def test_ssdkd_rounds_and_state_resume(digits_small, tiny_teacher, tmp_path):
+    from pydistill.methods.ssdkd import SSDKD
+
+    path, _ = tiny_teacher
+    cfg = _tiny_config(path)
+    full = SSDKD(digits_small, 2, config=cfg, seed=3)
+    logs = [full.step(it) for it in range(cfg.rounds)]
+    assert logs[-1]["synthesized"] == 40 and logs[-1]["buffer"] == 25
+    for k in ("loss_bn", "loss_ce", "loss_adv", "loss_kd", "phi_mean", "weight_mean"):
+        assert all(math.isfinite(log[k]) for log in logs), k
+    assert logs[0]["loss_bn"] > 0  # the teacher has BN layers
+    assert all(0 < log["weight_mean"] <= 1 for log in logs)
+
+    half = SSDKD(digits_small, 2, config=cfg, seed=3)
+    for it in range(2):
+        half.step(it)
+    torch.save(half.state_dict(), tmp_path / "state.pt")
+    resumed = SSDKD(digits_small, 2, config=cfg, seed=3)
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
+    for it in range(2, cfg.rounds):
+        resumed.step(it)
+    for a, b in zip(full.student.state_dict().values(), resumed.student.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(full.buffer.images, resumed.buffer.images, rtol=0, atol=0)
+    torch.testing.assert_close(full.buffer.delta, resumed.buffer.delta, rtol=0, atol=0)
+
+    syn = full.synthetic_set()
+    assert syn.images.shape[1:] == (1, 8, 8) and syn.labels.dtype == torch.int64
+    assert torch.bincount(syn.labels, minlength=10).max() <= 2
+    m = full.extra_metrics()
+    assert m["synthesized_samples"] == 40 and 0 <= m["student_accuracy"] <= 1 and 0 <= m["teacher_accuracy"] <= 1
+
+
+def test_ssdkd_baseline_flags_and_errors(digits_small, tiny_teacher):
+    from pydistill.methods.ssdkd import SSDKD
+
+    path, _ = tiny_teacher
+    base = SSDKD(digits_small, 1, config=_tiny_config(path, use_phi=False, use_priority=False, rounds=2))
+    logs = [base.step(it) for it in range(2)]
+    assert logs[-1]["phi_mean"] == 1.0 and logs[-1]["weight_mean"] == 1.0
+    with pytest.raises(ValueError, match="config.teacher is required"):
+        SSDKD(digits_small, 1, config=_tiny_config(None))
+    with pytest.raises(FileNotFoundError, match="teacher file not found"):
+        SSDKD(digits_small, 1, config=_tiny_config("/nonexistent/teacher.pt"))
+    with pytest.raises(ValueError, match="config.g_steps"):
+        SSDKD(digits_small, 1, config=_tiny_config(path, g_steps=0))
+    with pytest.raises(ValueError, match="config.replace"):
+        SSDKD(digits_small, 1, config=_tiny_config(path, replace="newest"))

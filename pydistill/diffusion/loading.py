@@ -236,12 +236,16 @@ def load_diffusion_model(path, *, device="cpu", dtype: torch.dtype = torch.float
     diffusers = _import_diffusers()
     device = torch.device(device)
     kw = {"local_files_only": True}
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        kw["low_cpu_mem_usage"] = False  # what diffusers falls back to anyway, without its warning
     meta = _read_json(root / META_FILE) if (root / META_FILE).is_file() else {}
 
     if (root / "model_index.json").is_file():
         cls_name = _read_json(root / "model_index.json").get("_class_name", "")
         if cls_name == "DiTPipeline":
-            pipe = diffusers.DiTPipeline.from_pretrained(str(root), torch_dtype=dtype, **kw).to(device)
+            pipe = diffusers.DiTPipeline.from_pretrained(str(root), **kw).to(device, dtype)
             tr = pipe.transformer
             vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
             h = int(tr.config.sample_size)
@@ -256,8 +260,8 @@ def load_diffusion_model(path, *, device="cpu", dtype: torch.dtype = torch.float
         if cls_name.startswith("StableDiffusion"):
             try:
                 pipe = diffusers.StableDiffusionPipeline.from_pretrained(
-                    str(root), torch_dtype=dtype, safety_checker=None, requires_safety_checker=False, **kw
-                ).to(device)
+                    str(root), safety_checker=None, requires_safety_checker=False, **kw
+                ).to(device, dtype)
             except ImportError as exc:  # pragma: no cover - depends on the install
                 raise ImportError("Stable Diffusion models need `transformers` (pip install transformers)") from exc
             un = pipe.unet
@@ -300,7 +304,7 @@ def load_diffusion_model(path, *, device="cpu", dtype: torch.dtype = torch.float
             f"the UNet2DModel at {str(unet_dir)!r} is not class-conditional with a label embedding "
             "(num_class_embeds must be set and class_embed_type None); MGD3 generates per class"
         )
-    unet = diffusers.UNet2DModel.from_pretrained(str(unet_dir), torch_dtype=dtype, **kw).to(device).eval()
+    unet = diffusers.UNet2DModel.from_pretrained(str(unet_dir), **kw).to(device, dtype).eval()
     sched_cfg = _read_json(sched_file)
     n_embeds = int(unet.config.num_class_embeds)
     null_class = meta.get("null_class")

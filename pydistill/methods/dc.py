@@ -166,7 +166,7 @@ class DC(Method):
         """A_w(x_real), A_w(x_syn) with one draw w (DSA); identity for DC."""
         if not self.config.dsa:
             return x_real, x_syn
-        from pydistill.ops import diff_augment
+        from pydistill.ops.diff_augment import diff_augment
 
         x_real, params = diff_augment(x_real, self.strategy, generator=self.generator, return_params=True)
         return x_real, diff_augment(x_syn, self.strategy, params=params)
@@ -186,7 +186,7 @@ class DC(Method):
 
     def _train_network(self, net, opt_net):
         """inner_loop epochs of SGD on the (detached) synthetic set; DSA draws augmentation per sample."""
-        from pydistill.ops import diff_augment
+        from pydistill.ops.diff_augment import diff_augment
 
         x_all, y_all = self.images.detach(), self.labels
         net.train()
@@ -204,7 +204,7 @@ class DC(Method):
                 opt_net.step()
 
     def step(self, it: int) -> dict[str, float]:
-        from pydistill.ops import match_loss
+        from pydistill.ops.match_loss import match_loss
 
         cfg, ds = self.config, self.dataset
         net = fresh_network(self, cfg)  # theta_0

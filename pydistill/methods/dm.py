@@ -69,7 +69,7 @@ class DM(Method):
         return int(self.config.iterations)
 
     def step(self, it: int) -> dict[str, float]:
-        from pydistill.ops import diff_augment
+        from pydistill.ops.diff_augment import diff_augment
 
         cfg, ds = self.config, self.dataset
         net = fresh_network(self, cfg)  # theta ~ P_theta

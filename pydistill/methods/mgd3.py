@@ -210,6 +210,11 @@ class MGD3(Method):
         }
         return SyntheticSet(self.images.detach().clone(), self.labels.clone(), None, meta)
 
+    def extra_metrics(self) -> dict:
+        """Measures the runner writes into metrics.json ("extra"): coverage, diversity, generation time."""
+        meta = self.synthetic_set().meta
+        return {k: meta[k] for k in ("mode_distance", "diversity", "generation_time_s", "guided", "per_class")}
+
     def state_dict(self) -> dict:
         return {**super().state_dict(), "images": self.images.detach().clone(), "done": self.done.clone(),
                 "class_stats": {int(k): dict(v) for k, v in self.class_stats.items()}}

@@ -117,7 +117,7 @@ def train_experts(dataset, out_dir, *, num_experts: int, epochs: int, lr: float 
     model_kwargs = dict(model_kwargs or {})
     if dsa:
         from pydistill.data import dsa_strategy_for
-        from pydistill.ops import diff_augment
+        from pydistill.ops.diff_augment import diff_augment
 
         strategy = dsa_strategy or dsa_strategy_for(dataset.name)
     out_dir = Path(out_dir)
@@ -217,7 +217,7 @@ class _Plan:
     def inputs(self, images: torch.Tensor, n: int) -> torch.Tensor:
         x = images[self.indices[n]]
         if self.strategy is not None:
-            from pydistill.ops import diff_augment
+            from pydistill.ops.diff_augment import diff_augment
 
             x = diff_augment(x, self.strategy, params=self.aug_params[n], per_sample=True)
         return x
@@ -391,7 +391,7 @@ class MTT(Method):
 
     def _plan(self):
         """Batch indices and DSA parameters of the N student steps (drawn from self.generator)."""
-        from pydistill.ops import diff_augment
+        from pydistill.ops.diff_augment import diff_augment
 
         cfg, k = self.config, self.images.shape[0]
         bs = k if cfg.batch_syn is None else min(int(cfg.batch_syn), k)
@@ -409,7 +409,7 @@ class MTT(Method):
         return indices, (aug if self.strategy is not None else None)
 
     def step(self, it: int) -> dict[str, float]:
-        from pydistill.ops import trajectory_loss
+        from pydistill.ops.trajectory_loss import trajectory_loss
 
         cfg = self.config
         e = int(torch.randint(0, len(self.buffer), (1,), generator=self.generator,

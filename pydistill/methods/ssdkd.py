@@ -512,7 +512,8 @@ class SSDKD(Method):
             self.opt_g.step()
             if cfg.optimize_latent:
                 opt_z.step()
-            stats = dict(loss_g=float(loss), loss_bn=float(l_bn), loss_ce=float(l_ce), loss_adv=float(l_adv),
+            stats = dict(loss_g=float(loss.detach()), loss_bn=float(l_bn.detach()), loss_ce=float(l_ce.detach()),
+                         loss_adv=float(l_adv.detach()),
                          phi_mean=float(phi.mean()))
         with torch.no_grad():
             x = self.gen_net(z.detach())
@@ -555,7 +556,7 @@ class SSDKD(Method):
             self.student_steps += 1
             if cfg.use_priority:
                 self.buffer.update(slots, priority(tb, sb, cfg.priority_temperature))
-            kd_sum += float(loss)
+            kd_sum += float(loss.detach())
             w_sum += float(wts.mean())
         out = dict(stats)
         out.update(loss_kd=kd_sum / cfg.kd_steps, weight_mean=w_sum / cfg.kd_steps, beta=beta,

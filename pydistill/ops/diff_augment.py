@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+import types
 from collections.abc import Mapping
 
 import torch
@@ -606,6 +608,12 @@ _diff_augment_backward_op.register_autograd(_bwd_backward, setup_context=_bwd_se
 
 
 # --------------------------------------------------------------------------------------------- public
+@torch.compiler.assume_constant_result
+def _resolve(backend: str, device_type: str) -> str:
+    # host-side choice; a constant for torch.compile (no tracing into the backend probes)
+    return _backend.resolve(backend, torch.device(device_type), available=("triton", "reference"))
+
+
 def diff_augment(x: torch.Tensor, strategy: str = DEFAULT_STRATEGY, *, params: DSAParams | None = None,
                  mode: str = "one", per_sample: bool = False, generator: torch.Generator | None = None,
                  return_params: bool = False, backend: str = "auto", ratios: Mapping[str, float] | None = None):
@@ -629,9 +637,20 @@ def diff_augment(x: torch.Tensor, strategy: str = DEFAULT_STRATEGY, *, params: D
                                    generator=generator, **dict(ratios or {}))
     else:
         _check_params(params, x)
-    be = _backend.resolve(backend, x.device, available=("triton", "reference"))
+    be = _resolve(backend, x.device.type)
     if be == "triton" and not _HAS_TRITON_OPS:
         raise RuntimeError("backend='triton': the Triton kernels of diff_augment could not be loaded")
     out = torch.ops.pydistill.diff_augment(x, *params.tensors(), params.strategy, params.cutout_size[0],
                                            params.cutout_size[1], be)
     return (out, params) if return_params else out
+
+
+class _CallableModule(types.ModuleType):
+    """``pydistill.ops.diff_augment`` may resolve to this module (Python binds a submodule to its package
+    attribute on import, shadowing the lazily exported function of the same name): calling it calls the op."""
+
+    def __call__(self, *args, **kwargs):
+        return diff_augment(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

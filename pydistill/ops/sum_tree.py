@@ -37,7 +37,7 @@ _AVAILABLE = ("cuda", "cpp", "reference")
 # --------------------------------------------------------------------------------------------------
 def sum_tree_build_reference(tree: torch.Tensor, min_tree: torch.Tensor) -> None:
     """Recompute every internal node of ``tree`` / ``min_tree`` (float64 [2P]) from the leaves, in place."""
-    h = tree.numel() // 2
+    h = tree.numel() // 4  # internal nodes [h, 2h) of the level above the leaves
     while h >= 1:
         tree[h : 2 * h] = tree[2 * h : 4 * h].view(h, 2).sum(1)
         min_tree[h : 2 * h] = min_tree[2 * h : 4 * h].view(h, 2).amin(1)

@@ -203,6 +203,7 @@ def _(grad, student, target, den, backend):
 def _setup_context(ctx, inputs, output):
     student, _start, target, backend = inputs
     _loss, den = output
+    ctx.mark_non_differentiable(den)
     ctx.n = len(student)
     ctx.backend = backend
     ctx.save_for_backward(*student, *target, den)
@@ -212,10 +213,11 @@ def _backward(ctx, grad_loss, _grad_den):
     n = ctx.n
     saved = ctx.saved_tensors
     student, target, den = list(saved[:n]), list(saved[n : 2 * n]), saved[2 * n]
+    none = [None] * n  # start / target: expert snapshots, constants
     if grad_loss is None:
-        return None, None, None, None
+        return list(none), list(none), list(none), None
     grads = torch.ops.pydistill.trajectory_loss_backward(grad_loss, student, target, den, ctx.backend)
-    return list(grads), None, None, None
+    return list(grads), list(none), list(none), None
 
 
 _trajectory_loss_op.register_autograd(_backward, setup_context=_setup_context)
@@ -251,7 +253,7 @@ def trajectory_loss(
         backend = _resolve(backend, s[0].device)  # clear errors up front; the op resolves again otherwise
     loss, den = torch.ops.pydistill.trajectory_loss(s, a, t, backend)
     if check:
-        d = float(den)
+        d = float(den.detach())
         if d == 0.0 or not math.isfinite(d):
             raise ValueError(
                 f"trajectory_loss: the denominator sum ||start - target||^2 is {d}; start and target must "

@@ -1,0 +1,135 @@
+"""MGD3 on digits: mode-guided vs unguided diffusion sampling vs random real images, IPC 1 and 10.
+
+    python benchmarks/mgd3_results.py [--model models/digits-ddpm] [--train-steps 1500] [--device cpu]
+        [--ipcs 1,10] [--num-eval 5] [--eval-epochs 300] [--lambdas 0.1] [--t-stops 0.5]
+
+Trains the small class-conditional UNet with ``train-diffusion`` when ``--model`` does not hold one yet
+(resumable), generates the synthetic sets with the same seeds and sampler for the guided and unguided runs,
+evaluates them under the common protocol (``pydistill.evaluate.evaluate``: ConvNet, SGD lr 0.01 momentum 0.9,
+fresh networks per evaluation) and writes ``benchmarks/results/mgd3-digits-<device>-<date>.{md,json}`` with
+accuracies, generation time and the coverage / diversity measures. Several ``--lambdas`` / ``--t-stops``
+values give a small sweep (all rows are reported, nothing is dropped).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import RESULTS, environment  # noqa: E402
+
+
+def _generate(method_cls, ds, ipc, cfg, seed, device):
+    m = method_cls(ds, ipc, config=cfg, device=device, seed=seed)
+    t0 = time.perf_counter()
+    for it in range(m.num_iterations):
+        m.step(it)
+    return m.synthetic_set(), time.perf_counter() - t0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=os.path.join("models", "digits-ddpm"))
+    p.add_argument("--train-steps", type=int, default=1500)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--ipcs", default="1,10")
+    p.add_argument("--num-eval", type=int, default=5)
+    p.add_argument("--eval-epochs", type=int, default=300)
+    p.add_argument("--dsa", action="store_true", help="evaluate with DSA augmentation (default: off)")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps")
+    p.add_argument("--scheduler", default="ddim")
+    p.add_argument("--guidance-scale", type=float, default=None, help="CFG (default: MGD3 Config for digits)")
+    p.add_argument("--lambdas", default="0.1")
+    p.add_argument("--t-stops", default="0.5")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="")
+    args = p.parse_args(argv)
+
+    from pydistill.data import load_dataset
+    from pydistill.diffusion.train import train_diffusion
+    from pydistill.evaluate import evaluate, evaluate_baseline
+    from pydistill.methods.mgd3 import MGD3, Config, coverage_and_diversity
+
+    if not os.path.isfile(os.path.join(args.model, "pydistill.json")):
+        t0 = time.perf_counter()
+        train_diffusion("digits", args.model, steps=args.train_steps, device=args.device, seed=args.seed)
+        print(f"trained {args.model} in {time.perf_counter() - t0:.0f} s")
+    model_meta = json.load(open(os.path.join(args.model, "pydistill.json")))
+    ds = load_dataset("digits", device=args.device)
+    ev = dict(num_eval=args.num_eval, epochs=args.eval_epochs, dsa=args.dsa, seed=args.seed, progress=False)
+    rows = []
+
+    def add(ipc, name, acc, gen_s=None, syn=None, **extra):
+        row = {"ipc": ipc, "method": name, "acc_mean": acc["ConvNet"]["mean"], "acc_std": acc["ConvNet"]["std"],
+               "accs": acc["ConvNet"]["accs"], "gen_time_s": gen_s, **extra}
+        if syn is not None:
+            row["mode_distance"], row["diversity"] = syn.meta["mode_distance"], syn.meta["diversity"]
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "accs"}))
+
+    for ipc in [int(v) for v in args.ipcs.split(",")]:
+        # random real: a new draw per evaluated network; its measures from one draw
+        acc = evaluate_baseline(ds, "random", ipc, **ev)
+        g = torch.Generator().manual_seed(args.seed)
+        picks = [idx.cpu()[torch.randperm(idx.numel(), generator=g)[:ipc]] for idx in ds.indices_by_class]
+        covs = [coverage_and_diversity(ds.x_train[ds.indices_by_class[c]], ds.x_train[picks[c].to(ds.device)])
+                for c in range(ds.num_classes)]
+        add(ipc, "random real", acc, mode_distance=sum(c for c, _ in covs) / len(covs),
+            diversity=sum(d for _, d in covs) / len(covs))
+        base = Config.for_dataset("digits", ipc)
+        base.model, base.num_inference_steps, base.scheduler = args.model, args.steps, args.scheduler
+        if args.guidance_scale is not None:
+            base.guidance_scale = args.guidance_scale
+        cfg = Config(**{**base.__dict__, "guided": False})
+        syn, gen_s = _generate(MGD3, ds, ipc, cfg, args.seed, args.device)
+        add(ipc, "unguided diffusion", evaluate(syn, ds, **ev), gen_s, syn, guidance_scale=cfg.guidance_scale)
+        for lam in [float(v) for v in args.lambdas.split(",")]:
+            for ts in [float(v) for v in args.t_stops.split(",")]:
+                cfg = Config(**{**base.__dict__, "lambda_": lam, "t_stop": ts})
+                syn, gen_s = _generate(MGD3, ds, ipc, cfg, args.seed, args.device)
+                add(ipc, "MGD3", evaluate(syn, ds, **ev), gen_s, syn, lambda_=lam, t_stop=ts,
+                    guidance_scale=cfg.guidance_scale)
+
+    env = environment(args.device)
+    info = {"env": env, "model": args.model, "model_meta": {k: model_meta.get(k) for k in (
+        "steps", "final_loss", "train_time_s", "image_size")}, "eval": ev, "sampler": {
+        "scheduler": args.scheduler, "steps": args.steps}, "rows": rows}
+    os.makedirs(RESULTS, exist_ok=True)
+    stem = os.path.join(RESULTS, f"mgd3-digits-{env['device'].replace(' ', '_')}-{datetime.date.today()}"
+                        + (f"-{args.tag}" if args.tag else ""))
+    with open(stem + ".json", "w") as f:
+        json.dump(info, f, indent=1)
+    lines = [
+        f"# MGD3 on digits ({env['device']}, torch {env['torch']}, {env['date']})", "",
+        f"Diffusion model: `{args.model}` (class-conditional UNet2DModel, {model_meta.get('steps')} training steps, "
+        f"{model_meta.get('train_time_s', 0):.0f} s). Sampler: {args.scheduler}, {args.steps} steps. Evaluation: "
+        f"ConvNet, {args.num_eval} networks x {args.eval_epochs} epochs, DSA {'on' if args.dsa else 'off'}; "
+        "accuracy on the 360 held-out digits test images.", "",
+        "mode distance = mean over real images of a class of the L2 distance (normalized pixels) to the nearest "
+        "synthetic image of that class (lower = better coverage); diversity = mean pairwise L2 distance within a "
+        "class.", "",
+        "| IPC | method | lambda | t_stop | CFG | acc (%) | mode distance | diversity | generation s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    f = lambda v, s: "-" if v is None else format(v, s)  # noqa: E731
+    for r in rows:
+        lines.append(f"| {r['ipc']} | {r['method']} | {f(r.get('lambda_'), 'g')} | {f(r.get('t_stop'), 'g')} | "
+                     f"{f(r.get('guidance_scale'), 'g')} | {100 * r['acc_mean']:.1f} +- {100 * r['acc_std']:.1f} | "
+                     f"{f(r.get('mode_distance'), '.3f')} | {f(r.get('diversity'), '.3f')} | "
+                     f"{f(r.get('gen_time_s'), '.1f')} |")
+    with open(stem + ".md", "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print("recorded", stem + ".md")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

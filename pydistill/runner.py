@@ -1,0 +1,199 @@
+"""Run a distillation method end to end: iterations, logging, atomic checkpoints, exact resume, outputs.
+
+Outputs in ``out_dir``: ``checkpoint.pt`` (rewritten every ``checkpoint_every`` iterations),
+``synthetic.safetensors``, ``grid.png`` (one row per class), ``curves.png``, ``metrics.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from pydistill.utils import atomic_save, atomic_write_text, get_rng_state, peak_memory_mb, set_rng_state, to_jsonable
+
+__all__ = ["run_distillation", "CHECKPOINT", "run_signature"]
+
+CHECKPOINT = "checkpoint.pt"
+_FORMAT = "pydistill-checkpoint-v1"
+
+
+def run_signature(method) -> dict:
+    """What must match for a checkpoint to be resumed: method, dataset, ipc, seed, config."""
+    ds = method.dataset
+    return to_jsonable({
+        "method": getattr(method, "name", type(method).__name__),
+        "class": f"{type(method).__module__}.{type(method).__qualname__}",
+        "dataset": ds.name,
+        "zca": ds.zca is not None,
+        "num_train": int(ds.x_train.shape[0]),
+        "ipc": int(method.ipc),
+        "seed": int(getattr(method, "seed", 0)),
+        "config": method.config_dict() if hasattr(method, "config_dict") else repr(getattr(method, "config", None)),
+    })
+
+
+def _diff(a, b, prefix=""):
+    out = []
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k, "<missing>"), b.get(k, "<missing>"), f"{prefix}{k}.")
+    elif a != b:
+        out.append(f"{prefix[:-1] or 'value'}: checkpoint {a!r} vs now {b!r}")
+    return out
+
+
+def _as_synthetic(method, result):
+    from pydistill.synthetic import SyntheticSet
+
+    if isinstance(result, SyntheticSet):
+        return result
+    if isinstance(result, (tuple, list)) and len(result) in (2, 3):
+        return SyntheticSet(result[0].detach(), result[1].detach(), result[2] if len(result) == 3 else None, {})
+    raise TypeError(f"{type(method).__name__}.synthetic_set() must return a SyntheticSet (or images, labels), got "
+                    f"{type(result).__name__}")
+
+
+def _fmt(scalars: dict) -> dict:
+    return {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in scalars.items()}
+
+
+def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: int = 50, eval_every: int | None = None,
+                     eval_kwargs: dict | None = None, progress: bool = True, final_eval: bool = True) -> dict:
+    """Run ``method`` for ``method.num_iterations`` iterations, resuming from ``out_dir/checkpoint.pt``.
+
+    checkpoint_every: iterations between checkpoints (the last iteration is always checkpointed).
+    eval_every: evaluate the current set every this many iterations (None/0: only at the end).
+    eval_kwargs: keyword arguments of :func:`pydistill.evaluate.evaluate` (models, num_eval, epochs, dsa, ...).
+    A checkpoint whose method/dataset/ipc/seed/config differ raises ValueError. Returns the metrics dict.
+    """
+    from pydistill.evaluate import evaluate
+    from pydistill.plotting import save_curves, save_grid
+
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    if eval_every is not None and (isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0):
+        raise ValueError(f"eval_every must be None or an int >= 0, got {eval_every!r}")
+    eval_kwargs = dict(eval_kwargs or {})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT
+    sig = run_signature(method)
+    n_iter = int(method.num_iterations)
+    device = torch.device(getattr(method, "device", "cpu"))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    start, log, elapsed = 0, [], 0.0
+    resumed_from = None
+    if ckpt_path.exists():
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own file, see docs
+        except Exception as exc:
+            raise RuntimeError(f"cannot read checkpoint {ckpt_path} ({exc}); delete it to start over") from exc
+        if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
+            raise ValueError(f"{ckpt_path} is not a pydistill checkpoint; delete it or choose another out_dir")
+        if ckpt["signature"] != sig:
+            diffs = "\n  ".join(_diff(ckpt["signature"], sig))
+            raise ValueError(f"{ckpt_path} belongs to a different run; mismatches:\n  {diffs}\n"
+                             "Use another out_dir, or delete the checkpoint to start over.")
+        method.load_state_dict(ckpt["method"])
+        set_rng_state(ckpt["rng"])
+        start, log, elapsed = int(ckpt["iteration"]), list(ckpt["log"]), float(ckpt["wall_time_s"])
+        resumed_from = start
+
+    def save_ckpt(iteration):
+        atomic_save({"format": _FORMAT, "signature": sig, "iteration": iteration, "method": method.state_dict(),
+                     "rng": get_rng_state(), "log": log, "wall_time_s": elapsed}, ckpt_path)
+
+    def eval_now(progress_flag):
+        syn = _as_synthetic(method, method.synthetic_set())
+        return evaluate(syn, method.dataset, **{"progress": progress_flag, **eval_kwargs})
+
+    bar = None
+    if progress and n_iter > start:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_iter, initial=start, desc=f"{sig['method']} {sig['dataset']} ipc={sig['ipc']}")
+    t0 = time.perf_counter()
+    for it in range(start, n_iter):
+        scalars = method.step(it) or {}
+        entry = {"iteration": it}
+        for k, v in scalars.items():
+            entry[k] = float(v) if isinstance(v, (int, float, torch.Tensor)) and not isinstance(v, bool) else v
+        log.append(entry)
+        if eval_every and (it + 1) % eval_every == 0 and it + 1 < n_iter:
+            elapsed += time.perf_counter() - t0
+            res = eval_now(False)
+            first = next(iter(res.values()))
+            log.append({"iteration": it + 1, "eval_acc": first["mean"], "eval_std": first["std"],
+                        "eval_model": next(iter(res))})
+            t0 = time.perf_counter()
+            if bar is not None:
+                bar.write(f"iteration {it + 1}: test accuracy {100 * first['mean']:.2f} +- {100 * first['std']:.2f}")
+        if bar is not None:
+            bar.set_postfix(_fmt(scalars))
+            bar.update(1)
+        if (it + 1) % checkpoint_every == 0 or it + 1 == n_iter:
+            elapsed += time.perf_counter() - t0
+            save_ckpt(it + 1)
+            t0 = time.perf_counter()
+    elapsed += time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    if n_iter == 0 and not ckpt_path.exists():
+        save_ckpt(0)
+
+    # ---- outputs
+    syn = _as_synthetic(method, method.synthetic_set())
+    ds = method.dataset
+    meta = dict(syn.meta)
+    meta.setdefault("method", sig["method"])
+    meta.update(dataset=ds.name, ipc=int(method.ipc), num_classes=int(ds.num_classes), iterations=n_iter,
+                seed=sig["seed"], zca=ds.zca is not None, config=sig["config"])
+    syn.meta = meta
+    syn.save(out / "synthetic.safetensors")
+    save_grid(out / "grid.png", ds.denormalize(syn.images.detach().float().to(ds.device)), syn.labels,
+              ds.num_classes)
+
+    accuracies, eval_time = {}, 0.0
+    if final_eval and len(syn):
+        t1 = time.perf_counter()
+        accuracies = eval_now(progress)
+        eval_time = time.perf_counter() - t1
+        first_model = next(iter(accuracies))
+        log.append({"iteration": n_iter, "eval_acc": accuracies[first_model]["mean"],
+                    "eval_std": accuracies[first_model]["std"], "eval_model": first_model})
+    save_curves(out / "curves.png", log, title=f"{sig['method']} on {ds.name}, ipc {method.ipc}")
+
+    primary = next(iter(accuracies.values()), None)
+    last_scalars = next((e for e in reversed(log) if "eval_acc" not in e), {})
+    metrics = {
+        "method": sig["method"],
+        "dataset": ds.name,
+        "ipc": int(method.ipc),
+        "iterations": n_iter,
+        "seed": sig["seed"],
+        "device": str(device),
+        "test_acc_mean": None if primary is None else primary["mean"],
+        "test_acc_std": None if primary is None else primary["std"],
+        "accuracies": accuracies,
+        "eval": to_jsonable({k: v for k, v in eval_kwargs.items() if k != "progress"}),
+        "wall_time_s": elapsed,
+        "eval_time_s": eval_time,
+        "peak_memory_mb": peak_memory_mb(device),
+        "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
+        "resumed_from_iteration": resumed_from,
+        "final_scalars": {k: v for k, v in last_scalars.items() if k != "iteration"},
+        "num_images": len(syn),
+        "learned_lr": None if syn.lr is None else to_jsonable(syn.lr),
+        "config": sig["config"],
+        "torch": torch.__version__,
+    }
+    extra = getattr(method, "extra_metrics", None)
+    if callable(extra):
+        metrics["extra"] = to_jsonable(extra())
+    atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=1, sort_keys=False) + "\n")
+    return metrics

@@ -1,0 +1,271 @@
+"""diff_augment (DSA): fused Triton kernels vs the PyTorch reference vs the original-style sequential pipeline."""
+import math
+import pickle
+
+import pytest
+import torch
+
+import pydistill.ops
+from pydistill.ops.diff_augment import (GROUPS, DSAParams, _kernel_table, diff_augment, diff_augment_reference,
+                                        diff_augment_sequential, sample_dsa_params)
+from tests.conftest import DEVICES, TRITON_DEVICES, poison
+
+DEFAULT = "color_crop_cutout_flip_scale_rotate"
+triton_only = pytest.mark.skipif(not TRITON_DEVICES, reason="Triton needs CUDA or TRITON_INTERPRET=1")
+
+
+def _force(params: DSAParams, groups) -> DSAParams:
+    """The same params with exactly ``groups`` active (shared activation row)."""
+    act = torch.zeros(1, len(GROUPS), dtype=torch.bool, device=params.device)
+    for g in groups:
+        act[0, GROUPS.index(g)] = True
+    params.active = act
+    return params
+
+
+def _grads(x, params, backend, g):
+    xs = x.detach().clone().requires_grad_()
+    if backend == "ref":
+        out = diff_augment_reference(xs, params)
+    elif backend == "seq":
+        out = diff_augment_sequential(xs, params)
+    else:
+        out = diff_augment(xs, params=params, backend=backend)
+    (gx,) = torch.autograd.grad(out, xs, g)
+    return out.detach(), gx
+
+
+# ------------------------------------------------------------------------------------ kernel vs reference
+CASES = [(s, m) for s in GROUPS for m in ("all",)] + [(DEFAULT, "all"), (DEFAULT, "one"),
+                                                      ("flip_scale_crop_rotate_cutout", "all"),
+                                                      ("rotate_cutout_scale_crop", "all")]
+
+
+@triton_only
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("strategy,mode", CASES)
+def test_triton_matches_reference(device, strategy, mode, per_sample):
+    shape = (3, 3, 9, 9) if per_sample else (3, 1, 11, 13)
+    x = torch.randn(shape, device=device)
+    g = torch.randn(shape, device=device)
+    p = sample_dsa_params(3, strategy, mode, per_sample, height=shape[2], width=shape[3], device=device)
+    if strategy == "cutout":  # make sure a hole is visible
+        p.centre[:] = torch.tensor([shape[2] // 2, shape[3] // 2], device=device)
+    out_r, g_r = _grads(x, p, "ref", g)
+    out_t, g_t = _grads(x, p, "triton", g)
+    torch.testing.assert_close(out_t, out_r, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(g_t, g_r, atol=2e-5, rtol=1e-5)
+
+
+@triton_only
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_triton_poisoned_output(device):
+    from pydistill.kernels import diff_augment as tk
+
+    x = torch.randn(3, 3, 11, 13, device=device)
+    p = sample_dsa_params(3, DEFAULT, "all", True, height=11, width=13, device=device)
+    table, flags = _kernel_table(*p.tensors(), p.strategy, *p.cutout_size, 11, 13, torch.float32)
+    mean = x.mean((1, 2, 3))
+    out = poison(torch.empty_like(x))
+    tk.dsa_forward(x, table, mean, out=out, **flags)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, diff_augment_reference(x, p), atol=2e-5, rtol=1e-5)
+
+
+@triton_only
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_triton_bf16(device):
+    x = torch.randn(3, 3, 9, 11, device=device)
+    g = torch.randn_like(x)
+    p = sample_dsa_params(3, DEFAULT, "all", True, height=9, width=11, device=device)
+    out_r, g_r = _grads(x, p, "ref", g)
+    out_b, g_b = _grads(x.bfloat16(), p, "triton", g.bfloat16())
+    assert out_b.dtype == torch.bfloat16 and g_b.dtype == torch.bfloat16
+    torch.testing.assert_close(out_b.float(), out_r, atol=0.1, rtol=0.05)
+    torch.testing.assert_close(g_b.float(), g_r, atol=0.1, rtol=0.05)
+
+
+# ------------------------------------------------------------------------------------ gradients / opcheck
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_gradcheck_reference(per_sample):
+    x = torch.randn(2, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    p = sample_dsa_params(2, DEFAULT, "all", per_sample, height=5, width=6)
+    assert torch.autograd.gradcheck(lambda t: diff_augment_reference(t, p), (x,))
+    f = lambda t: diff_augment(t, params=p, backend="reference")  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x,), fast_mode=True)
+    if per_sample:  # double backward (used through create_graph) of the registered op
+        assert torch.autograd.gradgradcheck(f, (x,), fast_mode=True)
+
+
+@triton_only
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_gradcheck_triton(device):
+    x = torch.randn(2, 2, 5, 6, dtype=torch.float64, device=device, requires_grad=True)
+    p = sample_dsa_params(2, DEFAULT, "all", True, height=5, width=6, device=device)
+    out = diff_augment(x, params=p, backend="triton")
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, diff_augment_reference(x, p), atol=1e-12, rtol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: diff_augment(t, params=p, backend="triton"), (x,), fast_mode=True)
+
+
+def _op_args(x, p, backend):
+    return (x, *p.tensors(), p.strategy, *p.cutout_size, backend)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + (["triton"] if TRITON_DEVICES else []))
+def test_opcheck(backend):
+    device = "cpu" if backend == "reference" else TRITON_DEVICES[0]
+    x = torch.randn(2, 3, 5, 7, device=device, requires_grad=True)
+    p = sample_dsa_params(2, DEFAULT, "all", True, height=5, width=7, device=device)
+    torch.library.opcheck(torch.ops.pydistill.diff_augment.default, _op_args(x, p, backend))
+
+
+def test_torch_compile_fullgraph():
+    x = torch.randn(3, 3, 9, 11, requires_grad=True)
+    p = sample_dsa_params(3, DEFAULT, "all", True, height=9, width=11)
+
+    def f(t):
+        return diff_augment(t, params=p, backend="reference").square().sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True)
+    loss_c = compiled(x)
+    (g_c,) = torch.autograd.grad(loss_c, x)
+    loss_e = f(x)
+    (g_e,) = torch.autograd.grad(loss_e, x)
+    torch.testing.assert_close(loss_c, loss_e)
+    torch.testing.assert_close(g_c, g_e)
+
+
+# ------------------------------------------------------------------------------------ semantics
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_mode_one_matches_original_sequential(device, group, per_sample):
+    x = torch.randn(3, 3, 11, 13, device=device)
+    g = torch.randn_like(x)
+    p = _force(sample_dsa_params(3, DEFAULT, "one", per_sample, height=11, width=13, device=device), [group])
+    out_s, g_s = _grads(x, p, "seq", g)
+    out_r, g_r = _grads(x, p, "ref", g)
+    torch.testing.assert_close(out_r, out_s, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_r, g_s, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["color_crop_cutout_flip_scale", "color_rotate_crop_flip_cutout",
+                                      "scale_crop_flip_cutout"])
+def test_all_with_one_resample_matches_sequential(strategy):
+    # with at most one scale/rotate stage the fused map interpolates exactly as often as the original
+    x = torch.randn(3, 3, 11, 13)
+    p = sample_dsa_params(3, strategy, "all", True, height=11, width=13)
+    torch.testing.assert_close(diff_augment_reference(x, p), diff_augment_sequential(x, p), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + (["triton"] if TRITON_DEVICES else []))
+def test_identity_is_exact(backend):
+    device = "cpu" if backend == "reference" else TRITON_DEVICES[0]
+    x = torch.randn(2, 3, 9, 11, device=device)
+    p = sample_dsa_params(2, "crop_cutout_flip_scale_rotate", "all", True, height=9, width=11, device=device,
+                          cutout=0.0)
+    p.scale.fill_(1.0)
+    p.angle.zero_()
+    p.shift.zero_()
+    p.flip.fill_(False)
+    assert torch.equal(diff_augment(x, params=p, backend=backend), x)
+    q = _force(sample_dsa_params(2, DEFAULT, "all", False, height=9, width=11, device=device), [])
+    assert torch.equal(diff_augment(x, params=q, backend=backend), x)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + (["triton"] if TRITON_DEVICES else []))
+def test_siamese_shared_params_any_batch(backend):
+    device = "cpu" if backend == "reference" else TRITON_DEVICES[0]
+    x = torch.randn(4, 3, 9, 11, device=device)
+    gen = torch.Generator(device=device).manual_seed(3)
+    out, p = diff_augment(x, mode="all", return_params=True, generator=gen, backend=backend)
+    assert p.batch_size == 1
+    out2 = diff_augment(x[:2], params=p, backend=backend)
+    torch.testing.assert_close(out2, out[:2], atol=0, rtol=0)
+    # a shared draw transforms every image the same way: equal images give equal outputs
+    same = x[:1].expand(3, -1, -1, -1).contiguous()
+    o = diff_augment(same, params=p, backend=backend)
+    torch.testing.assert_close(o[1:], o[:1].expand(2, -1, -1, -1), atol=0, rtol=0)
+
+
+def test_generator_reproducible_and_device_side():
+    a = sample_dsa_params(5, per_sample=True, height=8, width=8, generator=torch.Generator().manual_seed(1))
+    b = sample_dsa_params(5, per_sample=True, height=8, width=8, generator=torch.Generator().manual_seed(1))
+    for ta, tb in zip(a.tensors(), b.tensors()):
+        assert torch.equal(ta, tb)
+    c = pickle.loads(pickle.dumps(a))
+    assert all(torch.equal(ta, tc) for ta, tc in zip(a.tensors(), c.tensors())) and c.strategy == a.strategy
+    d = a.to("cpu")
+    assert d.device.type == "cpu" and d.batch_size == 5
+
+
+def test_param_distribution():
+    n, H, W = 20000, 32, 24
+    p = sample_dsa_params(n, DEFAULT, "all", True, height=H, width=W, generator=torch.Generator().manual_seed(0))
+    assert p.active.shape == (1, 6) and p.active.all()
+    assert abs(p.flip.float().mean().item() - 0.5) < 0.02
+    assert p.brightness.min() >= -0.5 and p.brightness.max() < 0.5 and abs(p.brightness.mean()) < 0.02
+    assert p.saturation.min() >= 0 and p.saturation.max() < 2 and abs(p.saturation.mean() - 1) < 0.03
+    assert p.contrast.min() >= 0.5 and p.contrast.max() < 1.5
+    assert p.scale.min() >= 1 / 1.2 - 1e-6 and p.scale.max() <= 1.2 + 1e-6
+    deg = p.angle * 180 / math.pi
+    assert deg.min() >= -15 and deg.max() <= 15 and deg.min() < -14.5 and deg.max() > 14.5
+    mh, mw = int(H * 0.125 + 0.5), int(W * 0.125 + 0.5)
+    assert set(p.shift[:, 0].tolist()) == set(range(-mh, mh + 1))
+    assert set(p.shift[:, 1].tolist()) == set(range(-mw, mw + 1))
+    assert p.cutout_size == (16, 12)
+    assert set(p.centre[:, 0].tolist()) == set(range(H + 1)) and set(p.centre[:, 1].tolist()) == set(range(W + 1))
+    # mode "one": one group per call, roughly uniform over the strategy's groups
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(6)
+    for _ in range(600):
+        q = sample_dsa_params(4, "crop_flip_rotate", "one", True, height=8, width=8, generator=gen)
+        assert q.active.shape == (1, 6) and q.active.sum() == 1
+        counts += q.active[0].float()
+    assert counts[[0, 2, 4]].sum() == 0 and (counts[[1, 3, 5]] > 150).all()
+
+
+def test_public_exports():
+    for name in ("diff_augment", "diff_augment_reference", "DSAParams", "sample_dsa_params"):
+        assert callable(getattr(pydistill.ops, name))
+    x = torch.randn(2, 3, 8, 8)
+    p = sample_dsa_params(2, height=8, width=8)
+    assert torch.equal(pydistill.ops.diff_augment(x, params=p), diff_augment(x, params=p))
+
+
+def test_auto_backend_on_cpu_is_reference():
+    x = torch.randn(2, 3, 8, 8)
+    p = sample_dsa_params(2, DEFAULT, "all", True, height=8, width=8)
+    assert torch.equal(diff_augment(x, params=p), diff_augment_reference(x, p))
+
+
+def test_validation_errors():
+    x = torch.randn(2, 3, 8, 8)
+    p = sample_dsa_params(2, DEFAULT, "all", True, height=8, width=8)
+    with pytest.raises(ValueError, match="4-D"):
+        diff_augment(torch.randn(3, 8, 8))
+    with pytest.raises(TypeError, match="floating"):
+        diff_augment(torch.ones(2, 3, 8, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="unknown group 'blur'"):
+        diff_augment(x, "color_blur")
+    with pytest.raises(ValueError, match="mode"):
+        diff_augment(x, mode="some")
+    with pytest.raises(ValueError, match="ratio scale"):
+        diff_augment(x, ratios={"scale": 0.5})
+    with pytest.raises(ValueError, match="unknown DSA ratio"):
+        sample_dsa_params(2, height=8, width=8, blur=1.0)
+    with pytest.raises(ValueError, match="'color' must be the first"):
+        sample_dsa_params(2, "crop_color", "all", height=8, width=8)
+    with pytest.raises(ValueError, match="drawn for 8x8"):
+        diff_augment(torch.randn(2, 3, 9, 8), params=p)
+    with pytest.raises(ValueError, match=r"params.brightness must have shape \[1 or 3\]"):
+        diff_augment(torch.randn(3, 3, 8, 8), params=p)
+    with pytest.raises(TypeError, match="DSAParams"):
+        diff_augment(x, params={"angle": 0})
+    with pytest.raises(ValueError, match="backend"):
+        diff_augment(x, params=p, backend="tpu")
+    with pytest.raises(ValueError, match="height"):
+        diff_augment(torch.randn(2, 3, 1, 8))

@@ -1,0 +1,330 @@
+"""MGD3: mode discovery, the guidance term against hand computations, stop step, loading, end-to-end run."""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("sklearn")
+
+from diffusers import DDIMScheduler, DDPMScheduler  # noqa: E402
+
+from pydistill.diffusion import guidance as G  # noqa: E402
+from pydistill.diffusion.loading import load_diffusion_model  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------------- modes
+def _blobs(gen, n_per=7, shape=(2, 3, 3)):
+    centres = torch.tensor([-4.0, 0.0, 5.0]).view(3, 1, 1, 1) * torch.ones(3, *shape)
+    x = torch.cat([c + 0.3 * torch.randn(n_per, *shape, generator=gen) for c in centres])
+    return x[torch.randperm(x.shape[0], generator=gen)], centres
+
+
+def test_kmeans_modes_equal_sklearn():
+    from sklearn.cluster import KMeans
+
+    x, _ = _blobs(torch.Generator().manual_seed(1))
+    modes = G.discover_modes(x, 3, seed=3, n_init=4)
+    assert modes.shape == (3, 2, 3, 3) and modes.dtype == x.dtype
+    ref = KMeans(n_clusters=3, n_init=4, random_state=3).fit(x.reshape(x.shape[0], -1).double().numpy())
+    torch.testing.assert_close(modes.reshape(3, -1).double(), torch.from_numpy(ref.cluster_centers_),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_gmm_modes_find_the_blobs():
+    x, centres = _blobs(torch.Generator().manual_seed(2))
+    modes = G.discover_modes(x, 3, method="gmm", seed=0, n_init=2)
+    assert modes.shape == (3, 2, 3, 3)
+    got = sorted(float(m.mean()) for m in modes)
+    assert got == pytest.approx([-4.0, 0.0, 5.0], abs=0.3)
+
+
+def test_modes_bad_arguments():
+    x = torch.randn(4, 1, 2, 2)
+    with pytest.raises(ValueError, match="at least k samples"):
+        G.discover_modes(x, 5)
+    with pytest.raises(ValueError, match="method"):
+        G.discover_modes(x, 2, method="dbscan")
+    with pytest.raises(ValueError, match="k must be"):
+        G.discover_modes(x, 0)
+
+
+# ----------------------------------------------------------------------------------------------------- guidance
+def _abar(s, t):
+    return float(s.alphas_cumprod.double()[int(t)]) if int(t) >= 0 else 1.0
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_ddim_guided_step_by_hand(prediction_type):
+    s = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False, set_alpha_to_one=True,
+                      prediction_type=prediction_type)
+    s.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    x, out, mode = (torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64) for _ in range(3))
+    i, lam = 2, 0.37
+    t = int(s.timesteps[i])
+    prev_t = t - 1000 // 10
+    a, ap = _abar(s, t), _abar(s, prev_t)
+    if prediction_type == "epsilon":
+        x0, eps = (x - math.sqrt(1 - a) * out) / math.sqrt(a), out
+    else:
+        x0 = math.sqrt(a) * x - math.sqrt(1 - a) * out
+        eps = math.sqrt(a) * out + math.sqrt(1 - a) * x
+    sigma = math.sqrt(1 - a)  # DDIM: the noise level of x_t
+    expect = math.sqrt(ap) * x0 + math.sqrt(1 - ap) * eps + lam * sigma * (mode - x0)
+    assert G.guidance_sigma(s, i) == pytest.approx(sigma, rel=1e-12)
+    got, x0_hat = G.guided_step(s, out, i, x, mode, lam)
+    tol = dict(rtol=1e-5, atol=1e-5)  # the scheduler's coefficients are float32
+    torch.testing.assert_close(x0_hat, x0, **tol)
+    torch.testing.assert_close(got, expect, **tol)
+    plain, _ = G.guided_step(s, out, i, x, mode, lam, guide=False)
+    torch.testing.assert_close(got - plain, lam * sigma * (mode - x0), **tol)
+
+
+def test_ddpm_guided_step_by_hand():
+    s = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
+                      variance_type="fixed_small")
+    s.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    x, eps, mode = (torch.randn(3, 1, 4, 6, generator=g, dtype=torch.float64) for _ in range(3))
+    i, lam = 3, 0.2
+    t, prev_t = int(s.timesteps[i]), int(s.timesteps[i + 1])
+    a, ap = _abar(s, t), _abar(s, prev_t)
+    beta = 1 - a / ap
+    x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
+    mean = math.sqrt(ap) * beta / (1 - a) * x0 + math.sqrt(1 - beta) * (1 - ap) / (1 - a) * x
+    std = math.sqrt((1 - ap) / (1 - a) * beta)  # the posterior std = sigma_t of the guidance
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    expect = mean + std * z + lam * std * (mode - x0)
+    assert G.guidance_sigma(s, i) == pytest.approx(std, rel=1e-12)
+    got, _ = G.guided_step(s, eps, i, x, mode, lam, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-5)
+    # the last step (previous timestep = the clean sample) has a zero posterior std: no guidance there
+    assert G.guidance_sigma(s, 9) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("sched", ["ddim", "ddpm"])
+@pytest.mark.parametrize("n_steps,t_stop,expect", [(10, 0.5, 5), (10, 0.3, 3), (7, 1.0, 7), (8, 0.0, 0)])
+def test_guidance_stops_at_t_stop(monkeypatch, sched, n_steps, t_stop, expect):
+    s = DDIMScheduler() if sched == "ddim" else DDPMScheduler()
+    seen = []
+    real_sigma = G.guidance_sigma
+
+    def spy(scheduler, step_index):
+        seen.append(step_index)
+        return real_sigma(scheduler, step_index)
+
+    monkeypatch.setattr(G, "guidance_sigma", spy)
+    inputs = []
+
+    def denoise(x, t):
+        inputs.append(x.clone())
+        return 0.5 * x
+
+    shape = (2, 1, 3, 3)
+    modes = torch.ones(shape)
+    _, info = G.mode_guided_sample(denoise, s, shape, modes, num_inference_steps=n_steps, lambda_=0.1,
+                                   t_stop=t_stop, generator=torch.Generator().manual_seed(0))
+    assert info["guided_steps"] == expect and seen == list(range(expect))
+    guided_inputs = list(inputs)
+    inputs.clear()
+    G.mode_guided_sample(denoise, s, shape, None, num_inference_steps=n_steps,
+                         generator=torch.Generator().manual_seed(0))
+    # same noise: the trajectories agree up to the first guided update, then differ
+    torch.testing.assert_close(guided_inputs[0], inputs[0])
+    if expect:
+        assert not torch.allclose(guided_inputs[1], inputs[1])
+
+
+def test_sampler_bad_arguments():
+    with pytest.raises(ValueError, match="t_stop"):
+        G.num_guided_steps(10, 1.5)
+    with pytest.raises(TypeError, match="DDIMScheduler or DDPMScheduler"):
+        from diffusers import EulerDiscreteScheduler
+
+        G.mode_guided_sample(lambda x, t: x, EulerDiscreteScheduler(), (1, 1, 2, 2), None, num_inference_steps=2)
+    with pytest.raises(ValueError, match="modes must have the sample shape"):
+        G.mode_guided_sample(lambda x, t: x, DDIMScheduler(), (2, 1, 2, 2), torch.zeros(1, 1, 2, 2),
+                             num_inference_steps=2)
+
+
+def test_coverage_and_diversity_by_hand():
+    from pydistill.methods.mgd3 import coverage_and_diversity
+
+    real = torch.tensor([[0.0, 0.0], [3.0, 4.0], [10.0, 0.0]])
+    gen = torch.tensor([[0.0, 0.0], [6.0, 8.0]])
+    cover, div = coverage_and_diversity(real, gen)
+    # nearest distances 0, 5, min(10, sqrt(16 + 64)); pairwise distance 10
+    assert cover == pytest.approx((0 + 5 + math.sqrt(80)) / 3)
+    assert div == pytest.approx(10.0)
+    assert coverage_and_diversity(real, gen[:1])[1] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+def test_missing_model_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train-diffusion"):
+        load_diffusion_model(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="train-diffusion"):
+        load_diffusion_model(None)
+    with pytest.raises(FileNotFoundError, match="no diffusers model"):
+        load_diffusion_model(tmp_path)
+
+
+def _tiny_unet(num_class_embeds=3):
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=4, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 8),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4, num_class_embeds=num_class_embeds)
+
+
+def test_unet_loading_errors(tmp_path):
+    _tiny_unet(None).save_pretrained(tmp_path / "uncond")
+    DDPMScheduler().save_pretrained(tmp_path / "uncond")
+    with pytest.raises(ValueError, match="not class-conditional"):
+        load_diffusion_model(tmp_path / "uncond")
+    _tiny_unet().save_pretrained(tmp_path / "nosched")
+    with pytest.raises(FileNotFoundError, match="scheduler"):
+        load_diffusion_model(tmp_path / "nosched")
+    # side-by-side layout, no pydistill.json: every embedding is a class, no null class (no CFG)
+    _tiny_unet().save_pretrained(tmp_path / "ok")
+    DDIMScheduler().save_pretrained(tmp_path / "ok")
+    m = load_diffusion_model(tmp_path / "ok")
+    assert (m.kind, m.num_classes, m.null_class, m.sample_shape) == ("unet", 3, None, (1, 4, 4))
+    with pytest.raises(ValueError, match="null"):
+        m.denoiser([0, 1], guidance_scale=2.0)
+    with pytest.raises(ValueError, match="knows 3 classes"):
+        m.class_ids_for([str(i) for i in range(5)], 5)
+
+
+def test_tiny_dit_pipeline(tmp_path):
+    from diffusers import AutoencoderKL, DiTPipeline, DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    tr = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                               num_layers=1, sample_size=4, patch_size=2, num_embeds_ada_norm=3, norm_num_groups=2)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
+                        norm_num_groups=2, sample_size=8)
+    DiTPipeline(tr, vae, DDIMScheduler()).save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index["id2label"] = {"0": "tench, Tinca tinca", "1": "goldfish", "2": "great white shark"}  # as on the hub
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    m = load_diffusion_model(tmp_path)
+    assert (m.kind, m.sample_shape, m.image_size, m.null_class, m.learned_variance) == (
+        "dit", (4, 4, 4), (8, 8), 3, True)
+    assert m.class_ids_for(["goldfish", "Great_White_Shark"], 2) == [1, 2]
+    with pytest.raises(ValueError, match="class_ids"):
+        m.class_ids_for(["goldfish", "zebra"], 2)
+    z = m.encode(m.to_model_images(torch.rand(3, 1, 5, 5)))  # grey 5x5 -> RGB 8x8 -> latents
+    assert z.shape == (3, 4, 4, 4)
+    for sched in ("ddim", "ddpm"):
+        out, info = G.mode_guided_sample(m.denoiser([1, 1, 1], 4.0), m.make_scheduler(sched), (3, 4, 4, 4), z,
+                                         num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+        assert info["guided_steps"] == 2 and torch.isfinite(out).all()
+    assert m.decode(out).shape == (3, 3, 8, 8)
+
+
+# ----------------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from pydistill.diffusion.train import train_diffusion
+
+    out = tmp_path_factory.mktemp("ddpm") / "digits-ddpm"
+    train_diffusion("digits", out, steps=3, batch_size=16, n_per_class=4, checkpoint_every=2, progress=False,
+                    device="cpu")
+    return out
+
+
+def test_train_diffusion_outputs_and_resume(tiny_model):
+    from pydistill.diffusion.train import train_diffusion
+
+    meta = json.loads((tiny_model / "pydistill.json").read_text())
+    assert meta["dataset"] == "digits" and meta["null_class"] == 10 and meta["steps"] == 3
+    assert (tiny_model / "unet" / "config.json").is_file()
+    assert (tiny_model / "scheduler" / "scheduler_config.json").is_file()
+    m = load_diffusion_model(tiny_model)
+    assert (m.kind, m.num_classes, m.null_class, m.sample_shape) == ("unet", 10, 10, (1, 8, 8))
+    # resume: two more steps continue from the checkpoint at step 3
+    state = torch.load(tiny_model / "train_state.pt", weights_only=False)
+    assert state["step"] == 3
+    train_diffusion("digits", tiny_model, steps=5, batch_size=16, n_per_class=4, checkpoint_every=2,
+                    progress=False, device="cpu")
+    state = torch.load(tiny_model / "train_state.pt", weights_only=False)
+    assert state["step"] == 5 and len(state["losses"]) == 5
+    with pytest.raises(ValueError, match="other settings"):
+        train_diffusion("digits", tiny_model, steps=6, batch_size=8, n_per_class=4, progress=False, device="cpu")
+
+
+def _cfg(model, **kw):
+    from pydistill.methods.mgd3 import Config
+
+    return Config(model=str(model), num_inference_steps=4, guidance_scale=2.0, kmeans_n_init=2, **kw)
+
+
+def test_mgd3_method_resume_and_errors(tiny_model):
+    from pydistill.data import load_dataset
+    from pydistill.methods.mgd3 import MGD3
+
+    ds = load_dataset("digits").subset(6, seed=0)
+    with pytest.raises(FileNotFoundError, match="train-diffusion"):
+        MGD3(ds, 2, config=_cfg(tiny_model.parent / "missing"))
+    with pytest.raises(ValueError, match="t_stop"):
+        MGD3(ds, 2, config=_cfg(tiny_model, t_stop=2.0))
+    a = MGD3(ds, 2, config=_cfg(tiny_model, scheduler="ddpm"), seed=1)
+    assert a.num_iterations == 10
+    stats = a.step(0)
+    assert stats["guided_steps"] == 2 and stats["mode_distance"] > 0
+    b = MGD3(ds, 2, config=_cfg(tiny_model, scheduler="ddpm"), seed=1)
+    b.load_state_dict(a.state_dict())
+    a.step(1), b.step(1)
+    assert torch.equal(a.images, b.images)
+    s = a.synthetic_set()
+    assert s.images.shape == (20, 1, 8, 8) and s.meta["classes_done"] == 2
+    assert s.labels.tolist() == [c for c in range(10) for _ in range(2)]
+    # unguided: same noise, no guidance -> a different class-0 pair
+    u = MGD3(ds, 2, config=_cfg(tiny_model, scheduler="ddpm", guided=False), seed=1)
+    assert u.step(0)["guided_steps"] == 0
+    assert not torch.allclose(u.images[:2], a.images[:2])
+
+
+def test_mgd3_end_to_end_through_runner(tiny_model, tmp_path):
+    runner = pytest.importorskip("pydistill.runner")
+    from pydistill.data import load_dataset
+    from pydistill.methods import get_method
+
+    ds = load_dataset("digits").subset(5, seed=0, n_test_per_class=3)
+    method = get_method("mgd3")(ds, 2, config=_cfg(tiny_model), seed=0)
+    out = tmp_path / "run"
+    runner.run_distillation(method, out, checkpoint_every=5, progress=False,
+                            eval_kwargs=dict(epochs=2, num_eval=1, dsa=False, progress=False))
+    for f in ("synthetic.safetensors", "metrics.json", "checkpoint.pt"):
+        assert (out / f).is_file(), f
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "mgd3" and metrics["ipc"] == 2
+    assert metrics["extra"]["mode_distance"] > 0 and metrics["extra"]["diversity"] > 0
+    assert (out / "grid.png").is_file()
+    from pydistill.synthetic import SyntheticSet
+
+    s = SyntheticSet.load(out / "synthetic.safetensors")
+    assert s.images.shape == (20, 1, 8, 8) and torch.isfinite(s.images).all()
+    assert s.meta["classes_done"] == 10 and s.meta["mode_distance"] > 0
+
+
+def test_train_diffusion_cli(tmp_path):
+    import argparse
+
+    from pydistill.diffusion.train import register_cli
+
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["train-diffusion", "--dataset", "digits", "--out", str(tmp_path / "m"), "--steps",
+                              "1", "--batch-size", "8", "--n-per-class", "2", "--device", "cpu", "--no-progress"])
+    assert args.func(args) == 0
+    assert (tmp_path / "m" / "pydistill.json").is_file()
+    if os.path.exists("pydistill/cli.py"):
+        cli = pytest.importorskip("pydistill.cli")
+        with pytest.raises(SystemExit):
+            cli.main(["train-diffusion", "--help"])
