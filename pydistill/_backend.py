@@ -6,7 +6,6 @@ Backends: ``"reference"`` (plain PyTorch, runs anywhere), ``"cpp"`` (pydistill._
 """
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 
@@ -27,22 +26,32 @@ def has_compiled() -> bool:
     return _C is not None
 
 
-@functools.lru_cache(maxsize=None)
+_COMPILED_WITH_CUDA = _C is not None and bool(torch.ops.pydistill.compiled_with_cuda())
+
+
 def compiled_with_cuda() -> bool:
-    return has_compiled() and bool(torch.ops.pydistill.compiled_with_cuda())
+    """True when pydistill._C holds the CUDA kernels (a plain constant: safe under torch.compile)."""
+    return _COMPILED_WITH_CUDA
 
 
 def triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when TRITON_INTERPRET=1 was set before pydistill was imported (Triton on the CPU)."""
+    return _TRITON_INTERPRET
 
 
-@functools.lru_cache(maxsize=None)
+try:
+    import triton  # noqa: F401
+
+    _HAS_TRITON = True
+except ImportError:  # pragma: no cover
+    _HAS_TRITON = False
+_TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Overrides "auto" for every op (read once at import; e.g. PYDISTILL_BACKEND=reference to compare).
+_ENV_BACKEND = os.environ.get("PYDISTILL_BACKEND", "")
+
+
 def has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _HAS_TRITON
 
 
 def backends() -> dict[str, bool]:
@@ -73,9 +82,8 @@ def resolve(backend: str, device: torch.device, *, available: tuple[str, ...], a
     """
     if backend not in BACKENDS:
         raise ValueError(f"{arg} must be one of {BACKENDS}, got {backend!r}")
-    env = os.environ.get("PYDISTILL_BACKEND")
-    if backend == "auto" and env:
-        backend = env
+    if backend == "auto" and _ENV_BACKEND:
+        backend = _ENV_BACKEND
     have = backends()
     if backend == "auto":
         for cand in available:

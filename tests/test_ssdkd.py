@@ -283,37 +283,62 @@ def _tiny_config(teacher, **kw):
     return dataclasses.replace(cfg, **kw)
 
 
-def test_ssdkd_rounds_and_state_resume(digits_small, tiny_teacher, tmp_path):
-    from pydistill.methods.ssdkd import SSDKD
+def _same_state(a, b):
+    for (ka, va), (kb, vb) in zip(a.student.state_dict().items(), b.student.state_dict().items()):
+        assert ka == kb
+        torch.testing.assert_close(va, vb, rtol=0, atol=0)
+    for k in ("images", "logits", "delta"):
+        torch.testing.assert_close(getattr(a.buffer, k), getattr(b.buffer, k), rtol=0, atol=0)
+    assert a.synthesized == b.synthesized and a.buffer.ptr == b.buffer.ptr
+
+
+def test_ssdkd_end_to_end_outputs_and_resume(digits_small, tiny_teacher, tmp_path, monkeypatch):
+    from pydistill.methods.ssdkd import SSDKD, STUDENT_FILE
+    from pydistill.runner import run_distillation
 
     path, _ = tiny_teacher
     cfg = _tiny_config(path)
+    ev = dict(models=("ConvNetW32",), num_eval=1, epochs=2, dsa=False)
+    run = dict(checkpoint_every=2, eval_kwargs=ev, progress=False)
+
     full = SSDKD(digits_small, 2, config=cfg, seed=3)
-    logs = [full.step(it) for it in range(cfg.rounds)]
-    assert logs[-1]["synthesized"] == 40 and logs[-1]["buffer"] == 25
-    for k in ("loss_bn", "loss_ce", "loss_adv", "loss_kd", "phi_mean", "weight_mean"):
-        assert all(math.isfinite(log[k]) for log in logs), k
-    assert logs[0]["loss_bn"] > 0  # the teacher has BN layers
-    assert all(0 < log["weight_mean"] <= 1 for log in logs)
-
-    half = SSDKD(digits_small, 2, config=cfg, seed=3)
-    for it in range(2):
-        half.step(it)
-    torch.save(half.state_dict(), tmp_path / "state.pt")
-    resumed = SSDKD(digits_small, 2, config=cfg, seed=3)
-    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
-    for it in range(2, cfg.rounds):
-        resumed.step(it)
-    for a, b in zip(full.student.state_dict().values(), resumed.student.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    torch.testing.assert_close(full.buffer.images, resumed.buffer.images, rtol=0, atol=0)
-    torch.testing.assert_close(full.buffer.delta, resumed.buffer.delta, rtol=0, atol=0)
-
+    metrics = run_distillation(full, tmp_path / "full", **run)
+    for f in ("checkpoint.pt", "synthetic.safetensors", "grid.png", "curves.png", "metrics.json"):
+        assert (tmp_path / "full" / f).is_file(), f
+    if not (tmp_path / "full" / STUDENT_FILE).exists():  # until the runner calls method.save_outputs(out_dir)
+        full.save_outputs(str(tmp_path / "full"))
+    student = torch.load(tmp_path / "full" / STUDENT_FILE, weights_only=True)
+    assert student["model"] == "ConvNetW32" and student["synthesized_samples"] == 40
+    on_disk = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    extra = on_disk["extra"]
+    assert extra["synthesized_samples"] == 40 and extra["teacher"] == "ConvNetBN"
+    assert 0 <= extra["student_accuracy"] <= 1 and 0 <= extra["teacher_accuracy"] <= 1
+    final = metrics["final_scalars"]
+    assert final["buffer"] == 25 and final["synthesized"] == 40 and final["loss_bn"] > 0  # the teacher has BN
+    for k in ("loss_ce", "loss_adv", "loss_kd", "phi_mean", "weight_mean"):
+        assert math.isfinite(final[k]), k
+    assert 0 < final["weight_mean"] <= 1
     syn = full.synthetic_set()
     assert syn.images.shape[1:] == (1, 8, 8) and syn.labels.dtype == torch.int64
     assert torch.bincount(syn.labels, minlength=10).max() <= 2
-    m = full.extra_metrics()
-    assert m["synthesized_samples"] == 40 and 0 <= m["student_accuracy"] <= 1 and 0 <= m["teacher_accuracy"] <= 1
+
+    # crash in round 3 (after the checkpoint at 2), then resume in a fresh process-like object
+    step = SSDKD.step
+
+    def crashing(self, it):
+        if it == 3:
+            raise KeyboardInterrupt
+        return step(self, it)
+
+    monkeypatch.setattr(SSDKD, "step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run_distillation(SSDKD(digits_small, 2, config=cfg, seed=3), tmp_path / "resumed", **run)
+    monkeypatch.setattr(SSDKD, "step", step)
+    again = SSDKD(digits_small, 2, config=cfg, seed=3)
+    m2 = run_distillation(again, tmp_path / "resumed", **run)
+    assert m2["resumed_from_iteration"] == 2
+    _same_state(full, again)
+    assert m2["extra"]["student_accuracy"] == metrics["extra"]["student_accuracy"]
 
 
 def test_ssdkd_baseline_flags_and_errors(digits_small, tiny_teacher):

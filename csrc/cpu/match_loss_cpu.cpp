@@ -123,8 +123,8 @@ inline size_t find_item(const std::vector<Item>& items, int64_t c) {
 }
 
 template <typename scalar_t, typename acc_t>
-void forward_impl(const std::vector<Item>& items, int64_t W, int metric, int64_t R, at::Tensor& loss,
-                  at::Tensor& stats) {
+void forward_impl(const std::vector<Item>& items, int64_t W, int metric, int64_t R, const at::Tensor& loss,
+                  const at::Tensor& stats) {
   std::vector<acc_t> part(static_cast<size_t>(std::max<int64_t>(W, 1)) * 3, acc_t(0));
   at::parallel_for(0, W, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
@@ -246,8 +246,8 @@ std::vector<at::Tensor> contiguous_all(at::TensorList ts) {
 
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-void fwd_out(at::TensorList gw_syn, at::TensorList gw_real, const std::string& metric_s, at::Tensor loss,
-             at::Tensor stats) {
+void fwd_out(at::TensorList gw_syn, at::TensorList gw_real, const std::string& metric_s, const at::Tensor& loss,
+             const at::Tensor& stats) {
   check_lists(gw_syn, gw_real, "match_loss_fwd");
   const int metric = metric_code(metric_s);
   const auto dtype = gw_syn[0].scalar_type();

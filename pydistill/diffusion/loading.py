@@ -226,6 +226,11 @@ def _resize(x: torch.Tensor, size: tuple) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=down)
 
 
+def _cast(obj, device, dtype):
+    obj = obj.to(device)
+    return obj if dtype == torch.float32 else obj.to(dtype)
+
+
 def load_diffusion_model(path, *, device="cpu", dtype: torch.dtype = torch.float32) -> DiffusionModel:
     """Load the model at local folder ``path`` (layouts in the module docstring) onto ``device``."""
     if path is None or str(path) == "":
@@ -245,7 +250,7 @@ def load_diffusion_model(path, *, device="cpu", dtype: torch.dtype = torch.float
     if (root / "model_index.json").is_file():
         cls_name = _read_json(root / "model_index.json").get("_class_name", "")
         if cls_name == "DiTPipeline":
-            pipe = diffusers.DiTPipeline.from_pretrained(str(root), **kw).to(device, dtype)
+            pipe = _cast(diffusers.DiTPipeline.from_pretrained(str(root), **kw), device, dtype)
             tr = pipe.transformer
             vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
             h = int(tr.config.sample_size)
@@ -259,9 +264,8 @@ def load_diffusion_model(path, *, device="cpu", dtype: torch.dtype = torch.float
             )
         if cls_name.startswith("StableDiffusion"):
             try:
-                pipe = diffusers.StableDiffusionPipeline.from_pretrained(
-                    str(root), safety_checker=None, requires_safety_checker=False, **kw
-                ).to(device, dtype)
+                pipe = _cast(diffusers.StableDiffusionPipeline.from_pretrained(
+                    str(root), safety_checker=None, requires_safety_checker=False, **kw), device, dtype)
             except ImportError as exc:  # pragma: no cover - depends on the install
                 raise ImportError("Stable Diffusion models need `transformers` (pip install transformers)") from exc
             un = pipe.unet
@@ -304,7 +308,7 @@ def load_diffusion_model(path, *, device="cpu", dtype: torch.dtype = torch.float
             f"the UNet2DModel at {str(unet_dir)!r} is not class-conditional with a label embedding "
             "(num_class_embeds must be set and class_embed_type None); MGD3 generates per class"
         )
-    unet = diffusers.UNet2DModel.from_pretrained(str(unet_dir), **kw).to(device, dtype).eval()
+    unet = _cast(diffusers.UNet2DModel.from_pretrained(str(unet_dir), **kw), device, dtype).eval()
     sched_cfg = _read_json(sched_file)
     n_embeds = int(unet.config.num_class_embeds)
     null_class = meta.get("null_class")

@@ -53,9 +53,11 @@ __all__ = [
     "load_teacher",
     "register_cli",
     "TEACHER_FORMAT",
+    "STUDENT_FILE",
 ]
 
 TEACHER_FORMAT = "pydistill-teacher-v1"
+STUDENT_FILE = "student.pt"
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -388,7 +390,7 @@ class SSDKD(Method):
 
     ``synthetic_set()`` returns up to ``ipc`` buffer images per teacher class (highest priority first) with the
     teacher's labels. ``extra_metrics()``: student and teacher test accuracy, synthesized-sample count.
-    ``student_state()`` / ``save_student(path)``: the trained student.
+    ``save_outputs(out_dir)`` writes ``out_dir/student.pt``; ``student_state()`` / ``save_student(path)``.
     """
 
     Config = Config
@@ -622,6 +624,10 @@ class SSDKD(Method):
         atomic_save(dict(self.student_state(), test_accuracy=self.student_accuracy()), path)
         return path
 
+    def save_outputs(self, out_dir: str) -> list[str]:
+        """Method-specific outputs of a finished run: ``out_dir/student.pt`` (see :meth:`save_student`)."""
+        return [self.save_student(os.path.join(str(out_dir), STUDENT_FILE))]
+
     # ----------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
         return dict(
@@ -650,11 +656,21 @@ class SSDKD(Method):
 def _cli_teacher(args: argparse.Namespace) -> int:
     from pydistill.data import load_dataset
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    ds = load_dataset(args.dataset, args.data_root, device=device)
+    import json
+
+    from pydistill.utils import resolve_device
+
+    try:
+        model_kwargs = json.loads(args.model_kwargs)
+    except json.JSONDecodeError:
+        model_kwargs = None
+    if not isinstance(model_kwargs, dict):
+        raise ValueError(f"--model-kwargs must be a JSON object such as '{{\"width\": 64}}', got {args.model_kwargs!r}")
+    ds = load_dataset(args.dataset, args.data_root, device=resolve_device(args.device))
     meta = train_teacher(
         ds, args.out, model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch,
+        model_kwargs=model_kwargs,
     )
     print(f"teacher {meta['model']} on {args.dataset}: test accuracy {meta['test_accuracy']:.4f} -> {args.out}")
     return 0
@@ -665,6 +681,7 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser("teacher", help="train a teacher for data-free KD (SSD-KD); resumable")
     p.add_argument("--dataset", required=True, help="dataset name (see pydistill.data.load_dataset)")
     p.add_argument("--model", default="ResNet34", help="architecture name (pydistill.models.get_network)")
+    p.add_argument("--model-kwargs", default="{}", help='extra get_network keywords as JSON, e.g. \'{"width": 64}\'')
     p.add_argument("--out", required=True, help="teacher file to write (resumes when it exists)")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=128)
@@ -672,6 +689,6 @@ def register_cli(subparsers) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap mini-batches per epoch (quick runs)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     p.add_argument("--data-root", default=None, help="dataset folder (default: $PYDISTILL_DATA or shared/datasets)")
     p.set_defaults(func=_cli_teacher)
