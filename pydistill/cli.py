@@ -79,7 +79,7 @@ def _convert(text: str, tp, key: str):
             if container is dict:
                 raise ValueError(f"--set {key}={text!r}: expected a JSON object, e.g. '{{\"width\": 64}}'") from None
             args = typing.get_args(tp)
-            elem = args[0] if args else str
+            elem = args[0] if args and args[0] is not Ellipsis else Any
             val = [_convert(v.strip(), elem, key) for v in text.split(",") if v.strip()]
         if container is dict and not isinstance(val, dict):
             raise ValueError(f"--set {key}={text!r}: expected a JSON object")

@@ -153,6 +153,9 @@ def test_accuracy(net: nn.Module, dataset, batch_size: int = 1024) -> float:
     return int(correct) / n
 
 
+test_accuracy.__test__ = False  # not a pytest test when imported into a test module
+
+
 def _build(model, dataset, seed, model_kwargs, device):
     from pydistill.models import get_network
 

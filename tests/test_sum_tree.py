@@ -165,15 +165,17 @@ def test_sampling_distribution_chi_square(device, backend, stratified):
     assert p_bad < 1e-9
 
 
+@pytest.mark.parametrize("k", [6, 20000])  # per-path walk / sort + level passes (CPU); one block / per level (CUDA)
 @pytest.mark.parametrize("device,backend", COMPILED)
-def test_update_touches_only_changed_paths(device, backend):
+def test_update_touches_only_changed_paths(device, backend, k):
     cap = 1025
     rng = np.random.default_rng(4)
     tree = SumTree(cap, device=device, backend=backend)
     tree.update(torch.arange(cap), torch.from_numpy(rng.random(cap)))
     expect = SumTree(cap, device=device, backend="reference")
     expect.load_state_dict(tree.state_dict())
-    idx = np.array([5, 6, 300, 300, 1024, 17])
+    idx = np.array([5, 6, 300, 300, 1024, 17]) if k == 6 else np.concatenate(
+        [rng.integers(0, 200, k - 2), [700, 1024]])
     pri = rng.random(len(idx))
     P = tree._p
     touched = set()

@@ -6,8 +6,9 @@
 // lives at node P + i. `tree` holds sums, `min_tree` minima (+inf for never-written leaves).
 //
 //   sum_tree_update(tree, min_tree, indices, priorities): writes the leaves (the last write
-//     wins among duplicate indices, in input order) then recomputes only the ancestors of
-//     the written leaves, level by level.
+//     wins among duplicate indices, in input order) and recomputes only the ancestors of the
+//     written leaves: per write up its path (small batches), or level by level over the
+//     distinct changed nodes of each level, in parallel (large batches).
 //   sum_tree_sample(tree, u) -> leaf indices: descends from the root for each u in [0, total);
 //     a zero-sum child is never entered, so a zero-priority leaf is never returned.
 #include <ATen/Parallel.h>
@@ -22,6 +23,9 @@
 namespace pydistill {
 
 namespace {
+
+constexpr int64_t kWalkMax = 8192;         // update batches up to this size walk each path serially
+constexpr int64_t kSampleGrain = 1 << 15;  // draws per parallel chunk (small batches stay serial)
 
 void check_trees(const at::Tensor& tree, const at::Tensor& min_tree, const char* op) {
   TORCH_CHECK(tree.dim() == 1 && tree.scalar_type() == at::kDouble && tree.is_contiguous(), op,
@@ -58,11 +62,26 @@ void sum_tree_update_cpu(at::Tensor tree, at::Tensor min_tree, const at::Tensor&
   double* s = tree.data_ptr<double>();
   double* m = min_tree.data_ptr<double>();
 
-  // Leaves, in input order: the last write to a duplicate index wins.
-  for (int64_t k = 0; k < K; ++k) {  // check everything before touching the tree
+  for (int64_t k = 0; k < K; ++k) {  // check every index before touching the tree
     TORCH_CHECK(idx[k] >= 0 && idx[k] < P, "sum_tree_update: index ", idx[k], " at position ", k,
                 " is outside [0, ", P, ")");
   }
+  if (K <= kWalkMax) {
+    // Small batches: each write walks its own path to the root, in input order (so the last
+    // write to a duplicate index wins). O(K log P) with no sort; repeated work is near the root.
+    for (int64_t k = 0; k < K; ++k) {
+      int64_t v = P + idx[k];
+      s[v] = pri[k];
+      m[v] = pri[k];
+      for (v >>= 1; v >= 1; v >>= 1) {
+        s[v] = s[2 * v] + s[2 * v + 1];
+        m[v] = std::min(m[2 * v], m[2 * v + 1]);
+      }
+    }
+    return;
+  }
+  // Large batches: leaves first, in input order (the last write to a duplicate index wins), then
+  // each level once over its distinct changed nodes (parallel).
   std::vector<int64_t> nodes(static_cast<size_t>(K));
   for (int64_t k = 0; k < K; ++k) {
     const int64_t i = idx[k];
@@ -70,7 +89,6 @@ void sum_tree_update_cpu(at::Tensor tree, at::Tensor min_tree, const at::Tensor&
     m[P + i] = pri[k];
     nodes[static_cast<size_t>(k)] = P + i;
   }
-  // Ancestors only, one level at a time over the distinct changed nodes of that level.
   std::sort(nodes.begin(), nodes.end());
   nodes.erase(std::unique(nodes.begin(), nodes.end()), nodes.end());
   while (nodes.front() > 1) {
@@ -99,7 +117,7 @@ at::Tensor sum_tree_sample_cpu(const at::Tensor& tree, const at::Tensor& u) {
   const double* s = tree.data_ptr<double>();
   const double* uu = u_c.data_ptr<double>();
   int64_t* o = out.data_ptr<int64_t>();
-  at::parallel_for(0, n, 2048, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, n, kSampleGrain, [&](int64_t b, int64_t e) {
     for (int64_t j = b; j < e; ++j) {
       double x = uu[j];
       int64_t v = 1;

@@ -541,7 +541,7 @@ class SSDKD(Method):
             lr = 0.5 * cfg.lr_student * (1.0 + math.cos(math.pi * min(self.student_steps, total_steps) / total_steps))
             for g in self.opt_s.param_groups:
                 g["lr"] = lr
-            n = min(cfg.batch_size, self.buffer.size) if not cfg.use_priority else cfg.batch_size
+            n = cfg.batch_size  # drawn with replacement in both modes
             if cfg.use_priority:
                 slots, probs = self.buffer.sample_prioritized(n, self.generator)
                 wts = self.buffer.tree.importance_weights(probs, beta, size=self.buffer.size).float()

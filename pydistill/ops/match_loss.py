@@ -34,7 +34,7 @@ _AVAILABLE = ("cuda", "triton", "cpp", "reference")
 # Reference (plain PyTorch; ground truth and the per-layer "baseline" of the benchmark)
 # ----------------------------------------------------------------------------------------------------------
 def _rows(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], -1)
+    return x.flatten(1)
 
 
 def match_loss_reference(gw_syn: Sequence[torch.Tensor], gw_real: Sequence[torch.Tensor],
@@ -216,7 +216,7 @@ def _backward(ctx, grad_loss, grad_stats):
     n = ctx.n
     grads = torch.ops.pydistill.match_loss_backward(
         grad_loss, list(saved[:n]), list(saved[n:2 * n]), saved[2 * n], ctx.metric, ctx.backend)
-    return list(grads), None, None, None
+    return list(grads), [None] * n, None, None
 
 
 _match_loss_op.register_autograd(_backward, setup_context=_setup_context)

@@ -252,25 +252,19 @@ class SumTree:
             return
         pri = pri.contiguous()
         if validate:
-            flags = torch.stack(
-                [
-                    ((idx < 0) | (idx >= self._capacity)).any(),
-                    torch.isnan(pri).any(),
-                    torch.isinf(pri).any(),
-                    (pri < 0).any(),
-                ]
-            ).tolist()  # the one host sync
-            if flags[0]:
+            lo_i, hi_i = torch.aminmax(idx)
+            lo_p, hi_p = torch.aminmax(pri)  # NaN propagates into both
+            lo_i, hi_i, lo_p, hi_p = torch.stack([lo_i.double(), hi_i.double(), lo_p, hi_p]).tolist()  # one sync
+            if lo_i < 0 or hi_i >= self._capacity:
                 raise ValueError(
-                    f"indices must lie in [0, capacity={self._capacity}), got values in "
-                    f"[{int(idx.min())}, {int(idx.max())}]"
+                    f"indices must lie in [0, capacity={self._capacity}), got values in [{int(lo_i)}, {int(hi_i)}]"
                 )
-            if flags[1]:
+            if math.isnan(lo_p) or math.isnan(hi_p):
                 raise ValueError("priorities must not contain NaN")
-            if flags[2]:
-                raise ValueError("priorities must be finite, got inf")
-            if flags[3]:
-                raise ValueError(f"priorities must be >= 0, got minimum {float(pri.min())}")
+            if math.isinf(lo_p) or math.isinf(hi_p):
+                raise ValueError(f"priorities must be finite, got values in [{lo_p}, {hi_p}]")
+            if lo_p < 0:
+                raise ValueError(f"priorities must be >= 0, got minimum {lo_p}")
         self._update_op(self._sum, self._min, idx.contiguous(), pri)
 
     # -- sampling -----------------------------------------------------------------------------------

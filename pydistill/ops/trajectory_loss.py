@@ -122,6 +122,14 @@ def _resolve(backend: str, device: torch.device) -> str:
     return _backend.resolve(backend, device, available=_available())
 
 
+def _impl(backend: str, device: torch.device) -> str:
+    """Backend inside the custom ops: the public function already resolved it in eager mode (cheap path);
+    "auto" arrives here from compiled graphs and direct ``torch.ops`` calls."""
+    if backend in ("cpp", "cuda", "triton", "reference") and backend in _available():
+        return backend
+    return _resolve(backend, device)
+
+
 if _has_compiled_op():
 
     @torch.library.register_fake("pydistill::trajectory_loss_fwd")
@@ -168,7 +176,7 @@ def _trajectory_loss_op(
     student: list[torch.Tensor], start: list[torch.Tensor], target: list[torch.Tensor], backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns ``(loss, den)``: the loss (input dtype) and the denominator (accumulation dtype), both 0-dim."""
-    impl = _resolve(backend, student[0].device)
+    impl = _impl(backend, student[0].device)
     if impl == "reference":
         return _fwd_reference(student, start, target)
     if impl == "triton":
@@ -187,7 +195,7 @@ def _trajectory_loss_backward_op(
     grad: torch.Tensor, student: list[torch.Tensor], target: list[torch.Tensor], den: torch.Tensor, backend: str
 ) -> list[torch.Tensor]:
     """Gradient wrt ``student``: ``grad * 2 * (student_i - target_i) / den`` per tensor (contiguous)."""
-    impl = _resolve(backend, student[0].device)
+    impl = _impl(backend, student[0].device)
     if impl == "reference":
         return _bwd_reference(grad, student, target, den)
     if impl == "triton":
