@@ -15,6 +15,15 @@ from pydistill.models import get_network
 TINY = {"width": 8, "depth": 2}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These tiny shapes run fastest single-threaded (and do not stall on a shared, busy CPU)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits").subset(24, seed=1, n_test_per_class=10)

@@ -56,8 +56,8 @@ def sum_tree_update_reference(
     last[:-1] = sorted_idx[1:] != sorted_idx[:-1]  # the last of a run is the last write in input order
     nodes = sorted_idx[last] + p_leaves
     values = priorities[perm[last]]
-    tree[nodes] = values
-    min_tree[nodes] = values
+    tree.index_copy_(0, nodes, values)
+    min_tree.index_copy_(0, nodes, values)
     sum_tree_build_reference(tree, min_tree)
 
 
@@ -67,8 +67,8 @@ def sum_tree_sample_reference(tree: torch.Tensor, u: torch.Tensor) -> torch.Tens
     v = torch.ones(u.shape, dtype=torch.int64, device=u.device)
     x = u.clone()
     while p_leaves > 1:
-        left = tree[2 * v]
-        go_right = (x >= left) & (tree[2 * v + 1] > 0)
+        left = tree.index_select(0, 2 * v)
+        go_right = (x >= left) & (tree.index_select(0, 2 * v + 1) > 0)
         x = torch.where(go_right, x - left, x)
         v = 2 * v + go_right.long()
         p_leaves //= 2
@@ -218,7 +218,8 @@ class SumTree:
     def get(self, indices, *, validate: bool = True) -> torch.Tensor:
         """Priorities (float64, same shape as ``indices``) of leaves ``indices``; 0 for never-written ones."""
         idx = self._leaf_indices(indices, "indices", validate)
-        return self._sum[idx + self._p]
+        # index_select, not tensor[idx]: advanced indexing goes multi-threaded early on the CPU
+        return self._sum.index_select(0, idx.reshape(-1) + self._p).view(idx.shape)
 
     # -- update -------------------------------------------------------------------------------------
     def update(self, indices, priorities, *, validate: bool = True) -> None:
@@ -305,7 +306,7 @@ class SumTree:
         else:
             u = r * total
         idx = self._sample_op(self._sum, u)
-        prob = self._sum[idx + self._p] / total
+        prob = self._sum.index_select(0, idx + self._p) / total
         return idx, prob
 
     def importance_weights(self, probabilities: torch.Tensor, beta: float, size=None) -> torch.Tensor:
