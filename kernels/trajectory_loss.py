@@ -44,14 +44,21 @@ def _fwd_partial_kernel(table_ptr, n_chunks, ref_ptr, partial_ptr, BLOCK: tl.con
             s_ptr = tl.multiple_of(s_ptr, 16)
             a_ptr = tl.multiple_of(a_ptr, 16)
             t_ptr = tl.multiple_of(t_ptr, 16)
-        for start in range(0, n, BLOCK):
+        n_full = (n // BLOCK) * BLOCK
+        for start in range(0, n_full, BLOCK):  # full blocks: unmasked, vectorizable loads
             offs = start + tl.arange(0, BLOCK)
-            mask = offs < n
-            xt = tl.load(t_ptr + offs, mask=mask, other=0).to(acc_t)
-            ds = tl.load(s_ptr + offs, mask=mask, other=0).to(acc_t) - xt
-            da = tl.load(a_ptr + offs, mask=mask, other=0).to(acc_t) - xt
+            xt = tl.load(t_ptr + offs).to(acc_t)
+            ds = tl.load(s_ptr + offs).to(acc_t) - xt
+            da = tl.load(a_ptr + offs).to(acc_t) - xt
             num += ds * ds
             den += da * da
+        offs = n_full + tl.arange(0, BLOCK)  # tail (possibly empty)
+        mask = offs < n
+        xt = tl.load(t_ptr + offs, mask=mask, other=0).to(acc_t)
+        ds = tl.load(s_ptr + offs, mask=mask, other=0).to(acc_t) - xt
+        da = tl.load(a_ptr + offs, mask=mask, other=0).to(acc_t) - xt
+        num += ds * ds
+        den += da * da
     tl.store(partial_ptr + 2 * pid, tl.sum(num, axis=0))
     tl.store(partial_ptr + 2 * pid + 1, tl.sum(den, axis=0))
 
@@ -85,12 +92,17 @@ def _bwd_kernel(table_ptr, n_chunks, ref_ptr, grad_ptr, den_ptr, BLOCK: tl.const
             s_ptr = tl.multiple_of(s_ptr, 16)
             t_ptr = tl.multiple_of(t_ptr, 16)
             o_ptr = tl.multiple_of(o_ptr, 16)
-        for start in range(0, n, BLOCK):
+        n_full = (n // BLOCK) * BLOCK
+        for start in range(0, n_full, BLOCK):  # full blocks: unmasked, vectorizable
             offs = start + tl.arange(0, BLOCK)
-            mask = offs < n
-            xs = tl.load(s_ptr + offs, mask=mask, other=0).to(acc_t)
-            xt = tl.load(t_ptr + offs, mask=mask, other=0).to(acc_t)
-            tl.store(o_ptr + offs, (scale * (xs - xt)).to(elem_t), mask=mask)
+            xs = tl.load(s_ptr + offs).to(acc_t)
+            xt = tl.load(t_ptr + offs).to(acc_t)
+            tl.store(o_ptr + offs, (scale * (xs - xt)).to(elem_t))
+        offs = n_full + tl.arange(0, BLOCK)  # tail (possibly empty)
+        mask = offs < n
+        xs = tl.load(s_ptr + offs, mask=mask, other=0).to(acc_t)
+        xt = tl.load(t_ptr + offs, mask=mask, other=0).to(acc_t)
+        tl.store(o_ptr + offs, (scale * (xs - xt)).to(elem_t), mask=mask)
 
 
 def _config(total: int, device: torch.device) -> tuple[int, int, int]:

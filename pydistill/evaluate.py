@@ -218,7 +218,9 @@ def evaluate(synthetic_set, dataset, *, models=("ConvNet",), num_eval: int = 5, 
     """Train ``num_eval`` fresh networks of each of ``models`` on ``synthetic_set``; test on ``dataset``.
 
     epochs: None -> 1000 with DSA, 300 without (as published; pass fewer for quick runs). A learned lr in the
-    set (MTT scalar, DD vector) is used unless ``use_learned_lr=False``. Deterministic given ``seed``; the
+    set (MTT scalar, DD vector) is used unless ``use_learned_lr=False``; a DD set (meta ``train_schedule`` ==
+    "dd_unrolled") is evaluated by ``pydistill.methods.dd.evaluate_dd`` with its own network and learned
+    schedule (``models``, ``epochs`` and ``dsa`` do not apply). Deterministic given ``seed``; the
     global RNG is left untouched. Returns ``{model: {"mean", "std", "accs"}}`` (fractions in [0, 1]).
     """
     from pydistill.synthetic import SyntheticSet
@@ -237,6 +239,12 @@ def evaluate(synthetic_set, dataset, *, models=("ConvNet",), num_eval: int = 5, 
         raise ValueError(f"labels must lie in [0, {dataset.num_classes}), got range "
                          f"[{int(labels.min())}, {int(labels.max())}]")
     learned = synthetic_set.lr if (use_learned_lr and synthetic_set.lr is not None) else None
+    if learned is not None and learned.dim() == 1 and synthetic_set.meta.get("train_schedule") == "dd_unrolled":
+        # DD sets only make sense with their learned unrolled schedule (fixed/random init, chunked steps).
+        from pydistill.methods.dd import evaluate_dd
+
+        return evaluate_dd(synthetic_set, dataset, num_models=num_eval, seed=seed,
+                           device=device if device is not None else dataset.device)
     dd_steps = synthetic_set.meta.get("distill_steps")
     return _run_models(lambda i: (imgs, labels), dataset, models=models, num_eval=num_eval, epochs=epochs, lr=lr,
                        learned_lr=learned, dd_steps=dd_steps, batch_size=batch_size, dsa=dsa,

@@ -178,7 +178,9 @@ def class_frequencies(
     if buffer_labels is not None and buffer_labels.numel() > 0:
         labels = torch.cat([labels, buffer_labels.long().flatten().to(labels.device)])
     if bool((labels < 0).any()) or bool((labels >= num_classes).any()):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{int(labels.min())}, {int(labels.max())}]")
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got values in [{int(labels.min())}, {int(labels.max())}]"
+        )
     return torch.bincount(labels, minlength=num_classes).float() / labels.numel()
 
 
@@ -231,7 +233,8 @@ def importance_weights(
     from pydistill.ops.sum_tree import importance_weights as _iw
 
     if not isinstance(probabilities, torch.Tensor) or probabilities.dim() != 1:
-        raise ValueError(f"probabilities must be a 1-D [N] tensor, got {getattr(probabilities, 'shape', probabilities)!r}")
+        got = tuple(probabilities.shape) if isinstance(probabilities, torch.Tensor) else type(probabilities).__name__
+        raise ValueError(f"probabilities must be a 1-D [N] tensor, got {got}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be an int >= 1 (the buffer size), got {size!r}")
     if not beta >= 0:

@@ -9,8 +9,10 @@ A fixed, trained teacher acts as the discriminator of a generator (Fast-DFKD inv
      + w_ce * mean_i phi(x_i) * CE(t(x_i), argmax t(x_i))                        # task loss, modulated
      - w_adv * mean_i m_i * KL(p_T(x_i) || p_S(x_i))                             # adversarial
 
-   ``phi = diversity * difficulty`` (:func:`pydistill.kd.modulating_phi`; diversity uses the class frequencies
-   of the replay buffer plus the batch), ``m_i`` = 1 where student and teacher agree (``adv_agree_mask``) else 0.
+   ``phi = diversity * difficulty`` (:func:`pydistill.kd.modulating_phi`): with ``y = argmax t(x)``, ``K``
+   classes and ``f[y]`` the frequency of class ``y`` among the buffer's teacher labels plus the batch,
+   ``diversity = min(1, 1 / (K f[y]))`` and ``difficulty = (1 - softmax(t(x))[y])^gamma``;
+   ``m_i`` = 1 where student and teacher agree (``adv_agree_mask``) else 0.
 2. **Replay insert**: the last synthesized batch goes into a fixed-size buffer (default 10% of the training
    set) with the teacher's logits and its priority ``delta = KL(p_T || p_S)``; tree priority
    ``(delta + eps)^alpha`` (:class:`pydistill.ops.SumTree`). When full, the *oldest* images are replaced
@@ -27,7 +29,6 @@ The teacher comes from :func:`train_teacher` (``pydistill teacher --dataset D --
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import time
@@ -83,7 +84,9 @@ def _augment(x: torch.Tensor, gen: torch.Generator, *, flip: bool, pad: int) -> 
         ow = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(x.device)
         rows = (oh[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
         cols = (ow[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        x = xp[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+        ni = torch.arange(n, device=x.device)[:, None, None, None]
+        ci = torch.arange(c, device=x.device)[None, :, None, None]
+        x = xp[ni, ci, rows, cols]
     if flip:
         mask = (torch.rand(n, generator=gen, device=gen.device) < 0.5).to(x.device)
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
@@ -230,7 +233,9 @@ def load_teacher(path: str, device: str | torch.device = "cpu") -> tuple[nn.Modu
     if not isinstance(ck, dict) or ck.get("format") != TEACHER_FORMAT:
         raise ValueError(f"{path!r} is not a pydistill teacher file (format {TEACHER_FORMAT})")
     if not ck.get("complete", False):
-        raise ValueError(f"teacher {path!r} is not finished training ({ck.get('epochs_done')}/{ck.get('epochs')} epochs)")
+        raise ValueError(
+            f"teacher {path!r} is not finished training ({ck.get('epochs_done')}/{ck.get('epochs')} epochs)"
+        )
     from pydistill.models import get_network
 
     net = get_network(ck["model"], ck["channel"], ck["num_classes"], tuple(ck["im_size"]), **ck["model_kwargs"])
@@ -326,7 +331,9 @@ class ReplayBuffer:
     def load_state_dict(self, sd: dict) -> None:
         for k in ("images", "logits", "labels", "delta"):
             if sd[k].shape != getattr(self, k).shape:
-                raise ValueError(f"buffer state {k} has shape {tuple(sd[k].shape)}, expected {tuple(getattr(self, k).shape)}")
+                raise ValueError(
+                    f"buffer state {k} has shape {tuple(sd[k].shape)}, expected {tuple(getattr(self, k).shape)}"
+                )
             getattr(self, k).copy_(sd[k])
         self.size, self.ptr = int(sd["size"]), int(sd["ptr"])
         self.tree.load_state_dict(sd["tree"])
@@ -415,7 +422,8 @@ class SSDKD(Method):
             self.teacher, self.teacher_meta = cfg.teacher.to(dev).eval(), {"model": type(cfg.teacher).__name__}
         else:
             self.teacher, self.teacher_meta = load_teacher(cfg.teacher, dev)
-        if self.teacher_meta.get("num_classes", k) != k or self.teacher_meta.get("channel", dataset.channel) != dataset.channel:
+        t_classes = self.teacher_meta.get("num_classes", k)
+        if t_classes != k or self.teacher_meta.get("channel", dataset.channel) != dataset.channel:
             raise ValueError(
                 f"teacher {cfg.teacher!r} was trained for {self.teacher_meta.get('channel')} channels / "
                 f"{self.teacher_meta.get('num_classes')} classes, the dataset has {dataset.channel} / {k}"
