@@ -99,13 +99,14 @@ def _dc_case(device, quick, dsa):
 
 
 # ------------------------------------------------------------------------------------------ MTT
-def _mtt_setup(device, quick):
+def _mtt_setup(device, quick, steps=None):
     from pydistill.functional import flat_params
     from pydistill.models import get_network
     from pydistill.ops.diff_augment import diff_augment
 
     C, K, H = (1, 10, 8) if quick else (3, 10, 32)
-    ipc, steps = (2, 10) if quick else (10, 30)
+    ipc, default_steps = (10, 10) if quick else (10, 30)
+    steps = steps or default_steps
     width = 16 if quick else 128
     torch.manual_seed(0)
     net = get_network("ConvNet", C, K, (H, H), width=width).to(device)
@@ -177,13 +178,24 @@ def cpu_peak_extra_mb(fn) -> float | None:
 
 
 def _mtt_rows(device, quick):
-    s = _mtt_setup(device, quick)
     rows = []
-    for impl in ("baseline", "pydistill", "pydistill-recompute"):
+    for steps in ((10, 40) if quick else (30, 80)):  # activation memory grows with N for all but recompute
+        rows += _mtt_case(device, quick, steps)
+    return rows
+
+
+def _mtt_case(device, quick, steps):
+    s = _mtt_setup(device, quick, steps)
+    impls = ("baseline", "pydistill", "pydistill-recompute")
+    # CPU peak memory first, each in a child forked before any iteration ran (no allocator caches inherited)
+    cpu_peak = {impl: cpu_peak_extra_mb(lambda: _mtt_iteration(s, impl)) if not str(device).startswith("cuda")
+                else None for impl in impls}
+    rows = []
+    for impl in impls:
         row = measure("mtt_iter", s["case"], impl, lambda: _mtt_iteration(s, impl), device, warmup=1, iters=3,
                       min_time_s=0.0)
         if row["peak_mb"] is None:
-            row["peak_mb"] = cpu_peak_extra_mb(lambda: _mtt_iteration(s, impl))
+            row["peak_mb"] = cpu_peak[impl]
         rows.append(row)
     return rows
 

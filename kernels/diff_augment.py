@@ -102,9 +102,9 @@ def _corner(tab, n, tab_stride, x0, y0, fxr, fyr, pmask, H, W, DX: tl.constexpr,
             kv = qyf + tl.load(t + 24)
             incut = (kv >= tl.load(t + 26)) & (kv <= tl.load(t + 27)) & (ku >= tl.load(t + 28)) & (ku <= tl.load(t + 29))
             valid = valid & (incut == 0)
-    w = tl.where(valid, w, 0.0)
-    idx = srcy.to(tl.int32) * W + srcx.to(tl.int32)
-    idx = tl.where(valid, idx, 0)
+    # Masks as multiplications (w is finite): tl.where here trips a Triton 3.6 layout bug on fp64 (H100).
+    w = w * valid.to(w.dtype)
+    idx = (srcy.to(tl.int32) * W + srcx.to(tl.int32)) * valid.to(tl.int32)
     return w, idx, valid
 
 

@@ -27,7 +27,7 @@ F_A, F_B, F_G, F_ROWS, F_LEN, F_CPR, F_CS, F_SEG, F_ACTIVE = range(FIELDS)
 CHUNK = 4096
 BLOCK = 1024
 BLOCK_R = 128
-EPS = 1e-6
+EPS = tl.constexpr(1e-6)  # a constexpr global: Triton kernels may read only constexpr globals
 
 _TL_DTYPES = {
     torch.float32: tl.float32,

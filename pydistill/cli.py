@@ -1,5 +1,10 @@
 """Command line: ``pydistill distill|evaluate|baseline|...`` (also ``python -m pydistill``).
 
+Global options (before or after the command): ``--deterministic`` (bit-reproducible CPU runs, see
+:func:`pydistill.utils.enable_determinism`). Under ``torchrun --nproc_per_node N -m pydistill ...`` the commands
+``distill``, ``evaluate``, ``baseline`` and ``experts`` split their work over the processes (see
+:mod:`pydistill.distributed`); rank 0 prints and writes the files.
+
 Modules may contribute subcommands with ``register_cli(subparsers)``: they add a parser and call
 ``parser.set_defaults(func=fn)``, where ``fn(args)`` runs the command and returns an exit code (or None).
 """
@@ -15,11 +20,14 @@ import types
 import typing
 from typing import Any
 
-__all__ = ["main", "build_parser", "parse_overrides", "make_config", "EXTENSION_MODULES", "QUICK_EVAL_EPOCHS"]
+__all__ = ["main", "build_parser", "parse_overrides", "make_config", "EXTENSION_MODULES", "QUICK_EVAL_EPOCHS",
+           "DISTRIBUTED_COMMANDS"]
 
 EXTENSION_MODULES = ("pydistill.methods.mtt", "pydistill.methods.ssdkd", "pydistill.diffusion.train")
 # Default evaluation epochs for small datasets (a CPU run finishes in minutes); others use the published 1000/300.
 QUICK_EVAL_EPOCHS = {"digits": 300}
+# Commands that split their work across torchrun processes; the others refuse to run with WORLD_SIZE > 1.
+DISTRIBUTED_COMMANDS = ("distill", "evaluate", "baseline", "experts")
 _NONE = ("none", "null")
 _TRUE = ("1", "true", "yes", "on", "y", "t")
 _FALSE = ("0", "false", "no", "off", "n", "f")
@@ -175,12 +183,19 @@ def _cmd_distill(args) -> int:
                                eval_kwargs=_eval_kwargs(args, dataset.name), progress=not args.no_progress,
                                final_eval=not args.no_eval)
     _print_accuracies(metrics["accuracies"])
-    print(f"wrote {args.out}/synthetic.safetensors, grid.png, curves.png, metrics.json "
-          f"({metrics['wall_time_s']:.1f} s distillation, {metrics['eval_time_s']:.1f} s evaluation)")
+    from pydistill.distributed import is_main
+
+    if is_main():
+            print(f"wrote {args.out}/synthetic.safetensors, grid.png, curves.png, metrics.json "
+              f"({metrics['wall_time_s']:.1f} s distillation, {metrics['eval_time_s']:.1f} s evaluation)")
     return 0
 
 
 def _print_accuracies(acc: dict) -> None:
+    from pydistill.distributed import is_main
+
+    if not is_main():
+        return
     for model, r in acc.items():
         print(f"{model}: test accuracy {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % over {len(r['accs'])} models")
 
@@ -198,9 +213,12 @@ def _cmd_evaluate(args) -> int:
         raise ValueError(f"{args.synthetic} does not record its dataset; pass --dataset")
     zca = args.zca if args.zca is not None else bool(syn.meta.get("zca", False))
     dataset = load_dataset(name, args.data_root, zca=zca, device=device)
-    res = evaluate(syn, dataset, device=device, progress=not args.no_progress, **_eval_kwargs(args, dataset.name))
+    res = evaluate(syn, dataset, device=device, progress=not args.no_progress, resume_dir=_resume_dir(args),
+                   **_eval_kwargs(args, dataset.name))
     _print_accuracies(res)
-    if args.out:
+    from pydistill.distributed import is_main
+
+    if args.out and is_main():
         atomic_write_text(args.out, json.dumps(res, indent=1) + "\n")
     return 0
 
@@ -213,11 +231,26 @@ def _cmd_baseline(args) -> int:
     device = resolve_device(args.device)
     dataset = load_dataset(args.dataset, args.data_root, zca=args.zca, device=device)
     res = evaluate_baseline(dataset, args.kind, args.ipc if args.kind == "random" else None, device=device,
-                            progress=not args.no_progress, **_eval_kwargs(args, dataset.name))
+                            progress=not args.no_progress, resume_dir=_resume_dir(args),
+                            **_eval_kwargs(args, dataset.name))
     _print_accuracies(res)
-    if args.out:
+    from pydistill.distributed import is_main
+
+    if args.out and is_main():
         atomic_write_text(args.out, json.dumps(res, indent=1) + "\n")
     return 0
+
+
+def _resume_dir(args):
+    """Where finished evaluation networks are recorded: --resume-dir, else OUT.progress when --out is given."""
+    if getattr(args, "resume_dir", None):
+        return args.resume_dir
+    return f"{args.out}.progress" if getattr(args, "out", None) else None
+
+
+def _add_resume(p):
+    p.add_argument("--resume-dir", default=None,
+                   help="record each finished network here; a rerun skips them (default: OUT.progress with --out)")
 
 
 def _add_common(p, *, dataset_required=False):
@@ -239,6 +272,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     from pydistill.methods import METHODS
 
     parser = argparse.ArgumentParser(prog="pydistill", description="Dataset distillation on fused kernels.")
+    parser.add_argument("--deterministic", dest="deterministic_global", action="store_true", help=_DET_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("distill", help="distill a dataset with a method (resumes from OUT/checkpoint.pt)")
@@ -263,6 +297,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--out", default=None, help="write the accuracies to this JSON file")
     p.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None,
                    help="ZCA-whiten the dataset (default: as recorded in the file)")
+    _add_resume(p)
     _add_common(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -271,6 +306,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--out", default=None, help="write the accuracies to this JSON file")
     p.add_argument("--zca", action="store_true")
+    _add_resume(p)
     _add_common(p, dataset_required=True)
     p.set_defaults(func=_cmd_baseline)
 
@@ -284,7 +320,47 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         register = getattr(module, "register_cli", None)
         if register is not None:
             register(sub)
+    for name, sp in sub.choices.items():  # every command takes --deterministic
+        if not any("--deterministic" in a.option_strings for a in sp._actions):
+            sp.add_argument("--deterministic", action="store_true", help=_DET_HELP)
     return parser, skipped
+
+
+_DET_HELP = ("bit-reproducible run: deterministic algorithms, one CPU thread (PYDISTILL_NUM_THREADS to change), "
+             "cuDNN deterministic, CUBLAS_WORKSPACE_CONFIG; some GPU kernels stay nondeterministic (see README)")
+
+
+def _setup_run(args) -> bool:
+    """Determinism, global seeds and torch.distributed for a command; True when it started the process group."""
+    from pydistill import distributed as pdist
+    from pydistill.utils import enable_determinism, seed_everything
+
+    if getattr(args, "deterministic", False) or getattr(args, "deterministic_global", False):
+        text = os.environ.get("PYDISTILL_NUM_THREADS", "1")
+        try:
+            threads = int(text)
+        except ValueError:
+            raise ValueError(f"PYDISTILL_NUM_THREADS must be a positive integer, got {text!r}") from None
+        enable_determinism(threads)
+    started = False
+    if pdist.env_world_size() > 1:
+        if args.command not in DISTRIBUTED_COMMANDS:
+            raise ValueError(f"{args.command!r} does not split its work across processes; run it without torchrun "
+                             f"(WORLD_SIZE={pdist.env_world_size()}). Multi-process commands: "
+                             f"{', '.join(DISTRIBUTED_COMMANDS)}")
+        device = getattr(args, "device", "auto")
+        started = not pdist.is_initialized()
+        pdist.init(device=device)
+        if pdist.is_initialized():
+            import torch
+
+            if str(device) in ("auto", "cuda") and torch.cuda.is_available():
+                args.device = f"cuda:{pdist.get_local_rank()}"
+            if not pdist.is_main() and hasattr(args, "no_progress"):
+                args.no_progress = True
+    if isinstance(getattr(args, "seed", None), int):
+        seed_everything(args.seed)
+    return started
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,13 +372,20 @@ def main(argv: list[str] | None = None) -> int:
             print("\nunavailable subcommand modules: " + "; ".join(f"{m} ({r})" for m, r in skipped.items()),
                   file=sys.stderr)
         return 2
+    started = False
     try:
+        started = _setup_run(args)
         rc = args.func(args)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         if os.environ.get("PYDISTILL_DEBUG") == "1":
             raise
         print(f"pydistill {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if started:
+            from pydistill import distributed as pdist
+
+            pdist.destroy()
     return int(rc or 0)
 
 

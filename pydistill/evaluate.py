@@ -9,9 +9,13 @@ networks. Accuracies are fractions in [0, 1].
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -171,57 +175,114 @@ def _resolve_epochs(epochs, dsa):
     return epochs
 
 
+def _job_key(data_key, dataset, model, model_kwargs, run_seed, epochs, lr, batch_size, strategy, learned_lr,
+             dd_steps, device) -> str:
+    """SHA-256 naming everything one evaluation network's accuracy depends on (its resume-cache key)."""
+    from pydistill.utils import to_jsonable
+
+    spec = {"data": data_key, "dataset": dataset.name, "zca": dataset.zca is not None,
+            "num_train": int(dataset.x_train.shape[0]), "num_test": int(dataset.x_test.shape[0]), "model": model,
+            "model_kwargs": model_kwargs or {}, "seed": run_seed, "epochs": epochs, "lr": float(lr),
+            "batch_size": batch_size, "dsa": strategy, "learned_lr": learned_lr, "dd_steps": dd_steps,
+            "device": torch.device(device).type, "torch": torch.__version__}
+    return hashlib.sha256(json.dumps(to_jsonable(spec), sort_keys=True).encode()).hexdigest()
+
+
+def _cached_accuracy(path: Path, key: str):
+    """The accuracy stored at ``path`` for ``key``, or None (missing, unreadable or another job's file)."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    acc = rec.get("acc") if isinstance(rec, dict) and rec.get("key") == key else None
+    return float(acc) if isinstance(acc, (int, float)) and 0.0 <= acc <= 1.0 else None
+
+
 def _run_models(train_sets, dataset, *, models, num_eval, epochs, lr, learned_lr, dd_steps, batch_size, dsa,
-                dsa_strategy, device, seed, progress, model_kwargs, desc):
+                dsa_strategy, device, seed, progress, model_kwargs, desc, resume_dir=None, data_key=None):
+    from pydistill import distributed as pdist
     from pydistill.data import dsa_strategy_for
     from pydistill.utils import resolve_device
 
     if isinstance(models, str):
         models = (models,)
+    models = tuple(models)
     if not models:
         raise ValueError("models must name at least one network, e.g. ('ConvNet',)")
+    for m in models:
+        if not isinstance(m, str) or not m:
+            raise ValueError(f"models must be network names (non-empty strings), got {m!r}")
     if isinstance(num_eval, bool) or not isinstance(num_eval, int) or num_eval < 1:
         raise ValueError(f"num_eval must be a positive int, got {num_eval!r}")
     device = resolve_device(device if device is not None else dataset.device)
     strategy = (dsa_strategy or dsa_strategy_for(dataset.name)) if dsa else None
     epochs = _resolve_epochs(epochs, dsa)
-    results = {}
-    total = len(models) * num_eval
+    # Job j = (model mi, network i) runs on rank j % world (see pydistill.distributed); its seed depends on
+    # (seed, mi, i) only, so the accuracies do not depend on the number of processes.
+    jobs = [(mi, i) for mi in range(len(models)) for i in range(num_eval)]
+    mine = pdist.shard(jobs)
     bar = None
-    if progress:
+    if progress and pdist.is_main():
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=desc, leave=False)
-    for mi, model in enumerate(models):
-        accs = []
-        for i in range(num_eval):
-            run_seed = seed * 1_000_003 + mi * 1009 + i
-            images, labels = train_sets(i)
-            net = _build(model, dataset, run_seed, model_kwargs, device)
-            gen = torch.Generator(device=device).manual_seed(run_seed)
-            train_model(net, images, labels, epochs=epochs, lr=lr, batch_size=batch_size, dsa_strategy=strategy,
-                        learned_lr=learned_lr, dd_steps=dd_steps, device=device, generator=gen)
-            accs.append(test_accuracy(net, dataset))
-            if bar is not None:
-                bar.set_postfix(model=model, acc=f"{100 * accs[-1]:.1f}%")
-                bar.update(1)
-        results[model] = {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "accs": [float(a) for a in accs]}
+        bar = tqdm(total=len(mine), desc=desc, leave=False)
+    done = {}
+    if resume_dir is not None:
+        resume_dir = Path(resume_dir)
+        resume_dir.mkdir(parents=True, exist_ok=True)
+    lr_list = None if learned_lr is None else torch.as_tensor(learned_lr).detach().cpu().reshape(-1).tolist()
+    for mi, i in mine:
+        model = models[mi]
+        run_seed = seed * 1_000_003 + mi * 1009 + i
+        cache = None
+        if resume_dir is not None:  # a finished network is read back, not retrained (same seed, same result)
+            key = _job_key(data_key, dataset, model, model_kwargs, run_seed, epochs, lr, batch_size, strategy,
+                           lr_list, dd_steps, device)
+            cache = resume_dir / f"net_{key[:20]}.json"
+            acc = _cached_accuracy(cache, key)
+            if acc is not None:
+                done[(mi, i)] = acc
+                if bar is not None:
+                    bar.update(1)
+                continue
+        images, labels = train_sets(i)
+        net = _build(model, dataset, run_seed, model_kwargs, device)
+        gen = torch.Generator(device=device).manual_seed(run_seed)
+        train_model(net, images, labels, epochs=epochs, lr=lr, batch_size=batch_size, dsa_strategy=strategy,
+                    learned_lr=learned_lr, dd_steps=dd_steps, device=device, generator=gen)
+        done[(mi, i)] = test_accuracy(net, dataset)
+        if cache is not None:
+            from pydistill.utils import atomic_write_text
+
+            atomic_write_text(cache, json.dumps({"key": key, "model": model, "index": i, "acc": done[(mi, i)]}))
+        if bar is not None:
+            bar.set_postfix(model=model, acc=f"{100 * done[(mi, i)]:.1f}%")
+            bar.update(1)
     if bar is not None:
         bar.close()
+    for part in pdist.all_gather_object(done):
+        done.update(part)
+    results = {}
+    for mi, model in enumerate(models):
+        accs = [done[(mi, i)] for i in range(num_eval)]
+        results[model] = {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "accs": [float(a) for a in accs]}
     return results
 
 
 def evaluate(synthetic_set, dataset, *, models=("ConvNet",), num_eval: int = 5, epochs: int | None = None,
              lr: float = 0.01, batch_size: int = 256, dsa: bool = True, dsa_strategy: str | None = None,
              use_learned_lr: bool = True, device=None, seed: int = 0, model_kwargs: dict | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, resume_dir: str | os.PathLike | None = None) -> dict:
     """Train ``num_eval`` fresh networks of each of ``models`` on ``synthetic_set``; test on ``dataset``.
 
     epochs: None -> 1000 with DSA, 300 without (as published; pass fewer for quick runs). A learned lr in the
     set (MTT scalar, DD vector) is used unless ``use_learned_lr=False``; a DD set (meta ``train_schedule`` ==
     "dd_unrolled") is evaluated by ``pydistill.methods.dd.evaluate_dd`` with its own network and learned
     schedule (``models``, ``epochs`` and ``dsa`` do not apply). Deterministic given ``seed``; the
-    global RNG is left untouched. Returns ``{model: {"mean", "std", "accs"}}`` (fractions in [0, 1]).
+    global RNG is left untouched. ``resume_dir``: a folder where each finished network's accuracy is stored
+    (keyed by a hash of the set and every setting); a rerun after a crash skips those networks and gives the
+    same result. Under torch.distributed the networks are split across ranks (see pydistill.distributed).
+    Returns ``{model: {"mean", "std", "accs"}}`` (fractions in [0, 1]).
     """
     from pydistill.synthetic import SyntheticSet
 
@@ -246,18 +307,24 @@ def evaluate(synthetic_set, dataset, *, models=("ConvNet",), num_eval: int = 5, 
         return evaluate_dd(synthetic_set, dataset, num_models=num_eval, seed=seed,
                            device=device if device is not None else dataset.device)
     dd_steps = synthetic_set.meta.get("distill_steps")
+    data_key = None
+    if resume_dir is not None:
+        from pydistill.synthetic import _digest
+
+        data_key = "synthetic:" + _digest(synthetic_set._tensors())
     return _run_models(lambda i: (imgs, labels), dataset, models=models, num_eval=num_eval, epochs=epochs, lr=lr,
                        learned_lr=learned, dd_steps=dd_steps, batch_size=batch_size, dsa=dsa,
                        dsa_strategy=dsa_strategy, device=device, seed=seed, progress=progress,
-                       model_kwargs=model_kwargs, desc="evaluate")
+                       model_kwargs=model_kwargs, desc="evaluate", resume_dir=resume_dir, data_key=data_key)
 
 
 def evaluate_baseline(dataset, kind: str = "random", ipc: int | None = None, *, models=("ConvNet",),
                       num_eval: int = 5, epochs: int | None = None, lr: float = 0.01, batch_size: int = 256,
                       dsa: bool = True, dsa_strategy: str | None = None, device=None, seed: int = 0,
-                      model_kwargs: dict | None = None, progress: bool = True) -> dict:
+                      model_kwargs: dict | None = None, progress: bool = True,
+                      resume_dir: str | os.PathLike | None = None) -> dict:
     """Reference points: ``kind="random"`` trains on ``ipc`` random real images per class (a new draw per
-    network), ``kind="full"`` on the whole training set. Same output as :func:`evaluate`."""
+    network), ``kind="full"`` on the whole training set. Same output (and ``resume_dir``) as :func:`evaluate`."""
     if kind == "random":
         if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
             raise ValueError(f"ipc must be a positive int for kind='random', got {ipc!r}")
@@ -277,7 +344,8 @@ def evaluate_baseline(dataset, kind: str = "random", ipc: int | None = None, *, 
         raise ValueError(f"kind must be 'random' or 'full', got {kind!r}")
     return _run_models(sets, dataset, models=models, num_eval=num_eval, epochs=epochs, lr=lr, learned_lr=None,
                        dd_steps=None, batch_size=batch_size, dsa=dsa, dsa_strategy=dsa_strategy, device=device,
-                       seed=seed, progress=progress, model_kwargs=model_kwargs, desc=f"baseline-{kind}")
+                       seed=seed, progress=progress, model_kwargs=model_kwargs, desc=f"baseline-{kind}",
+                       resume_dir=resume_dir, data_key=f"baseline:{kind}:{ipc}")
 
 
 class _CallableModule(types.ModuleType):

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import torch
 
-from pydistill.utils import atomic_save, atomic_write_text, get_rng_state, peak_memory_mb, set_rng_state, to_jsonable
+from pydistill import distributed as pdist
+from pydistill.utils import (CorruptCheckpointError, atomic_write_text, get_rng_state, load_checked, peak_memory_mb,
+                             save_checked, set_rng_state, to_jsonable)
 
 __all__ = ["run_distillation", "CHECKPOINT", "run_signature"]
 
 CHECKPOINT = "checkpoint.pt"
-_FORMAT = "pydistill-checkpoint-v1"
+_FORMAT = "pydistill-checkpoint-v2"  # v2: written by utils.save_checked (with a SHA-256 of its contents)
 
 
 def run_signature(method) -> dict:
@@ -67,7 +69,11 @@ def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: in
     checkpoint_every: iterations between checkpoints (the last iteration is always checkpointed).
     eval_every: evaluate the current set every this many iterations (None/0: only at the end).
     eval_kwargs: keyword arguments of :func:`pydistill.evaluate.evaluate` (models, num_eval, epochs, dsa, ...).
-    A checkpoint whose method/dataset/ipc/seed/config differ raises ValueError. Returns the metrics dict.
+    A checkpoint whose method/dataset/ipc/seed/config differ raises ValueError; a truncated or corrupt one raises
+    ``pydistill.utils.CorruptCheckpointError`` (never loaded). Returns the metrics dict.
+
+    Under ``torch.distributed`` (see :mod:`pydistill.distributed`) every rank calls this: the method shards its
+    work, rank 0's state is broadcast at the start, and only rank 0 writes files.
     """
     from pydistill.evaluate import evaluate
     from pydistill.plotting import save_curves, save_grid
@@ -76,6 +82,9 @@ def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: in
         raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
     if eval_every is not None and (isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0):
         raise ValueError(f"eval_every must be None or an int >= 0, got {eval_every!r}")
+    if pdist.is_initialized() and not getattr(method, "supports_distributed", False):
+        raise ValueError(f"method {getattr(method, 'name', type(method).__name__)!r} does not split its work across "
+                         f"processes (world size {pdist.get_world_size()}); run it in one process (without torchrun)")
     eval_kwargs = dict(eval_kwargs or {})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +99,9 @@ def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: in
     resumed_from = None
     if ckpt_path.exists():
         try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own file, see docs
+            ckpt = load_checked(ckpt_path, map_location="cpu")  # our own file: SHA-256 verified before unpickling
+        except CorruptCheckpointError:
+            raise
         except Exception as exc:
             raise RuntimeError(f"cannot read checkpoint {ckpt_path} ({exc}); delete it to start over") from exc
         if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
@@ -103,9 +114,15 @@ def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: in
         set_rng_state(ckpt["rng"])
         start, log, elapsed = int(ckpt["iteration"]), list(ckpt["log"]), float(ckpt["wall_time_s"])
         resumed_from = start
+    if pdist.is_initialized():  # every rank starts from rank 0's state (same seeds give the same, this enforces it)
+        state = pdist.broadcast_object(method.state_dict() if pdist.is_main() else None)
+        if not pdist.is_main():
+            method.load_state_dict(state)
 
     def save_ckpt(iteration):
-        atomic_save({"format": _FORMAT, "signature": sig, "iteration": iteration, "method": method.state_dict(),
+        if not pdist.is_main():
+            return
+        save_checked({"format": _FORMAT, "signature": sig, "iteration": iteration, "method": method.state_dict(),
                      "rng": get_rng_state(), "log": log, "wall_time_s": elapsed}, ckpt_path)
 
     def eval_now(progress_flag):
@@ -113,7 +130,7 @@ def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: in
         return evaluate(syn, method.dataset, **{"progress": progress_flag, **eval_kwargs})
 
     bar = None
-    if progress and n_iter > start:
+    if progress and n_iter > start and pdist.is_main():
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_iter, initial=start, desc=f"{sig['method']} {sig['dataset']} ipc={sig['ipc']}")
@@ -146,27 +163,35 @@ def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: in
     if n_iter == 0 and not ckpt_path.exists():
         save_ckpt(0)
 
-    # ---- outputs
+    # ---- outputs (rank 0 writes)
     syn = _as_synthetic(method, method.synthetic_set())
+    main = pdist.is_main()
     ds = method.dataset
     meta = dict(syn.meta)
     meta.setdefault("method", sig["method"])
     meta.update(dataset=ds.name, ipc=int(method.ipc), num_classes=int(ds.num_classes), iterations=n_iter,
                 seed=sig["seed"], zca=ds.zca is not None, config=sig["config"])
     syn.meta = meta
-    syn.save(out / "synthetic.safetensors")
-    save_grid(out / "grid.png", ds.denormalize(syn.images.detach().float().to(ds.device)), syn.labels,
-              ds.num_classes)
+    if main:
+        syn.save(out / "synthetic.safetensors")
+        save_grid(out / "grid.png", ds.denormalize(syn.images.detach().float().to(ds.device)), syn.labels,
+                  ds.num_classes)
 
     accuracies, eval_time = {}, 0.0
     if final_eval and len(syn):
         t1 = time.perf_counter()
-        accuracies = eval_now(progress)
+        eval_kwargs.setdefault("resume_dir", out / "eval_progress")  # a crash during the evaluation resumes too
+        accuracies = eval_now(progress and main)
         eval_time = time.perf_counter() - t1
         first_model = next(iter(accuracies))
         log.append({"iteration": n_iter, "eval_acc": accuracies[first_model]["mean"],
                     "eval_std": accuracies[first_model]["std"], "eval_model": first_model})
-    save_curves(out / "curves.png", log, title=f"{sig['method']} on {ds.name}, ipc {method.ipc}")
+    if main:
+        save_curves(out / "curves.png", log, title=f"{sig['method']} on {ds.name}, ipc {method.ipc}")
+
+    save_outputs = getattr(method, "save_outputs", None)  # method-specific artefacts (SSD-KD: student.pt)
+    if main and callable(save_outputs):
+        save_outputs(out)
 
     primary = next(iter(accuracies.values()), None)
     last_scalars = next((e for e in reversed(log) if "eval_acc" not in e), {})
@@ -180,7 +205,7 @@ def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: in
         "test_acc_mean": None if primary is None else primary["mean"],
         "test_acc_std": None if primary is None else primary["std"],
         "accuracies": accuracies,
-        "eval": to_jsonable({k: v for k, v in eval_kwargs.items() if k != "progress"}),
+        "eval": to_jsonable({k: v for k, v in eval_kwargs.items() if k not in ("progress", "resume_dir")}),
         "wall_time_s": elapsed,
         "eval_time_s": eval_time,
         "peak_memory_mb": peak_memory_mb(device),
@@ -195,5 +220,9 @@ def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: in
     extra = getattr(method, "extra_metrics", None)
     if callable(extra):
         metrics["extra"] = to_jsonable(extra())
-    atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=1, sort_keys=False) + "\n")
+    if pdist.is_initialized():
+        metrics["world_size"] = pdist.get_world_size()
+    if main:
+        atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=1, sort_keys=False) + "\n")
+    pdist.barrier()  # the files exist for every rank once this returns
     return metrics

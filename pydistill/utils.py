@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -20,6 +21,11 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_save",
+    "save_checked",
+    "state_digest",
+    "load_checked",
+    "CorruptCheckpointError",
+    "enable_determinism",
     "atomic_target",
     "seed_everything",
     "get_rng_state",
@@ -83,6 +89,114 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint written by :func:`save_checked` is truncated, corrupt, or not such a file."""
+
+
+_DIGEST_KEY = "sha256"
+
+
+def _feed(h, obj) -> None:
+    """Feed a canonical, type-tagged encoding of ``obj`` into the hash ``h`` (tensors by dtype, shape, bytes)."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj)
+        h.update(f"A{a.dtype.str}{a.shape}:".encode() + a.tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}:".encode())
+        for k in sorted(obj, key=repr):
+            _feed(h, k)
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)}:".encode())
+        for v in obj:
+            _feed(h, v)
+    elif isinstance(obj, bool) or obj is None:
+        h.update(f"B{obj!r};".encode())
+    elif isinstance(obj, (int, np.integer)):
+        h.update(f"I{int(obj)};".encode())
+    elif isinstance(obj, (float, np.floating)):
+        h.update(f"F{float(obj).hex()};".encode())
+    elif isinstance(obj, str):
+        b = obj.encode("utf-8", "surrogatepass")
+        h.update(f"S{len(b)}:".encode() + b)
+    elif isinstance(obj, (bytes, bytearray)):
+        h.update(f"Y{len(obj)}:".encode() + bytes(obj))
+    else:  # devices, dtypes, small objects: their repr
+        r = repr(obj).encode()
+        h.update(f"R{type(obj).__qualname__}{len(r)}:".encode() + r)
+
+
+def state_digest(obj: Any) -> str:
+    """SHA-256 (hex) of a nested checkpoint object: dicts, lists, tuples, tensors, arrays and scalars."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def save_checked(obj: dict, path: str | os.PathLike) -> None:
+    """``torch.save`` of the dict ``obj`` plus a ``"sha256"`` entry (:func:`state_digest` of the rest), atomically.
+
+    The file stays a plain ``torch.load``-able dict; :func:`load_checked` verifies the digest.
+    """
+    if not isinstance(obj, dict):
+        raise TypeError(f"obj must be a dict, got {type(obj).__name__}")
+    if _DIGEST_KEY in obj:
+        raise ValueError(f"obj must not have a {_DIGEST_KEY!r} key (it is added by save_checked)")
+    atomic_save({**obj, _DIGEST_KEY: state_digest(obj)}, path)
+
+
+def load_checked(path: str | os.PathLike, map_location="cpu", weights_only: bool = False) -> dict:
+    """Load a file written by :func:`save_checked` and verify its digest; returns the dict without ``"sha256"``.
+
+    Raises :class:`CorruptCheckpointError` naming the file when it is truncated, altered or lacks the digest,
+    FileNotFoundError when it does not exist. ``weights_only=False`` unpickles arbitrary objects: load only
+    files you wrote.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as exc:  # noqa: BLE001 - torch raises various errors on a damaged zip / pickle
+        raise CorruptCheckpointError(f"{path} is truncated or corrupt (torch.load failed: {exc}); delete it to "
+                                     "start over") from exc
+    if not isinstance(obj, dict) or _DIGEST_KEY not in obj:
+        raise CorruptCheckpointError(f"{path} has no {_DIGEST_KEY!r} integrity entry (not written by "
+                                     "pydistill.utils.save_checked); it cannot be verified. Delete it to start over")
+    obj = dict(obj)
+    expected = obj.pop(_DIGEST_KEY)
+    actual = state_digest(obj)
+    if actual != expected:
+        raise CorruptCheckpointError(f"{path} is corrupt: digest of its contents is {actual}, the file records "
+                                     f"{expected}; delete it to start over")
+    return obj
+
+
+def enable_determinism(num_threads: int | None = 1) -> None:
+    """Make runs bit-reproducible where PyTorch allows it.
+
+    ``torch.use_deterministic_algorithms(True)`` (ops without a deterministic kernel then raise), cuDNN
+    deterministic and not benchmarking, ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (when not set; effective when set
+    before the first cuBLAS call), and ``num_threads`` intra-op CPU threads (None: keep the current count;
+    the default 1 gives the same CPU results on machines with different core counts).
+    """
+    if num_threads is not None:
+        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+            raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+        torch.set_num_threads(num_threads)
+        with contextlib.suppress(RuntimeError):  # only settable before the first inter-op parallel work
+            torch.set_num_interop_threads(1)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def seed_everything(seed: int) -> None:

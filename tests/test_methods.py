@@ -53,7 +53,7 @@ def _config(name, digits, experts=None):
                                   batch_real=32, iterations=6, init_mode="random")
     elif name == "mtt":
         cfg = dataclasses.replace(cfg, buffers=str(experts), syn_steps=3, expert_epochs=1, max_start_epoch=2,
-                                  iterations=6, lr_img=10.0)
+                                  iterations=6, lr_img=10.0, model_kwargs=None)
     return cls, cfg
 
 
@@ -323,3 +323,25 @@ def test_experts_cli(tmp_path):
                               "--epochs", "1", "--width", "4", "--depth", "1", "--no-dsa", "--device", "cpu"])
     assert args.func(args) == 0
     assert (tmp_path / "expert_00000.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", ["dd", "dsa"])
+def test_outputs_through_runner(name, digits, tmp_path):
+    import json
+
+    from pydistill.runner import run_distillation
+    from pydistill.synthetic import SyntheticSet
+
+    cls, cfg = _config(name, digits)
+    cfg = dataclasses.replace(cfg, iterations=2)
+    m = cls(digits, 1, config=cfg, seed=0)
+    metrics = run_distillation(m, tmp_path, checkpoint_every=1, progress=False, final_eval=False)
+    assert metrics["iterations"] == 2 and len(metrics["final_scalars"]) > 0
+    syn = SyntheticSet.load(tmp_path / "synthetic.safetensors")
+    torch.testing.assert_close(syn.images, m.synthetic_set().images)
+    assert json.loads((tmp_path / "metrics.json").read_text())["method"] == name
+    if name == "dd":
+        assert syn.meta["train_schedule"] == "dd_unrolled" and syn.lr.shape == (4,)
+    # a rerun resumes from the final checkpoint: no further steps, same set
+    again = run_distillation(cls(digits, 1, config=cfg, seed=0), tmp_path, progress=False, final_eval=False)
+    assert again["resumed_from_iteration"] == 2

@@ -159,7 +159,7 @@ def test_random_subset_method(tiny):
 
 
 def test_registry():
-    assert set(METHODS) == {"random", "dd", "dc", "dsa", "dm", "mtt", "ssdkd", "mgd3"}
+    assert set(METHODS) == {"random", "dd", "dc", "dsa", "dm", "mtt", "ssdkd", "mgd3", "mgd3-unguided"}
     assert get_method("random") is RandomSubset
     with pytest.raises(ValueError, match="unknown method"):
         get_method("kip")

@@ -18,6 +18,7 @@ METHODS: dict[str, str] = {
     "mtt": "mtt:MTT",
     "ssdkd": "ssdkd:SSDKD",
     "mgd3": "mgd3:MGD3",
+    "mgd3-unguided": "mgd3:MGD3Unguided",
 }
 
 

@@ -9,25 +9,32 @@
 
 Every op takes ``backend="auto"`` ("reference", "cpp", "cuda", "triton"); see ``pydistill.backends()``.
 """
-import importlib
+from pydistill.ops.diff_augment import (
+    DEFAULT_STRATEGY,
+    DSAParams,
+    diff_augment,
+    diff_augment_reference,
+    diff_augment_sequential,
+    sample_dsa_params,
+)
+from pydistill.ops.match_loss import METRICS, match_loss, match_loss_reference
+from pydistill.ops.sum_tree import SumTree, importance_weights
+from pydistill.ops.trajectory_loss import trajectory_loss, trajectory_loss_reference
 
-_EXPORTS = {
-    "match_loss": "match_loss",
-    "match_loss_reference": "match_loss",
-    "trajectory_loss": "trajectory_loss",
-    "trajectory_loss_reference": "trajectory_loss",
-    "diff_augment": "diff_augment",
-    "diff_augment_reference": "diff_augment",
-    "DSAParams": "diff_augment",
-    "sample_dsa_params": "diff_augment",
-    "SumTree": "sum_tree",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'pydistill.ops' has no attribute {name!r}")
-    module = importlib.import_module(f"pydistill.ops.{_EXPORTS[name]}")
-    return getattr(module, name)
+# Importing the submodules binds their names on this package; the imports above rebind each name to the function
+# of the same name, so ``pydistill.ops.match_loss`` is the op (the module stays in sys.modules).
+__all__ = [
+    "DEFAULT_STRATEGY",
+    "DSAParams",
+    "METRICS",
+    "SumTree",
+    "diff_augment",
+    "diff_augment_reference",
+    "diff_augment_sequential",
+    "importance_weights",
+    "match_loss",
+    "match_loss_reference",
+    "sample_dsa_params",
+    "trajectory_loss",
+    "trajectory_loss_reference",
+]

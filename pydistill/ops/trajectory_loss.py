@@ -268,3 +268,4 @@ def trajectory_loss(
                 "differ and be finite (the loss would be inf/nan)"
             )
     return loss
+
