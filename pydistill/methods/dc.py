@@ -11,6 +11,11 @@ parameters, D the matching distance (``pydistill.ops.match_loss``). One iteratio
 
 DSA applies the same differentiable augmentation A_w to both sides of D (siamese: one draw of w per class and
 outer step, taken on the real batch and reused on the synthetic one); network training on S draws w per sample.
+
+Randomness: the network, BatchNorm batches and inner training draw from ``self.generator``; the real batch and
+DSA draw of class c at (iteration k, outer step t) come from a generator derived from (seed_k, t, c), seed_k drawn
+from ``self.generator``. So under torch.distributed (torchrun) each rank matches the classes c % world == rank
+only and the image gradients are summed: the result equals the one-process run bit for bit.
 """
 from __future__ import annotations
 
@@ -146,6 +151,7 @@ class DC(Method):
 
     Config = Config
     name = "dc"
+    supports_distributed = True  # classes sharded across torch.distributed ranks (see step)
 
     def __init__(self, dataset, ipc, *, config=None, device="cpu", seed=0):
         super().__init__(dataset, ipc, config=config, device=device, seed=seed)
@@ -167,13 +173,15 @@ class DC(Method):
         return int(self.config.iterations)
 
     # -- one iteration ---------------------------------------------------------------------------------------------
-    def _siamese(self, x_real, x_syn):
-        """A_w(x_real), A_w(x_syn) with one draw w (DSA); identity for DC."""
+    def _siamese(self, x_real, x_syn, generator=None):
+        """A_w(x_real), A_w(x_syn) with one draw w from ``generator`` (default self.generator) (DSA); identity
+        for DC."""
         if not self.config.dsa:
             return x_real, x_syn
         from pydistill.ops.diff_augment import diff_augment
 
-        x_real, params = diff_augment(x_real, self.strategy, generator=self.generator, return_params=True)
+        gen = self.generator if generator is None else generator
+        x_real, params = diff_augment(x_real, self.strategy, generator=gen, return_params=True)
         return x_real, diff_augment(x_syn, self.strategy, params=params)
 
     def _set_bn_statistics(self, net):
@@ -209,20 +217,23 @@ class DC(Method):
                 opt_net.step()
 
     def step(self, it: int) -> dict[str, float]:
+        from pydistill import distributed as pdist
         from pydistill.ops.match_loss import match_loss
 
         cfg, ds = self.config, self.dataset
         net = fresh_network(self, cfg)  # theta_0
         params = [p for p in net.parameters() if p.requires_grad]
         opt_net = torch.optim.SGD(params, lr=cfg.lr_net)
-        total = 0.0
+        iter_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.generator.device).item())
+        losses = torch.zeros(self.outer_loop, ds.num_classes, dtype=torch.float64)
         for t in range(self.outer_loop):
             self._set_bn_statistics(net)
             self.opt_img.zero_grad(set_to_none=True)
-            for c in range(ds.num_classes):
-                x_real = ds.sample_real(c, cfg.batch_real, self.generator).to(self.device)  # T_c
+            for c in pdist.shard(range(ds.num_classes)):  # all classes in one process
+                gen_c = pdist.derived_generator(self.device, iter_seed, t, c)  # rank-layout independent
+                x_real = ds.sample_real(c, cfg.batch_real, gen_c).to(self.device)  # T_c
                 x_syn = self.images[c * self.ipc: (c + 1) * self.ipc]  # S_c
-                x_real, x_syn = self._siamese(x_real, x_syn)
+                x_real, x_syn = self._siamese(x_real, x_syn, gen_c)
                 y_real = torch.full((x_real.shape[0],), c, device=self.device, dtype=torch.long)
                 g_real = torch.autograd.grad(F.cross_entropy(net(x_real), y_real), params)
                 g_real = [g.detach() for g in g_real]
@@ -231,12 +242,15 @@ class DC(Method):
                 loss_c = match_loss(list(g_syn), g_real, metric=cfg.metric)
                 # sum_c D(...): backward per class accumulates the same gradient with one graph alive at a time
                 loss_c.backward()
-                total += float(loss_c.detach())
+                losses[t, c] = float(loss_c.detach())
+            if pdist.is_initialized():  # rows of class c are non-zero on one rank only: the sum is exact
+                pdist.all_reduce_grads_([self.images])
             self.opt_img.step()  # S <- S - lr_img * momentum-SGD(dL/dS)
             if t == self.outer_loop - 1:
                 break
-            self._train_network(net, opt_net)  # theta_{t+1}
-        return {"loss": total / (ds.num_classes * self.outer_loop)}
+            self._train_network(net, opt_net)  # theta_{t+1} (identical on every rank)
+        pdist.all_reduce_(losses)
+        return {"loss": float(losses.sum()) / (ds.num_classes * self.outer_loop)}
 
     # -- outputs and state -----------------------------------------------------------------------------------------
     def synthetic_set(self):

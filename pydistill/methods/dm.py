@@ -6,6 +6,10 @@ network theta ~ P_theta drawn every iteration, A_w the siamese DSA augmentation.
     theta <- fresh random initialisation (not trained)
     L = sum_c || mean_{x in T_c} psi_theta(A_w(x)) - mean_{s in S_c} psi_theta(A_w(s)) ||_2^2
     S <- SGD_momentum(S, dL/dS)                                   # lr_img 1.0, momentum 0.5
+
+The network draws from ``self.generator``; class c's real batch and DSA draw from a generator derived from
+(seed_k, c), seed_k drawn from ``self.generator``: under torch.distributed each rank takes the classes
+c % world == rank and the image gradients are summed, equal bit for bit to the one-process run.
 """
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ class DM(Method):
 
     Config = Config
     name = "dm"
+    supports_distributed = True  # classes sharded across torch.distributed ranks (see step)
 
     def __init__(self, dataset, ipc, *, config=None, device="cpu", seed=0):
         super().__init__(dataset, ipc, config=config, device=device, seed=seed)
@@ -71,29 +76,35 @@ class DM(Method):
         return int(self.config.iterations)
 
     def step(self, it: int) -> dict[str, float]:
+        from pydistill import distributed as pdist
         from pydistill.ops.diff_augment import diff_augment
 
         cfg, ds = self.config, self.dataset
         net = fresh_network(self, cfg)  # theta ~ P_theta
+        iter_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.generator.device).item())
+        losses = torch.zeros(ds.num_classes, dtype=torch.float64)
         net.train()
         for p in net.parameters():
             p.requires_grad_(False)
         self.opt_img.zero_grad(set_to_none=True)
-        total = 0.0
-        for c in range(ds.num_classes):
-            x_real = ds.sample_real(c, cfg.batch_real, self.generator).to(self.device)  # T_c
+        for c in pdist.shard(range(ds.num_classes)):  # all classes in one process
+            gen_c = pdist.derived_generator(self.device, iter_seed, c)  # rank-layout independent
+            x_real = ds.sample_real(c, cfg.batch_real, gen_c).to(self.device)  # T_c
             x_syn = self.images[c * self.ipc: (c + 1) * self.ipc]  # S_c
             if cfg.dsa:  # siamese: one draw w for both sides
-                x_real, w = diff_augment(x_real, self.strategy, generator=self.generator, return_params=True)
+                x_real, w = diff_augment(x_real, self.strategy, generator=gen_c, return_params=True)
                 x_syn = diff_augment(x_syn, self.strategy, params=w)
             with torch.no_grad():
                 mu_real = net.embed(x_real).mean(0)
             mu_syn = net.embed(x_syn).mean(0)
             loss_c = (mu_real - mu_syn).pow(2).sum()
             loss_c.backward()  # sum over classes, one graph alive at a time
-            total += float(loss_c.detach())
+            losses[c] = float(loss_c.detach())
+        if pdist.is_initialized():  # rows of class c are non-zero on one rank only: the sum is exact
+            pdist.all_reduce_grads_([self.images])
+            pdist.all_reduce_(losses)
         self.opt_img.step()
-        return {"loss": total / ds.num_classes}
+        return {"loss": float(losses.sum()) / ds.num_classes}
 
     def synthetic_set(self):
         from pydistill.synthetic import SyntheticSet

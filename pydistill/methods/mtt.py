@@ -94,7 +94,8 @@ def train_experts(dataset, out_dir, *, num_experts: int, epochs: int, lr: float 
     Each expert i is one file ``out_dir/expert_{i:05d}.safetensors`` holding ``trajectory`` [epochs + 1, P]
     (flat parameters before training and after each epoch; ``dtype`` "float32" or "bfloat16") and its settings
     as metadata; written atomically. Existing complete experts with the same settings are skipped, so an
-    interrupted run resumes (the interrupted expert restarts). Expert i is seeded from (seed, i) only.
+    interrupted run resumes (the interrupted expert restarts). Expert i is seeded from (seed, i) only; under
+    torch.distributed (torchrun) expert i is trained by rank i % world, and every rank returns once all exist.
     Returns the paths of all ``num_experts`` files.
     """
     from safetensors.torch import save as st_save
@@ -127,9 +128,13 @@ def train_experts(dataset, out_dir, *, num_experts: int, epochs: int, lr: float 
                 "model_kwargs": json.dumps(model_kwargs, sort_keys=True), "lr": repr(float(lr)),
                 "batch_size": str(batch_size), "dsa": str(bool(dsa)), "epochs": str(epochs), "dtype": dtype}
     paths = []
+    from pydistill import distributed as pdist
+
     for i in range(num_experts):
         path = _expert_path(out_dir, i)
         paths.append(path)
+        if not pdist.owns(i):
+            continue
         old = _read_expert_meta(path)
         if old is not None and all(old.get(k) == v for k, v in settings.items()) and old.get("seed") == str(seed):
             continue  # complete expert with the same settings
@@ -304,6 +309,7 @@ class Config:
     dsa: bool = True
     dsa_strategy: str | None = None  # None: data.dsa_strategy_for(dataset)
     unroll: str = "plain"  # "plain" or "recompute" (exact, constant activation memory)
+    num_segments: int = 1  # expert segments per iteration, loss averaged (split across torch.distributed ranks)
 
     @classmethod
     def for_dataset(cls, name: str, ipc: int | None = None) -> "Config":
@@ -336,6 +342,7 @@ class MTT(Method):
 
     Config = Config
     name = "mtt"
+    supports_distributed = True  # expert segments split across torch.distributed ranks (see step)
 
     def __init__(self, dataset, ipc, *, config=None, device="cpu", seed=0):
         super().__init__(dataset, ipc, config=config, device=device, seed=seed)
@@ -347,7 +354,7 @@ class MTT(Method):
             raise ValueError(f"config.unroll must be one of {_UNROLLS}, got {cfg.unroll!r}")
         if cfg.init not in ("real", "noise"):
             raise ValueError(f"config.init must be 'real' or 'noise', got {cfg.init!r}")
-        for name in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch"):
+        for name in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "num_segments"):
             if int(getattr(cfg, name)) < 1:
                 raise ValueError(f"config.{name} must be >= 1, got {getattr(cfg, name)}")
         if cfg.batch_syn is not None and int(cfg.batch_syn) < 1:
@@ -394,45 +401,61 @@ class MTT(Method):
         """The current learned student lr alpha (> 0)."""
         return float(self.log_lr.detach().exp())
 
-    def _plan(self):
-        """Batch indices and DSA parameters of the N student steps (drawn from self.generator)."""
+    def _plan(self, generator=None):
+        """Batch indices and DSA parameters of the N student steps (drawn from ``generator``, default
+        self.generator)."""
         from pydistill.ops.diff_augment import diff_augment
 
+        gen = self.generator if generator is None else generator
         cfg, k = self.config, self.images.shape[0]
         bs = k if cfg.batch_syn is None else min(int(cfg.batch_syn), k)
         indices, aug, chunks = [], [], []
         for _ in range(cfg.syn_steps):
             if not chunks:
-                perm = torch.randperm(k, generator=self.generator, device=self.generator.device).to(self.device)
+                perm = torch.randperm(k, generator=gen, device=gen.device).to(self.device)
                 chunks = list(torch.split(perm, bs))
             idx = chunks.pop(0)
             indices.append(idx)
             if self.strategy is not None:
                 _, p = diff_augment(self.images.detach()[idx], self.strategy, per_sample=True,
-                                    generator=self.generator, return_params=True)
+                                    generator=gen, return_params=True)
                 aug.append(p)
         return indices, (aug if self.strategy is not None else None)
 
     def step(self, it: int) -> dict[str, float]:
+        """One iteration: ``num_segments`` expert segments, L = mean over segments of the trajectory loss.
+
+        Segment s draws its expert, start epoch, batches and DSA from a generator derived from (seed_k, s),
+        seed_k drawn from ``self.generator``; under torch.distributed rank r runs the segments s % world == r
+        and the gradients are summed across ranks (equal to one process up to float summation order).
+        """
+        from pydistill import distributed as pdist
         from pydistill.ops.trajectory_loss import trajectory_loss
 
         cfg = self.config
-        e = int(torch.randint(0, len(self.buffer), (1,), generator=self.generator,
-                              device=self.generator.device).item())
-        t = int(torch.randint(0, cfg.max_start_epoch, (1,), generator=self.generator,
-                              device=self.generator.device).item())
-        start, target = self.buffer.snapshots(e, [t, t + cfg.expert_epochs], self.device)
-        indices, aug = self._plan()
-        lr = self.log_lr.exp()  # alpha > 0
-        w_n = unroll_student(self.net, self.images, self.labels, lr, start, indices, strategy=self.strategy,
-                             aug_params=aug, unroll=cfg.unroll)
-        loss = trajectory_loss(w_n, start, target)
+        n_seg = int(cfg.num_segments)
+        iter_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.generator.device).item())
+        stats = torch.zeros(2, n_seg, dtype=torch.float64)  # loss, start epoch per segment
         self.opt_img.zero_grad(set_to_none=True)
         self.opt_lr.zero_grad(set_to_none=True)
-        loss.backward()
+        for s in pdist.shard(range(n_seg)):  # all segments in one process
+            gen = pdist.derived_generator(self.device, iter_seed, s)
+            e = int(torch.randint(0, len(self.buffer), (1,), generator=gen, device=gen.device).item())
+            t = int(torch.randint(0, cfg.max_start_epoch, (1,), generator=gen, device=gen.device).item())
+            start, target = self.buffer.snapshots(e, [t, t + cfg.expert_epochs], self.device)
+            indices, aug = self._plan(gen)
+            lr = self.log_lr.exp()  # alpha > 0
+            w_n = unroll_student(self.net, self.images, self.labels, lr, start, indices, strategy=self.strategy,
+                                 aug_params=aug, unroll=cfg.unroll)
+            loss = trajectory_loss(w_n, start, target)
+            (loss / n_seg).backward()  # one segment's graph alive at a time
+            stats[0, s], stats[1, s] = float(loss.detach()), float(t)
+        if pdist.is_initialized():
+            pdist.all_reduce_grads_([self.images, self.log_lr])
+            pdist.all_reduce_(stats)
         self.opt_img.step()
         self.opt_lr.step()
-        return {"loss": float(loss.detach()), "lr": self.lr, "start_epoch": float(t)}
+        return {"loss": float(stats[0].mean()), "lr": self.lr, "start_epoch": float(stats[1].mean())}
 
     def synthetic_set(self):
         from pydistill.synthetic import SyntheticSet
