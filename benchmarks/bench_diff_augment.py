@@ -7,7 +7,8 @@ Implementations (same drawn parameters for all rows of a case):
   triton     the fused Triton kernels (on CUDA, or on the CPU under TRITON_INTERPRET=1 when not quick)
   kornia     kornia.augmentation with the closest transforms (only if kornia is installed; its own random draws,
              so not the same semantics: a rough reference point)
-Cases: 256x3x32x32 and 64x3x128x128 (CPU quick: the first only), mode "all" / "one" (rotate chosen), shared / per-sample parameters.
+Cases: 256x3x32x32 and 64x3x128x128 (CPU quick: the first only), mode "all" / "one" (rotate chosen), shared / per-sample parameters;
+each also as "fwd only" (baseline and triton): forward alone, to separate per-call host overheads.
 """
 from __future__ import annotations
 
@@ -93,6 +94,15 @@ def run(device: str, quick: bool) -> list[dict]:
                     row = try_row(OP, case, impl, _fwd_bwd(fn, x, g), device, bytes_moved=nbytes, **timing)
                     if row is not None:
                         rows.append(row)
+                # Forward alone on an input that requires grad (autograd bookkeeping included): read x, write out.
+                fwd_case = case.replace("fwd+bwd", "fwd only")
+                xg = x.detach().requires_grad_()
+                for impl, fn in impls:
+                    if impl in ("baseline", "triton"):
+                        row = try_row(OP, fwd_case, impl, lambda fn=fn: fn(xg), device, bytes_moved=nbytes // 2,
+                                      **timing)
+                        if row is not None:
+                            rows.append(row)
     return rows
 
 

@@ -91,6 +91,15 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
                     continue
                 fn = lambda s, r, m=metric, b=impl: match_loss(s, r, m, backend=b)  # noqa: E731
                 rows.append(try_row(OP, case, impl, fb(fn), device, bytes_moved=moved))
+            # Forward alone (syn still requires grad: autograd bookkeeping included), 2N reads: separates
+            # the forward's per-call host overhead from the backward's.
+            fwd_case = f"{case} fwd only"
+            rows.append(try_row(OP, fwd_case, "baseline", lambda: ref(syn, real), device, bytes_moved=2 * n * syn[0].element_size()))
+            for impl in impls:
+                if not have.get(impl) or (impl == "triton" and device == "cpu"):
+                    continue
+                rows.append(try_row(OP, fwd_case, impl, lambda m=metric, b=impl: match_loss(syn, real, m, backend=b),
+                                    device, bytes_moved=2 * n * syn[0].element_size()))
     return rows
 
 

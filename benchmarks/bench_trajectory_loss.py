@@ -4,6 +4,7 @@ Cases: flat fp32 vectors of 0.32M (ConvNet, CIFAR-10), 2.5M and 11.2M (ResNet-18
 ConvNet / ResNet-18 parameter lists. Rows: baseline (research code: torch.cat of the parameter lists, two
 separate mse sums, autograd), compiled reference (torch.compile), cpp, cuda, triton (GPU only: the
 interpreter is not a benchmark). bytes_moved = fwd reads 3N + bwd reads 2N and writes N elements.
+Each case also has a "<case> fwd only" group (forward alone, 3N reads) to separate per-call overheads.
 
     python benchmarks/bench_trajectory_loss.py [--device cpu] [--quick]
 """
@@ -95,6 +96,16 @@ def run(device: str, quick: bool) -> list[dict]:
             impls.append((b, step(lambda *x, b=b: trajectory_loss(*x, backend=b))))
         for impl, fn in impls:
             row = try_row(OP, case, impl, fn, device, bytes_moved=nbytes, iters=10 if dev_type == "cpu" else 50)
+            row["n"] = n
+            rows.append(row)
+        # Forward alone (inputs still require grad, so the autograd bookkeeping is included): separates
+        # per-call host overhead of the forward from the backward's. bytes_moved = the forward's 3N reads.
+        fwd_impls = [("baseline", lambda: baseline(*(([y] if flat else y) for y in args)))]
+        fwd_impls += [(impl, lambda b=impl: trajectory_loss(*args, backend=b)) for impl, _ in impls
+                      if impl in ("cpp", "cuda", "triton")]
+        for impl, fn in fwd_impls:
+            row = try_row(OP, f"{case} fwd only", impl, fn, device, bytes_moved=nbytes // 2,
+                          iters=10 if dev_type == "cpu" else 50)
             row["n"] = n
             rows.append(row)
     return rows

@@ -11,10 +11,12 @@ Backward (``_bwd_kernel``), one launch: ``out = grad * 2 * (s - t) / den`` with 
 from device memory (no host synchronisation).
 
 The table is built from the tensors' addresses on the host and copied with one asynchronous pinned
-host-to-device copy; this is why the launchers are registered as opaque custom ops rather than as
+host-to-device copy (cached per addresses/lengths/stream, so repeated calls on the same storages reuse it); this is why the launchers are registered as opaque custom ops rather than as
 ``triton_op`` (whose tracing would see fake tensors without addresses).
 """
 from __future__ import annotations
+
+import collections
 
 import torch
 import triton
@@ -108,7 +110,10 @@ def _bwd_kernel(table_ptr, n_chunks, ref_ptr, grad_ptr, den_ptr, BLOCK: tl.const
 def _config(total: int, device: torch.device) -> tuple[int, int, int]:
     """(BLOCK, chunk length, max programs) for ``total`` elements on ``device``."""
     if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        sms = _SM_COUNT.get(idx)
+        if sms is None:
+            sms = _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
         block, max_prog = _GPU_BLOCK, 4 * sms
     else:  # interpreter
         block, max_prog = _INTERPRET_BLOCK, 4
@@ -117,8 +122,32 @@ def _config(total: int, device: torch.device) -> tuple[int, int, int]:
     return block, chunk, max_prog
 
 
+# Tables already on the device, keyed by everything they encode (addresses, lengths, chunk, element size,
+# device): a table holds addresses only and the kernels never write it, so a hit is always the right table
+# and the training loop's repeated calls (same parameter storages) skip the host build and the pinned copy.
+_TABLE_CACHE: "collections.OrderedDict[tuple, tuple[torch.Tensor, int, bool]]" = collections.OrderedDict()
+_TABLE_CACHE_SIZE = 16
+_SM_COUNT: dict[int, int] = {}
+
+
 def _table(columns: list[list[torch.Tensor]], lengths: list[int], chunk: int, device: torch.device):
     """int64 table ``[addr_0, ..., addr_k, length]`` per chunk; returns (table, n_chunks, all 16-byte aligned)."""
+    esize = columns[0][0].element_size()
+    # the stream too: a table first copied on one stream is then only read in that stream's order
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream, chunk, esize, tuple(lengths), tuple(x.data_ptr() for col in columns for x in col))
+    hit = _TABLE_CACHE.get(key)
+    if hit is not None:
+        _TABLE_CACHE.move_to_end(key)
+        return hit
+    out = _build_table(columns, lengths, chunk, device)
+    _TABLE_CACHE[key] = out
+    if len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
+        _TABLE_CACHE.popitem(last=False)
+    return out
+
+
+def _build_table(columns: list[list[torch.Tensor]], lengths: list[int], chunk: int, device: torch.device):
     rows, aligned = [], True
     esize = columns[0][0].element_size()
     for i, n in enumerate(lengths):

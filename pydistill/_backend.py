@@ -54,9 +54,20 @@ def has_triton() -> bool:
     return _HAS_TRITON
 
 
+_CUDA_AVAILABLE: bool | None = None
+
+
+def _cuda_available() -> bool:
+    """torch.cuda.is_available(), asked once (lazily, so importing pydistill never initialises CUDA)."""
+    global _CUDA_AVAILABLE
+    if _CUDA_AVAILABLE is None:
+        _CUDA_AVAILABLE = torch.cuda.is_available()
+    return _CUDA_AVAILABLE
+
+
 def backends() -> dict[str, bool]:
     """Which backends can run here: ``{"reference", "cpp", "cuda", "triton"} -> bool``."""
-    cuda_ok = torch.cuda.is_available()
+    cuda_ok = _cuda_available()
     return {
         "reference": True,
         "cpp": has_compiled(),

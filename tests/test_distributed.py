@@ -213,7 +213,8 @@ EXPERT_ARGS = ("experts", "--dataset", "digits", "--device", "cpu", "--num-exper
 def _mtt_args(buffers):
     return ("distill", "--method", "mtt", "--ipc", "1", "--iterations", "2", "--buffers", str(buffers),
             "--set", "num_segments=3", "--set", "syn_steps=3", "--set", "max_start_epoch=2",
-            "--set", "expert_epochs=1", "--dataset", "digits", "--device", "cpu", "--no-progress", "--no-eval")
+            "--set", "expert_epochs=1", "--set", 'model_kwargs={"width": 8}', "--dataset", "digits",
+            "--device", "cpu", "--no-progress", "--no-eval")
 
 
 def _driver(out: str) -> int:

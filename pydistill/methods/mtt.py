@@ -166,6 +166,7 @@ def train_experts(dataset, out_dir, *, num_experts: int, epochs: int, lr: float 
         atomic_write_bytes(path, st_save({"trajectory": traj}, metadata=meta))
         if log is not None:
             log(f"expert {i + 1}/{num_experts}: test acc {acc:.4f}, {time.time() - t0:.1f}s -> {path}")
+    pdist.barrier()  # every expert file exists once this returns
     return paths
 
 
@@ -507,5 +508,8 @@ def _cli_experts(args) -> int:
                           batch_size=args.batch_size, dsa=not args.no_dsa, model=args.model, model_kwargs=kw,
                           dtype=args.dtype, device=args.device, seed=args.seed, data_root=args.data_root,
                           zca=args.zca)
-    print(f"{len(paths)} experts in {args.out}")
+    from pydistill.distributed import is_main
+
+    if is_main():
+        print(f"{len(paths)} experts in {args.out}")
     return 0

@@ -521,7 +521,9 @@ if _backend.has_triton():
         _HAS_TRITON_OPS = False
 
 
-def _triton_forward(x, tensors, strategy, cut_h, cut_w):
+def _triton_forward(x, tensors, strategy, cut_h, cut_w, direct: bool = False):
+    """Fused forward; ``direct`` (eager fast path) launches the kernel without the triton_op dispatch and
+    also returns the coefficient table and flags, for the backward to reuse (the table costs ~80 small ops)."""
     x = x.contiguous()
     N, C, H, W = x.shape
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -530,6 +532,8 @@ def _triton_forward(x, tensors, strategy, cut_h, cut_w):
         mean = torch.mean(x, dim=(1, 2, 3), dtype=acc)
     else:
         mean = torch.zeros(N, dtype=acc, device=x.device)
+    if direct:
+        return _tk.dsa_forward(x, table, mean, **flags), table, flags
     return torch.ops.pydistill.diff_augment_triton_fwd(x, table, mean, **flags)
 
 
@@ -539,6 +543,12 @@ def _triton_backward(grad, tensors, strategy, cut_h, cut_w):
     acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
     table, flags = _kernel_table(*tensors, strategy, cut_h, cut_w, H, W, acc)
     return torch.ops.pydistill.diff_augment_triton_bwd(grad, table, **flags)
+
+
+def _reference_backward(grad, tensors, strategy, cut_h, cut_w):
+    # the map is affine in x, so its vjp does not depend on x: take it at zero (torch.func works below autograd)
+    _, vjp = torch.func.vjp(lambda z: _reference_impl(z, *tensors, strategy, cut_h, cut_w), torch.zeros_like(grad))
+    return vjp(grad)[0].contiguous()
 
 
 # --------------------------------------------------------------------------------------------- custom op
@@ -568,9 +578,7 @@ def _diff_augment_backward_op(grad: torch.Tensor, active: torch.Tensor, brightne
     tensors = (active, brightness, saturation, contrast, shift, centre, flip, scale, angle)
     if backend == "triton":
         return _triton_backward(grad, tensors, strategy, cut_h, cut_w)
-    # the map is affine in x, so its vjp does not depend on x: take it at zero (torch.func works below autograd)
-    _, vjp = torch.func.vjp(lambda z: _reference_impl(z, *tensors, strategy, cut_h, cut_w), torch.zeros_like(grad))
-    return vjp(grad)[0].contiguous()
+    return _reference_backward(grad, tensors, strategy, cut_h, cut_w)
 
 
 @_diff_augment_backward_op.register_fake
@@ -606,6 +614,47 @@ def _bwd_backward(ctx, gg):
 
 
 _diff_augment_backward_op.register_autograd(_bwd_backward, setup_context=_bwd_setup_context)
+
+
+# --------------------------------------------------------------------------------------------- eager fast path
+def _plain_eager(tensors) -> bool:
+    """True when nothing intercepts the call (no torch.compile tracing, torch function / dispatch modes,
+    functorch transforms or tensor subclasses): the autograd.Function below then gives exactly the custom
+    op's results while skipping its per-call wrapper cost and, for Triton, rebuilding the table in backward."""
+    if (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
+            or torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active()):
+        return False
+    return all(type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
+
+
+class _EagerDiffAugment(torch.autograd.Function):
+    """Same forward/backward as ``pydistill::diff_augment`` (+ its registered autograd), in eager mode."""
+
+    @staticmethod
+    def forward(ctx, x, strategy, cut_h, cut_w, backend, *tensors):
+        table = flags = None
+        if backend == "triton":
+            out, table, flags = _triton_forward(x, tensors, strategy, cut_h, cut_w, direct=True)
+        else:
+            out = _reference_impl(x, *tensors, strategy, cut_h, cut_w).contiguous()
+        ctx.save_for_backward(*tensors)
+        ctx.static = (strategy, cut_h, cut_w, backend)
+        ctx.table, ctx.flags = table, flags  # derived from the saved params only (no reference to x)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        tensors = ctx.saved_tensors
+        strategy, cut_h, cut_w, backend = ctx.static
+        if not ctx.needs_input_grad[0]:
+            gx = None
+        elif torch.is_grad_enabled():  # create_graph=True: the registered op (same double-backward behaviour)
+            gx = torch.ops.pydistill.diff_augment_backward(grad, *tensors, *ctx.static)
+        elif backend == "triton":
+            gx = _tk.dsa_backward(grad.contiguous(), ctx.table, **ctx.flags)
+        else:
+            gx = _reference_backward(grad, tensors, strategy, cut_h, cut_w)
+        return (gx,) + (None,) * (4 + len(tensors))
 
 
 # --------------------------------------------------------------------------------------------- public
@@ -644,6 +693,11 @@ def diff_augment(x: torch.Tensor, strategy: str = DEFAULT_STRATEGY, *, params: D
         be = "reference"
     if be == "triton" and not _HAS_TRITON_OPS:
         raise RuntimeError("backend='triton': the Triton kernels of diff_augment could not be loaded")
-    out = torch.ops.pydistill.diff_augment(x, *params.tensors(), params.strategy, params.cutout_size[0],
-                                           params.cutout_size[1], be)
+    tensors = params.tensors()
+    if _plain_eager((x, *tensors)):
+        out = _EagerDiffAugment.apply(x, params.strategy, params.cutout_size[0], params.cutout_size[1], be,
+                                      *tensors)
+    else:
+        out = torch.ops.pydistill.diff_augment(x, *tensors, params.strategy, params.cutout_size[0],
+                                               params.cutout_size[1], be)
     return (out, params) if return_params else out

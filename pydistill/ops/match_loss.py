@@ -129,11 +129,26 @@ def _check(gw_syn, gw_real, metric) -> None:
     for name, lst in (("gw_syn", gw_syn), ("gw_real", gw_real)):
         if not isinstance(lst, (list, tuple)):
             raise TypeError(f"{name} must be a list or tuple of tensors, got {type(lst).__name__}")
+    if len(gw_syn) == 0:
+        raise ValueError("gw_syn must be a non-empty list of gradient tensors")
+    if not isinstance(gw_syn[0], torch.Tensor):
+        raise TypeError(f"gw_syn[0] must be a torch.Tensor, got {type(gw_syn[0]).__name__}")
+    dtype, device = gw_syn[0].dtype, gw_syn[0].device
+    # One pass; the messages are built only on failure (this runs on every training step).
+    for i, (a, b) in enumerate(zip(gw_syn, gw_real)):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == dtype
+                and b.dtype == dtype and a.device == device and b.device == device and a.shape == b.shape):
+            _explain(gw_syn, gw_real, metric)
+    if len(gw_syn) != len(gw_real) or not isinstance(metric, str) or metric not in METRICS or dtype not in _DTYPES:
+        _explain(gw_syn, gw_real, metric)
+
+
+def _explain(gw_syn, gw_real, metric) -> None:
+    """Slow path of ``_check``: raise the error naming the first bad argument."""
+    for name, lst in (("gw_syn", gw_syn), ("gw_real", gw_real)):
         for i, t in enumerate(lst):
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"{name}[{i}] must be a torch.Tensor, got {type(t).__name__}")
-    if len(gw_syn) == 0:
-        raise ValueError("gw_syn must be a non-empty list of gradient tensors")
     if len(gw_syn) != len(gw_real):
         raise ValueError(f"gw_syn and gw_real must have the same length, got {len(gw_syn)} and {len(gw_real)}")
     if not isinstance(metric, str) or metric not in METRICS:
@@ -150,6 +165,7 @@ def _check(gw_syn, gw_real, metric) -> None:
                 raise TypeError(f"{name} must have dtype {dtype} (the dtype of gw_syn[0]), got {t.dtype}")
             if t.device != device:
                 raise ValueError(f"{name} must be on {device} (the device of gw_syn[0]), got {t.device}")
+    raise AssertionError("unreachable: _check found a problem that _explain did not")  # pragma: no cover
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -157,6 +173,11 @@ def _check(gw_syn, gw_real, metric) -> None:
 # ----------------------------------------------------------------------------------------------------------
 def _fwd(gw_syn, gw_real, metric: str, backend: str):
     backend = _backend.resolve(backend, gw_syn[0].device, available=_AVAILABLE)
+    return _fwd_impl(gw_syn, gw_real, metric, backend)
+
+
+def _fwd_impl(gw_syn, gw_real, metric: str, backend: str):
+    """Forward on an already resolved backend."""
     if backend in ("cpp", "cuda"):
         return torch.ops.pydistill.match_loss_fwd(gw_syn, gw_real, metric)
     if backend == "triton":
@@ -168,6 +189,11 @@ def _fwd(gw_syn, gw_real, metric: str, backend: str):
 
 def _bwd(grad, gw_syn, gw_real, stats, metric: str, backend: str):
     backend = _backend.resolve(backend, gw_syn[0].device, available=_AVAILABLE)
+    return _bwd_impl(grad, gw_syn, gw_real, stats, metric, backend)
+
+
+def _bwd_impl(grad, gw_syn, gw_real, stats, metric: str, backend: str):
+    """Backward on an already resolved backend."""
     if backend in ("cpp", "cuda"):
         return torch.ops.pydistill.match_loss_bwd(grad, gw_syn, gw_real, stats, metric)
     if backend == "triton":
@@ -244,6 +270,45 @@ if _backend.has_compiled() and hasattr(torch.ops.pydistill, "match_loss_fwd"):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Eager fast path
+# ----------------------------------------------------------------------------------------------------------
+def _plain_eager(tensors) -> bool:
+    """True when nothing intercepts the call (no torch.compile tracing, torch function / dispatch modes,
+    functorch transforms or tensor subclasses): the autograd.Function below then gives exactly the custom
+    op's results while skipping its per-call wrapper cost (pytree, default filling, two redispatches)."""
+    if (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
+            or torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active()):
+        return False
+    return all(type(x) is torch.Tensor or type(x) is torch.nn.Parameter for x in tensors)
+
+
+class _EagerMatchLoss(torch.autograd.Function):
+    """Same forward/backward as ``pydistill::match_loss`` (+ its registered autograd), in eager mode."""
+
+    @staticmethod
+    def forward(ctx, metric: str, backend: str, n: int, *tensors):
+        syn, real = list(tensors[:n]), list(tensors[n:])
+        loss, stats = _fwd_impl(syn, real, metric, backend)
+        ctx.n, ctx.metric, ctx.backend = n, metric, backend
+        ctx.save_for_backward(*syn, *real, stats)
+        ctx.mark_non_differentiable(stats)
+        return loss, stats
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_stats):
+        n = ctx.n
+        if grad_loss is None or not any(ctx.needs_input_grad[3:3 + n]):
+            return (None,) * (3 + 2 * n)
+        saved = ctx.saved_tensors
+        syn, real, stats = list(saved[:n]), list(saved[n:2 * n]), saved[2 * n]
+        if torch.is_grad_enabled():  # create_graph=True: the registered op (same double-backward behaviour)
+            grads = torch.ops.pydistill.match_loss_backward(grad_loss, syn, real, stats, ctx.metric, ctx.backend)
+        else:
+            grads = _bwd_impl(grad_loss, syn, real, stats, ctx.metric, ctx.backend)
+        return (None, None, None, *grads) + (None,) * n
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Public function
 # ----------------------------------------------------------------------------------------------------------
 def match_loss(gw_syn: Sequence[torch.Tensor], gw_real: Sequence[torch.Tensor], metric: str = "ours",
@@ -262,5 +327,9 @@ def match_loss(gw_syn: Sequence[torch.Tensor], gw_real: Sequence[torch.Tensor], 
     backend = _backend.resolve(backend, gw_syn[0].device, available=_AVAILABLE)
     if backend == "reference":
         return match_loss_reference(list(gw_syn), [t.detach() for t in gw_real], metric)
-    loss, _ = torch.ops.pydistill.match_loss(list(gw_syn), [t.detach() for t in gw_real], metric, backend)
+    syn, real = list(gw_syn), [t.detach() for t in gw_real]
+    if _plain_eager(syn) and _plain_eager(real):
+        loss, _ = _EagerMatchLoss.apply(metric, backend, len(syn), *syn, *real)
+    else:
+        loss, _ = torch.ops.pydistill.match_loss(syn, real, metric, backend)
     return loss

@@ -112,10 +112,12 @@ def _has_compiled_op() -> bool:
     return _backend.has_compiled() and hasattr(torch.ops.pydistill, "trajectory_loss_fwd")
 
 
+# Fixed at import (the extension cannot appear later): no per-call attribute probing.
+_AVAILABLE_HERE = _AVAILABLE if _has_compiled_op() else tuple(b for b in _AVAILABLE if b not in ("cpp", "cuda"))
+
+
 def _available() -> tuple[str, ...]:
-    if _has_compiled_op():
-        return _AVAILABLE
-    return tuple(b for b in _AVAILABLE if b not in ("cpp", "cuda"))
+    return _AVAILABLE_HERE
 
 
 def _resolve(backend: str, device: torch.device) -> str:
@@ -171,17 +173,33 @@ def _(grad, student, target, den):
     return [x.new_empty(x.shape) for x in student]
 
 
+def _fwd_impl(impl: str, student, start, target):
+    """Forward on a concrete backend (no dispatcher hop for Triton: we are already inside an opaque op)."""
+    if impl == "reference":
+        return _fwd_reference(student, start, target)
+    if impl == "triton":
+        from pydistill.kernels import trajectory_loss as tk
+
+        return tk.fwd(student, start, target)
+    return torch.ops.pydistill.trajectory_loss_fwd(student, start, target)
+
+
+def _bwd_impl(impl: str, grad, student, target, den):
+    if impl == "reference":
+        return _bwd_reference(grad, student, target, den)
+    if impl == "triton":
+        from pydistill.kernels import trajectory_loss as tk
+
+        return tk.bwd(grad, student, target, den)
+    return torch.ops.pydistill.trajectory_loss_bwd(grad, student, target, den)
+
+
 @torch.library.custom_op("pydistill::trajectory_loss", mutates_args=())
 def _trajectory_loss_op(
     student: list[torch.Tensor], start: list[torch.Tensor], target: list[torch.Tensor], backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns ``(loss, den)``: the loss (input dtype) and the denominator (accumulation dtype), both 0-dim."""
-    impl = _impl(backend, student[0].device)
-    if impl == "reference":
-        return _fwd_reference(student, start, target)
-    if impl == "triton":
-        return torch.ops.pydistill.trajectory_loss_triton_fwd(student, start, target)
-    return torch.ops.pydistill.trajectory_loss_fwd(student, start, target)
+    return _fwd_impl(_impl(backend, student[0].device), student, start, target)
 
 
 @_trajectory_loss_op.register_fake
@@ -195,12 +213,7 @@ def _trajectory_loss_backward_op(
     grad: torch.Tensor, student: list[torch.Tensor], target: list[torch.Tensor], den: torch.Tensor, backend: str
 ) -> list[torch.Tensor]:
     """Gradient wrt ``student``: ``grad * 2 * (student_i - target_i) / den`` per tensor (contiguous)."""
-    impl = _impl(backend, student[0].device)
-    if impl == "reference":
-        return _bwd_reference(grad, student, target, den)
-    if impl == "triton":
-        return torch.ops.pydistill.trajectory_loss_triton_bwd(grad, student, target, den)
-    return torch.ops.pydistill.trajectory_loss_bwd(grad, student, target, den)
+    return _bwd_impl(_impl(backend, student[0].device), grad, student, target, den)
 
 
 @_trajectory_loss_backward_op.register_fake
@@ -231,6 +244,43 @@ def _backward(ctx, grad_loss, _grad_den):
 _trajectory_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# ------------------------------------------------------------------------------------- eager fast path
+def _plain_eager(tensors) -> bool:
+    """True when nothing intercepts the call (no torch.compile tracing, torch function / dispatch modes,
+    functorch transforms or tensor subclasses): the autograd.Function below then gives exactly the custom
+    op's results while skipping its per-call wrapper cost (pytree, default filling, two redispatches)."""
+    if (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
+            or torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active()):
+        return False
+    return all(type(x) is torch.Tensor or type(x) is torch.nn.Parameter for x in tensors)
+
+
+class _EagerTrajectoryLoss(torch.autograd.Function):
+    """Same forward/backward as ``pydistill::trajectory_loss`` (+ its registered autograd), in eager mode."""
+
+    @staticmethod
+    def forward(ctx, backend: str, n: int, *tensors):
+        s, a, t = list(tensors[:n]), list(tensors[n : 2 * n]), list(tensors[2 * n :])
+        loss, den = _fwd_impl(backend, s, a, t)
+        ctx.mark_non_differentiable(den)
+        ctx.n, ctx.backend = n, backend
+        ctx.save_for_backward(*s, *t, den)
+        return loss, den
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_den):
+        n = ctx.n
+        saved = ctx.saved_tensors
+        student, target, den = list(saved[:n]), list(saved[n : 2 * n]), saved[2 * n]
+        if grad_loss is None or not any(ctx.needs_input_grad[2 : 2 + n]):
+            return (None,) * (2 + 3 * n)
+        if torch.is_grad_enabled():  # create_graph=True: the registered op (same double-backward behaviour)
+            grads = torch.ops.pydistill.trajectory_loss_backward(grad_loss, student, target, den, ctx.backend)
+        else:
+            grads = _bwd_impl(ctx.backend, grad_loss, student, target, den)
+        return (None, None, *grads) + (None,) * (2 * n)
+
+
 # ------------------------------------------------------------------------------------------------- public
 def trajectory_loss(
     student: TensorOrList,
@@ -259,7 +309,10 @@ def trajectory_loss(
         raise ValueError(f"backend must be one of {_backend.BACKENDS}, got {backend!r}")
     if not torch.compiler.is_compiling():
         backend = _resolve(backend, s[0].device)  # clear errors up front; the op resolves again otherwise
-    loss, den = torch.ops.pydistill.trajectory_loss(s, a, t, backend)
+    if _plain_eager(s + a + t):
+        loss, den = _EagerTrajectoryLoss.apply(backend, len(s), *s, *a, *t)
+    else:
+        loss, den = torch.ops.pydistill.trajectory_loss(s, a, t, backend)
     if check:
         d = float(den.detach())
         if d == 0.0 or not math.isfinite(d):
