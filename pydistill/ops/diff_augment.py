@@ -688,7 +688,9 @@ def diff_augment(x: torch.Tensor, strategy: str = DEFAULT_STRATEGY, *, params: D
     else:
         _check_params(params, x)
     be = _resolve(backend, x.device.type)
-    if backend == "auto" and be == "triton" and x.dtype == torch.float64:
+    if backend == "auto" and be == "triton" and (x.dtype == torch.float64
+                                                 or torch.are_deterministic_algorithms_enabled()):
+        # deterministic mode: the Triton backward scatters with atomics, the reference does not.
         # fp64 is for checking, not speed; Triton 3.6 fails to compile the fp64 backward on sm_90 (layout bug).
         be = "reference"
     if be == "triton" and not _HAS_TRITON_OPS:
