@@ -354,3 +354,22 @@ def test_ssdkd_baseline_flags_and_errors(digits_small, tiny_teacher):
         SSDKD(digits_small, 1, config=_tiny_config(path, g_steps=0))
     with pytest.raises(ValueError, match="config.replace"):
         SSDKD(digits_small, 1, config=_tiny_config(path, replace="newest"))
+
+
+def test_corrupt_teacher_file_is_refused(tmp_path):
+    from pydistill.methods.ssdkd import TEACHER_FORMAT, load_teacher
+    from pydistill.utils import CorruptCheckpointError, save_checked
+
+    path = tmp_path / "teacher.pt"
+    w = torch.randn(64)
+    save_checked({"format": TEACHER_FORMAT, "complete": True, "model": "MLP", "state_dict": {"w": w}}, path)
+    raw = bytearray(path.read_bytes())
+    pos = raw.find(w.numpy().tobytes())  # the tensor's bytes are stored as they are: alter one of them
+    assert pos > 0
+    raw[pos + 5] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptCheckpointError):
+        load_teacher(str(path))
+    path.write_bytes(bytes(raw[: len(raw) // 2]))  # truncated
+    with pytest.raises(CorruptCheckpointError, match="truncated or corrupt"):
+        load_teacher(str(path))

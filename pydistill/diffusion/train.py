@@ -106,7 +106,7 @@ def train_diffusion(
     cosine decay of ``lr``; EMA of the weights (``ema_decay``) is what gets saved.
     """
     from pydistill.data import load_dataset
-    from pydistill.utils import atomic_save, atomic_write_text, resolve_device
+    from pydistill.utils import atomic_write_text, load_checked, resolve_device, save_checked
 
     diffusers = _import_diffusers()
     if not 0.0 <= label_dropout < 1.0:
@@ -162,7 +162,7 @@ def train_diffusion(
 
     state_path = out / STATE_FILE
     if state_path.is_file():
-        st = torch.load(state_path, map_location=dev, weights_only=False)
+        st = load_checked(state_path, map_location=dev, weights_only=False)
         if st["settings"] != settings:
             diff = {k: (st["settings"].get(k), v) for k, v in settings.items() if st["settings"].get(k) != v}
             raise ValueError(f"{state_path} was written with other settings {diff} (stored, requested); "
@@ -176,7 +176,7 @@ def train_diffusion(
             raise ValueError(f"{state_path} is at step {step}, beyond the requested {total} steps")
 
     def checkpoint():
-        atomic_save({"settings": settings, "model": model.state_dict(), "ema": ema.state_dict(),
+        save_checked({"settings": settings, "model": model.state_dict(), "ema": ema.state_dict(),
                      "opt": opt.state_dict(), "generator": gen.get_state(), "step": step, "losses": losses,
                      "wall_time_s": wall}, state_path)
 

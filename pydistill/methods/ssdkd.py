@@ -44,7 +44,7 @@ from pydistill.kd import BNStatsLoss, class_frequencies, kd_loss, modulating_phi
 from pydistill.methods.base import Method
 from pydistill.evaluate import test_accuracy
 from pydistill.synthetic import SyntheticSet
-from pydistill.utils import atomic_save
+from pydistill.utils import load_checked, save_checked
 
 __all__ = [
     "Config",
@@ -158,7 +158,7 @@ def train_teacher(
         epochs=epochs,
     )
     if os.path.exists(out):
-        ck = torch.load(out, map_location=device, weights_only=True)
+        ck = load_checked(out, map_location=device, weights_only=True)
         if ck.get("format") != TEACHER_FORMAT:
             raise ValueError(f"out={out!r} exists and is not a pydistill teacher file; choose another path")
         for k in ("model", "channel", "num_classes", "epochs"):
@@ -204,7 +204,7 @@ def train_teacher(
             running += float(loss.detach())
         complete = epoch + 1 == epochs
         acc = test_accuracy(net, dataset)
-        atomic_save(
+        save_checked(
             dict(
                 meta_keys,
                 state_dict=net.state_dict(),
@@ -221,7 +221,7 @@ def train_teacher(
                 f"[teacher] epoch {epoch + 1}/{epochs} loss {running / steps_per_epoch:.4f} "
                 f"test acc {acc:.4f} ({time.perf_counter() - t0:.1f}s)"
             )
-    ck = torch.load(out, map_location="cpu", weights_only=True)
+    ck = load_checked(out, map_location="cpu", weights_only=True)
     return {k: v for k, v in ck.items() if k not in ("state_dict", "optimizer", "rng")} | {"path": out}
 
 
@@ -229,7 +229,7 @@ def load_teacher(path: str, device: str | torch.device = "cpu") -> tuple[nn.Modu
     """Load a teacher saved by :func:`train_teacher`: ``(network in eval mode, metadata dict)``."""
     if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
         raise FileNotFoundError(f"teacher file not found: {path!r} (train one with `pydistill teacher`)")
-    ck = torch.load(path, map_location=device, weights_only=True)
+    ck = load_checked(path, map_location=device, weights_only=True)
     if not isinstance(ck, dict) or ck.get("format") != TEACHER_FORMAT:
         raise ValueError(f"{path!r} is not a pydistill teacher file (format {TEACHER_FORMAT})")
     if not ck.get("complete", False):
@@ -629,7 +629,7 @@ class SSDKD(Method):
 
     def save_student(self, path: str) -> str:
         """Write the student (``student_state()`` plus its test accuracy) atomically to ``path``."""
-        atomic_save(dict(self.student_state(), test_accuracy=self.student_accuracy()), path)
+        save_checked(dict(self.student_state(), test_accuracy=self.student_accuracy()), path)
         return path
 
     def save_outputs(self, out_dir: str) -> list[str]:
