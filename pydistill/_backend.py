@@ -76,6 +76,17 @@ def backends() -> dict[str, bool]:
     }
 
 
+def plain_eager(tensors) -> bool:
+    """True when nothing intercepts an op call (no torch.compile tracing, torch function / dispatch modes,
+    functorch transforms or tensor subclasses). The ops then run an autograd.Function with exactly the custom
+    op's forward/backward, skipping the custom op's per-call wrapper cost (pytree, default filling, redispatches);
+    otherwise they go through ``torch.ops.pydistill.*`` so compile, opcheck and transforms see the registered op."""
+    if (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
+            or torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active()):
+        return False
+    return all(type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
+
+
 def require_compiled(what: str) -> None:
     """Raise a clear error when the compiled part is missing."""
     if not has_compiled():

@@ -373,3 +373,42 @@ def test_corrupt_teacher_file_is_refused(tmp_path):
     path.write_bytes(bytes(raw[: len(raw) // 2]))  # truncated
     with pytest.raises(CorruptCheckpointError, match="truncated or corrupt"):
         load_teacher(str(path))
+
+
+def test_replay_weight_norm_and_uniform_mix(digits_small, tiny_teacher):
+    from pydistill.methods.ssdkd import SSDKD
+
+    path, _ = tiny_teacher
+    m = SSDKD(digits_small, 1, config=_tiny_config(path, buffer_size=5, alpha=1.0, priority_eps=1e-3), seed=1)
+    delta = torch.tensor([0.1, 0.4, 1.0, 2.0, 0.5])
+    m.buffer.add(torch.zeros(5, 1, 8, 8), torch.zeros(5, 10), delta)
+    p = (delta.double() + 1e-3) / (delta.double() + 1e-3).sum()
+
+    def check(slots, w, probs, p_max_weight):
+        want = (5 * probs[slots]) ** -0.5
+        torch.testing.assert_close(w.double(), want / p_max_weight, rtol=1e-5, atol=1e-6)
+
+    m.config.weight_norm = "buffer"  # the largest weight any buffer item could get is 1
+    slots, w = m._sample_weighted(41, 0.5)
+    check(slots, w, p, (5 * p.min()) ** -0.5)
+    m.config.weight_norm = "batch"  # the largest weight in this batch is 1
+    slots, w = m._sample_weighted(41, 0.5)
+    check(slots, w, p, ((5 * p[slots]) ** -0.5).max())
+    assert float(w.max()) == 1.0
+    m.config.uniform_mix = 0.5  # P = 0.5 / |B| + 0.5 P_prio; the last 20 of 40 slots are drawn uniformly
+    slots, w = m._sample_weighted(40, 0.5)
+    check(slots, w, 0.5 * p + 0.1, ((5 * (0.5 * p[slots] + 0.1)) ** -0.5).max())
+    m.config.weight_norm = "buffer"
+    slots, w = m._sample_weighted(40, 0.5)
+    check(slots, w, 0.5 * p + 0.1, (5 * (0.5 * p.min() + 0.1)) ** -0.5)
+    m.config.uniform_mix = 1.0  # uniform replay: every weight is 1
+    slots, w = m._sample_weighted(40, 1.0)
+    assert torch.equal(w, torch.ones(40))
+    # prioritized draws follow P: slot 3 (largest delta) is drawn more often than slot 0 (smallest)
+    m.config.uniform_mix = 0.0
+    counts = torch.bincount(m._sample_weighted(400, 0.5)[0], minlength=5)
+    assert counts[3] > 5 * counts[0]
+    with pytest.raises(ValueError, match="config.weight_norm"):
+        SSDKD(digits_small, 1, config=_tiny_config(path, weight_norm="max"))
+    with pytest.raises(ValueError, match="config.uniform_mix"):
+        SSDKD(digits_small, 1, config=_tiny_config(path, uniform_mix=1.5))

@@ -96,3 +96,25 @@ class Method(abc.ABC):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(dataset={self.dataset.name!r}, ipc={self.ipc}, device={self.device}, "
                 f"seed={self.seed})")
+
+
+class LearnedImagesMixin:
+    """For a method whose whole learned state is ``self.images`` [N, C, H, W] (a leaf tensor), fixed
+    ``self.labels`` [N] and the images' optimizer ``self.opt_img`` (DC/DSA, DM): the synthetic set and the
+    checkpoint state. Put it before :class:`Method` in the bases."""
+
+    def synthetic_set(self):
+        from pydistill.synthetic import SyntheticSet
+
+        return SyntheticSet(self.images.detach().clone(), self.labels.clone(), None,
+                            {"method": self.name, "ipc": self.ipc, "model": self.config.model,
+                             "dsa": bool(self.config.dsa)})
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "images": self.images.detach().clone(), "opt_img": self.opt_img.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        with torch.no_grad():
+            self.images.copy_(state["images"].to(self.device))
+        self.opt_img.load_state_dict(state["opt_img"])

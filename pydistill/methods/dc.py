@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pydistill.methods.base import Method
+from pydistill.methods.base import LearnedImagesMixin, Method
 
 __all__ = ["Config", "DSAConfig", "DC", "DSA", "loops_for_ipc", "fresh_network", "init_synthetic_images",
            "class_labels"]
@@ -146,7 +146,7 @@ def _bn_modules(net: nn.Module) -> list[nn.Module]:
     return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-class DC(Method):
+class DC(LearnedImagesMixin, Method):
     """Gradient matching (DC). ``step(it)`` runs one iteration: ``outer_loop`` image updates on one network."""
 
     Config = Config
@@ -253,21 +253,6 @@ class DC(Method):
         return {"loss": float(losses.sum()) / (ds.num_classes * self.outer_loop)}
 
     # -- outputs and state -----------------------------------------------------------------------------------------
-    def synthetic_set(self):
-        from pydistill.synthetic import SyntheticSet
-
-        return SyntheticSet(self.images.detach().clone(), self.labels.clone(), None,
-                            {"method": self.name, "ipc": self.ipc, "model": self.config.model,
-                             "dsa": bool(self.config.dsa)})
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "images": self.images.detach().clone(), "opt_img": self.opt_img.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        with torch.no_grad():
-            self.images.copy_(state["images"].to(self.device))
-        self.opt_img.load_state_dict(state["opt_img"])
 
 
 class DSA(DC):

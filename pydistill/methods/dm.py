@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pydistill.methods.base import Method
+from pydistill.methods.base import LearnedImagesMixin, Method
 from pydistill.methods.dc import class_labels, fresh_network, init_synthetic_images
 
 __all__ = ["Config", "DM"]
@@ -48,7 +48,7 @@ class Config:
         return cfg
 
 
-class DM(Method):
+class DM(LearnedImagesMixin, Method):
     """Distribution matching; ``step(it)`` is one iteration on one freshly initialised network."""
 
     Config = Config
@@ -105,19 +105,3 @@ class DM(Method):
             pdist.all_reduce_(losses)
         self.opt_img.step()
         return {"loss": float(losses.sum()) / ds.num_classes}
-
-    def synthetic_set(self):
-        from pydistill.synthetic import SyntheticSet
-
-        return SyntheticSet(self.images.detach().clone(), self.labels.clone(), None,
-                            {"method": self.name, "ipc": self.ipc, "model": self.config.model,
-                             "dsa": bool(self.config.dsa)})
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "images": self.images.detach().clone(), "opt_img": self.opt_img.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        with torch.no_grad():
-            self.images.copy_(state["images"].to(self.device))
-        self.opt_img.load_state_dict(state["opt_img"])

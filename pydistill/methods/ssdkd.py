@@ -373,6 +373,8 @@ class Config:
     alpha: float = 0.6  # priority exponent: P(i) ∝ (delta_i + eps)^alpha
     beta: float = 0.4  # importance-weight exponent at round 0 ...
     beta_final: float = 1.0  # ... annealed linearly to this at the last round
+    weight_norm: str = "batch"  # importance weights / max over the "batch" (common PER practice) or "buffer"
+    uniform_mix: float = 0.0  # fraction of each replay batch drawn uniformly (P = mix/|B| + (1-mix) P_prio)
     priority_eps: float = 1e-3  # eps in (delta + eps)^alpha
     priority_temperature: float = 1.0  # temperature of the priority KL(teacher || student)
     tree_backend: str = "auto"  # SumTree backend: "auto", "cpp", "cuda" or "reference"
@@ -472,6 +474,10 @@ class SSDKD(Method):
                 raise ValueError(f"config.{name} must be >= 0, got {getattr(cfg, name)}")
         if cfg.replace not in ("oldest", "lowest"):
             raise ValueError(f"config.replace must be 'oldest' or 'lowest', got {cfg.replace!r}")
+        if cfg.weight_norm not in ("batch", "buffer"):
+            raise ValueError(f"config.weight_norm must be 'batch' or 'buffer', got {cfg.weight_norm!r}")
+        if not 0 <= cfg.uniform_mix <= 1:
+            raise ValueError(f"config.uniform_mix must be in [0, 1], got {cfg.uniform_mix!r}")
         if not isinstance(cfg.eval_every, int) or cfg.eval_every < 0:
             raise ValueError(f"config.eval_every must be an int >= 0, got {cfg.eval_every!r}")
 
@@ -529,6 +535,29 @@ class SSDKD(Method):
             x = self.gen_net(z.detach())
         return x, stats
 
+    def _sample_weighted(self, n: int, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` replay slots and their importance weights ``[n]`` (prioritized replay, see the module doc)."""
+        cfg, buf = self.config, self.buffer
+        n_u = int(round(cfg.uniform_mix * n))
+        slots_p, probs = buf.sample_prioritized(n - n_u, self.generator) if n_u < n else (None, None)
+        if n_u == 0 and cfg.weight_norm == "buffer":
+            return slots_p, buf.tree.importance_weights(probs, beta, size=buf.size).float()
+        if n_u > 0:
+            slots = buf.sample_uniform(n_u, self.generator)
+            slots = slots if slots_p is None else torch.cat([slots_p, slots])
+            # sampling probability of each drawn slot under the mixture
+            pri = buf.tree_priority(buf.delta[: buf.size].double())
+            probs = (1.0 - cfg.uniform_mix) * pri[slots] / pri.sum() + cfg.uniform_mix / buf.size
+            p_min = (1.0 - cfg.uniform_mix) * pri.min() / pri.sum() + cfg.uniform_mix / buf.size
+        else:
+            slots = slots_p
+            p_min = None
+        from pydistill.ops.sum_tree import importance_weights as _iw
+
+        probs = probs.to(self.device, torch.float64)
+        mp = None if cfg.weight_norm == "batch" else p_min
+        return slots, _iw(probs, beta, buf.size, mp).float()
+
     def step(self, it: int) -> dict:
         """One round: synthesis, buffer insert, ``kd_steps`` student steps. Returns scalar logs."""
         cfg = self.config
@@ -551,8 +580,7 @@ class SSDKD(Method):
                 g["lr"] = lr
             n = cfg.batch_size  # drawn with replacement in both modes
             if cfg.use_priority:
-                slots, probs = self.buffer.sample_prioritized(n, self.generator)
-                wts = self.buffer.tree.importance_weights(probs, beta, size=self.buffer.size).float()
+                slots, wts = self._sample_weighted(n, beta)
             else:
                 slots = self.buffer.sample_uniform(n, self.generator)
                 wts = torch.ones(n, device=self.device)
@@ -572,6 +600,7 @@ class SSDKD(Method):
         out.update(loss_kd=kd_sum / cfg.kd_steps, weight_mean=w_sum / cfg.kd_steps, beta=beta,
                    buffer=self.buffer.size, synthesized=self.synthesized,
                    priority_mean=float(self.buffer.delta[: self.buffer.size].mean()),
+                   buffer_classes=int(torch.unique(self.buffer.labels[: self.buffer.size]).numel()),
                    round_s=time.perf_counter() - t0)
         if cfg.eval_every and (it + 1) % cfg.eval_every == 0:
             out["student_acc"] = self.student_accuracy()

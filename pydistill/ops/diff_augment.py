@@ -617,16 +617,6 @@ _diff_augment_backward_op.register_autograd(_bwd_backward, setup_context=_bwd_se
 
 
 # --------------------------------------------------------------------------------------------- eager fast path
-def _plain_eager(tensors) -> bool:
-    """True when nothing intercepts the call (no torch.compile tracing, torch function / dispatch modes,
-    functorch transforms or tensor subclasses): the autograd.Function below then gives exactly the custom
-    op's results while skipping its per-call wrapper cost and, for Triton, rebuilding the table in backward."""
-    if (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
-            or torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active()):
-        return False
-    return all(type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
-
-
 class _EagerDiffAugment(torch.autograd.Function):
     """Same forward/backward as ``pydistill::diff_augment`` (+ its registered autograd), in eager mode."""
 
@@ -696,7 +686,7 @@ def diff_augment(x: torch.Tensor, strategy: str = DEFAULT_STRATEGY, *, params: D
     if be == "triton" and not _HAS_TRITON_OPS:
         raise RuntimeError("backend='triton': the Triton kernels of diff_augment could not be loaded")
     tensors = params.tensors()
-    if _plain_eager((x, *tensors)):
+    if _backend.plain_eager((x, *tensors)):
         out = _EagerDiffAugment.apply(x, params.strategy, params.cutout_size[0], params.cutout_size[1], be,
                                       *tensors)
     else:

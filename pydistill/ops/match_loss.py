@@ -272,16 +272,6 @@ if _backend.has_compiled() and hasattr(torch.ops.pydistill, "match_loss_fwd"):
 # ----------------------------------------------------------------------------------------------------------
 # Eager fast path
 # ----------------------------------------------------------------------------------------------------------
-def _plain_eager(tensors) -> bool:
-    """True when nothing intercepts the call (no torch.compile tracing, torch function / dispatch modes,
-    functorch transforms or tensor subclasses): the autograd.Function below then gives exactly the custom
-    op's results while skipping its per-call wrapper cost (pytree, default filling, two redispatches)."""
-    if (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
-            or torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active()):
-        return False
-    return all(type(x) is torch.Tensor or type(x) is torch.nn.Parameter for x in tensors)
-
-
 class _EagerMatchLoss(torch.autograd.Function):
     """Same forward/backward as ``pydistill::match_loss`` (+ its registered autograd), in eager mode."""
 
@@ -328,7 +318,7 @@ def match_loss(gw_syn: Sequence[torch.Tensor], gw_real: Sequence[torch.Tensor], 
     if backend == "reference":
         return match_loss_reference(list(gw_syn), [t.detach() for t in gw_real], metric)
     syn, real = list(gw_syn), [t.detach() for t in gw_real]
-    if _plain_eager(syn) and _plain_eager(real):
+    if _backend.plain_eager(syn) and _backend.plain_eager(real):
         loss, _ = _EagerMatchLoss.apply(metric, backend, len(syn), *syn, *real)
     else:
         loss, _ = torch.ops.pydistill.match_loss(syn, real, metric, backend)

@@ -245,16 +245,6 @@ _trajectory_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ------------------------------------------------------------------------------------- eager fast path
-def _plain_eager(tensors) -> bool:
-    """True when nothing intercepts the call (no torch.compile tracing, torch function / dispatch modes,
-    functorch transforms or tensor subclasses): the autograd.Function below then gives exactly the custom
-    op's results while skipping its per-call wrapper cost (pytree, default filling, two redispatches)."""
-    if (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
-            or torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active()):
-        return False
-    return all(type(x) is torch.Tensor or type(x) is torch.nn.Parameter for x in tensors)
-
-
 class _EagerTrajectoryLoss(torch.autograd.Function):
     """Same forward/backward as ``pydistill::trajectory_loss`` (+ its registered autograd), in eager mode."""
 
@@ -309,7 +299,7 @@ def trajectory_loss(
         raise ValueError(f"backend must be one of {_backend.BACKENDS}, got {backend!r}")
     if not torch.compiler.is_compiling():
         backend = _resolve(backend, s[0].device)  # clear errors up front; the op resolves again otherwise
-    if _plain_eager(s + a + t):
+    if _backend.plain_eager(s + a + t):
         loss, den = _EagerTrajectoryLoss.apply(backend, len(s), *s, *a, *t)
     else:
         loss, den = torch.ops.pydistill.trajectory_loss(s, a, t, backend)
