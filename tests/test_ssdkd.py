@@ -401,6 +401,10 @@ def test_replay_weight_norm_and_uniform_mix(digits_small, tiny_teacher):
     m.config.weight_norm = "buffer"
     slots, w = m._sample_weighted(40, 0.5)
     check(slots, w, 0.5 * p + 0.1, (5 * (0.5 * p.min() + 0.1)) ** -0.5)
+    m.config.weight_norm = "mean"  # weights proportional to (|B| P)^-beta with batch mean 1
+    slots, w = m._sample_weighted(40, 0.5)
+    want = (5 * (0.5 * p[slots] + 0.1)) ** -0.5
+    torch.testing.assert_close(w.double(), want / want.mean(), rtol=1e-5, atol=1e-6)
     m.config.uniform_mix = 1.0  # uniform replay: every weight is 1
     slots, w = m._sample_weighted(40, 1.0)
     assert torch.equal(w, torch.ones(40))
