@@ -15,13 +15,7 @@ from pydistill.models import get_network
 TINY = {"width": 8, "depth": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These tiny shapes run fastest single-threaded (and do not stall on a shared, busy CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

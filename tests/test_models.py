@@ -6,12 +6,7 @@ from torch import nn
 from pydistill.models import NETWORKS, ConvNet, get_network, num_parameters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_convnet_cifar10_param_count():
