@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import add_speedups, format_table, try_row  # noqa: E402
+from common import try_row  # noqa: E402
 
 OP = "match_loss"
 
@@ -104,10 +104,6 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    import argparse
+    from common import main_one
 
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true")
-    a = p.parse_args()
-    print(format_table(add_speedups(run(a.device, a.quick))))
+    main_one(run, __doc__)

@@ -147,12 +147,6 @@ def run(device: str, quick: bool) -> list[dict]:
 
 
 if __name__ == "__main__":
-    import argparse
+    from common import main_one
 
-    from common import add_speedups, format_table
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    print(format_table(add_speedups(run(args.device, args.quick))))
+    main_one(run, __doc__)

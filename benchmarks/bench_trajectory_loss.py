@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import add_speedups, format_table, try_row  # noqa: E402
+from common import try_row  # noqa: E402
 
 OP = "trajectory_loss"
 
@@ -112,10 +112,6 @@ def run(device: str, quick: bool) -> list[dict]:
 
 
 if __name__ == "__main__":
-    import argparse
+    from common import main_one
 
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true")
-    args = p.parse_args()
-    print(format_table(add_speedups(run(args.device, args.quick))))
+    main_one(run, __doc__)

@@ -149,3 +149,14 @@ def record(rows: list[dict], device: str, tag: str = "") -> str:
         f.write("Environment: " + ", ".join(f"{k}={v}" for k, v in env.items()) + "\n\n")
         f.write(format_table(rows) + "\n")
     return stem + ".md"
+
+
+def main_one(run, description: str | None = None) -> None:
+    """Command line of one bench_<op>.py: ``--device``, ``--quick``; prints the table (records nothing)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="small sizes only (smoke run)")
+    args = p.parse_args()
+    print(format_table(add_speedups(run(args.device, args.quick))))
