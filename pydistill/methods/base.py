@@ -103,6 +103,23 @@ class LearnedImagesMixin:
     ``self.labels`` [N] and the images' optimizer ``self.opt_img`` (DC/DSA, DM): the synthetic set and the
     checkpoint state. Put it before :class:`Method` in the bases."""
 
+    def init_learned_images(self, cfg) -> None:
+        """The DSA strategy (when ``cfg.dsa``), class labels, images initialised per ``cfg.init`` and their
+        SGD(``cfg.lr_img``, momentum ``cfg.momentum_img``)."""
+        from pydistill.methods.dc import class_labels, init_synthetic_images
+
+        if cfg.dsa:
+            from pydistill.data import dsa_strategy_for
+
+            self.strategy = cfg.dsa_strategy or dsa_strategy_for(self.dataset.name)
+        self.labels = class_labels(self.dataset.num_classes, self.ipc, self.device)
+        self.images = init_synthetic_images(self, cfg.init).requires_grad_(True)
+        self.opt_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum_img)
+
+    @property
+    def num_iterations(self) -> int:
+        return int(self.config.iterations)
+
     def synthetic_set(self):
         from pydistill.synthetic import SyntheticSet
 

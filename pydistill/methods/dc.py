@@ -160,17 +160,7 @@ class DC(LearnedImagesMixin, Method):
         d_outer, d_inner = loops_for_ipc(self.ipc)
         self.outer_loop = int(cfg.outer_loop or d_outer)
         self.inner_loop = int(cfg.inner_loop or d_inner)
-        if cfg.dsa:
-            from pydistill.data import dsa_strategy_for
-
-            self.strategy = cfg.dsa_strategy or dsa_strategy_for(self.dataset.name)
-        self.labels = class_labels(self.dataset.num_classes, self.ipc, self.device)
-        self.images = init_synthetic_images(self, cfg.init).requires_grad_(True)
-        self.opt_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum_img)
-
-    @property
-    def num_iterations(self) -> int:
-        return int(self.config.iterations)
+        self.init_learned_images(cfg)
 
     # -- one iteration ---------------------------------------------------------------------------------------------
     def _siamese(self, x_real, x_syn, generator=None):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pydistill.methods.base import LearnedImagesMixin, Method
-from pydistill.methods.dc import class_labels, fresh_network, init_synthetic_images
+from pydistill.methods.dc import fresh_network
 
 __all__ = ["Config", "DM"]
 
@@ -63,17 +63,7 @@ class DM(LearnedImagesMixin, Method):
                              f"{cfg.batch_real}")
         if not float(cfg.lr_img) > 0:
             raise ValueError(f"config.lr_img must be > 0, got {cfg.lr_img}")
-        if cfg.dsa:
-            from pydistill.data import dsa_strategy_for
-
-            self.strategy = cfg.dsa_strategy or dsa_strategy_for(self.dataset.name)
-        self.labels = class_labels(self.dataset.num_classes, self.ipc, self.device)
-        self.images = init_synthetic_images(self, cfg.init).requires_grad_(True)
-        self.opt_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum_img)
-
-    @property
-    def num_iterations(self) -> int:
-        return int(self.config.iterations)
+        self.init_learned_images(cfg)
 
     def step(self, it: int) -> dict[str, float]:
         from pydistill import distributed as pdist
