@@ -20,6 +20,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include "match_loss.h"
+
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -28,15 +30,14 @@
 namespace pydistill {
 namespace match_loss_cpu {
 
+using match_loss_common::acc_type;
+using match_loss_common::check_lists;
+using match_loss_common::metric_code;
+using match_loss_common::num_rows;
+
+
 constexpr int64_t kChunk = 16384;
 constexpr double kEps = 1e-6;
-
-int metric_code(const std::string& metric) {
-  if (metric == "ours") return 0;
-  if (metric == "mse") return 1;
-  if (metric == "cos") return 2;
-  TORCH_CHECK(false, "match_loss: metric must be one of 'ours', 'mse', 'cos', got '", metric, "'");
-}
 
 struct Item {
   const void* a;
@@ -45,34 +46,6 @@ struct Item {
   int64_t rows, row_len, cpr, chunk_start, seg;
   bool active;  // false: "ours" tensor with dim < 2 (contributes 0, gradient 0)
 };
-
-// Number of rows of the stats output for a list of shapes.
-int64_t num_rows(at::TensorList syn, int metric) {
-  if (metric == 1) return 0;
-  if (metric == 2) return 1;
-  int64_t r = 0;
-  for (const auto& t : syn)
-    if (t.dim() >= 2) r += t.size(0);
-  return r;
-}
-
-void check_lists(at::TensorList syn, at::TensorList real, const char* op) {
-  TORCH_CHECK(!syn.empty(), op, ": gw_syn must be a non-empty list of tensors");
-  TORCH_CHECK(syn.size() == real.size(), op, ": gw_syn and gw_real must have the same length, got ", syn.size(),
-              " and ", real.size());
-  const auto dtype = syn[0].scalar_type();
-  const auto device = syn[0].device();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, op,
-              ": expected float32/float64/float16/bfloat16 tensors, got ", dtype);
-  for (size_t i = 0; i < syn.size(); ++i) {
-    TORCH_CHECK(syn[i].sizes() == real[i].sizes(), op, ": gw_syn[", i, "] has shape ", syn[i].sizes(),
-                " but gw_real[", i, "] has shape ", real[i].sizes());
-    TORCH_CHECK(syn[i].scalar_type() == dtype && real[i].scalar_type() == dtype, op,
-                ": all tensors must have dtype ", dtype, " (index ", i, ")");
-    TORCH_CHECK(syn[i].device() == device && real[i].device() == device, op,
-                ": all tensors must be on ", device, " (index ", i, ")");
-  }
-}
 
 // Builds the work list; `backward` includes inactive ("ours", dim < 2) tensors so their gradient is written.
 std::vector<Item> build(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b,
@@ -243,8 +216,6 @@ std::vector<at::Tensor> contiguous_all(at::TensorList ts) {
   for (const auto& t : ts) out.push_back(t.contiguous());
   return out;
 }
-
-at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 void fwd_out(at::TensorList gw_syn, at::TensorList gw_real, const std::string& metric_s, const at::Tensor& loss,
              const at::Tensor& stats) {

@@ -14,10 +14,16 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "trajectory_loss.h"
+
 #include <vector>
 
 namespace pydistill {
 namespace {
+
+using trajectory_loss_common::check_lists;
+using trajectory_loss_common::contiguous_all;
+
 
 constexpr int64_t kCpuTile = 16384;  // elements per tile (one partial-sum slot per tile)
 
@@ -70,27 +76,6 @@ void tile_grad(const T* __restrict__ xs, const T* __restrict__ xt, T* __restrict
   for (int64_t j = 0; j < len; ++j) {
     xo[j] = static_cast<T>(scale * (static_cast<A>(xs[j]) - static_cast<A>(xt[j])));
   }
-}
-
-void check_lists(const char* op, at::TensorList a, const char* na, at::TensorList b, const char* nb) {
-  TORCH_CHECK(a.size() == b.size(), op, ": ", na, " and ", nb, " must have the same length, got ", a.size(),
-              " and ", b.size());
-  for (size_t i = 0; i < a.size(); ++i) {
-    TORCH_CHECK(a[i].sizes() == b[i].sizes(), op, ": ", na, "[", i, "] and ", nb, "[", i,
-                "] must have the same shape, got ", a[i].sizes(), " and ", b[i].sizes());
-    TORCH_CHECK(a[i].scalar_type() == a[0].scalar_type() && b[i].scalar_type() == a[0].scalar_type(), op,
-                ": all tensors must share one dtype, got ", a[i].scalar_type(), " / ", b[i].scalar_type(),
-                " vs ", a[0].scalar_type());
-    TORCH_CHECK(a[i].device() == a[0].device() && b[i].device() == a[0].device(), op,
-                ": all tensors must be on one device");
-  }
-}
-
-std::vector<at::Tensor> contiguous_all(at::TensorList ts) {
-  std::vector<at::Tensor> out;
-  out.reserve(ts.size());
-  for (const auto& t : ts) out.push_back(t.contiguous());
-  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> trajectory_loss_fwd_cpu(at::TensorList student, at::TensorList start,

@@ -15,11 +15,25 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "match_loss.h"
+
 #include <string>
 #include <vector>
 
 namespace pydistill {
 namespace match_loss_cuda {
+
+using match_loss_common::acc_type;
+using match_loss_common::metric_code;
+using match_loss_common::num_rows;
+
+// The shared checks, plus: the tensors are on a CUDA device.
+void check_lists(at::TensorList syn, at::TensorList real, const char* op) {
+  match_loss_common::check_lists(syn, real, op);
+  TORCH_CHECK(syn[0].device().is_cuda(), op, " (CUDA kernel): tensors must be on a CUDA device, got ",
+              syn[0].device());
+}
+
 
 constexpr int64_t kChunk = 4096;
 constexpr int kThreads = 256;
@@ -210,43 +224,6 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const int64_t* __restrict
       v = alpha * static_cast<acc_t>(b[j]) + beta * static_cast<acc_t>(a[j]);
     }
     g[j] = static_cast<scalar_t>(v);
-  }
-}
-
-int metric_code(const std::string& metric) {
-  if (metric == "ours") return 0;
-  if (metric == "mse") return 1;
-  if (metric == "cos") return 2;
-  TORCH_CHECK(false, "match_loss: metric must be one of 'ours', 'mse', 'cos', got '", metric, "'");
-}
-
-at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-int64_t num_rows(at::TensorList syn, int metric) {
-  if (metric == 1) return 0;
-  if (metric == 2) return 1;
-  int64_t r = 0;
-  for (const auto& t : syn)
-    if (t.dim() >= 2) r += t.size(0);
-  return r;
-}
-
-void check_lists(at::TensorList syn, at::TensorList real, const char* op) {
-  TORCH_CHECK(!syn.empty(), op, ": gw_syn must be a non-empty list of tensors");
-  TORCH_CHECK(syn.size() == real.size(), op, ": gw_syn and gw_real must have the same length, got ", syn.size(),
-              " and ", real.size());
-  const auto dtype = syn[0].scalar_type();
-  const auto device = syn[0].device();
-  TORCH_CHECK(device.is_cuda(), op, " (CUDA kernel): tensors must be on a CUDA device, got ", device);
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, op,
-              ": expected float32/float64/float16/bfloat16 tensors, got ", dtype);
-  for (size_t i = 0; i < syn.size(); ++i) {
-    TORCH_CHECK(syn[i].sizes() == real[i].sizes(), op, ": gw_syn[", i, "] has shape ", syn[i].sizes(),
-                " but gw_real[", i, "] has shape ", real[i].sizes());
-    TORCH_CHECK(syn[i].scalar_type() == dtype && real[i].scalar_type() == dtype, op,
-                ": all tensors must have dtype ", dtype, " (index ", i, ")");
-    TORCH_CHECK(syn[i].device() == device && real[i].device() == device, op, ": all tensors must be on ", device,
-                " (index ", i, ")");
   }
 }
 

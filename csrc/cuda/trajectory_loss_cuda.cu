@@ -19,11 +19,17 @@
 #include <cuda_runtime.h>
 #include <torch/library.h>
 
+#include "trajectory_loss.h"
+
 #include <cstring>
 #include <vector>
 
 namespace pydistill {
 namespace {
+
+using trajectory_loss_common::check_lists;
+using trajectory_loss_common::contiguous_all;
+
 
 constexpr int kThreads = 256;
 constexpr int kUnroll = 4;
@@ -274,26 +280,6 @@ int grid_for(int64_t n_tiles, int blocks_per_sm) {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   const int64_t g = std::min<int64_t>(n_tiles, static_cast<int64_t>(sms) * blocks_per_sm);
   return static_cast<int>(std::max<int64_t>(g, 1));
-}
-
-void check_lists(const char* op, at::TensorList a, const char* na, at::TensorList b, const char* nb) {
-  TORCH_CHECK(a.size() == b.size(), op, ": ", na, " and ", nb, " must have the same length, got ", a.size(),
-              " and ", b.size());
-  for (size_t i = 0; i < a.size(); ++i) {
-    TORCH_CHECK(a[i].sizes() == b[i].sizes(), op, ": ", na, "[", i, "] and ", nb, "[", i,
-                "] must have the same shape, got ", a[i].sizes(), " and ", b[i].sizes());
-    TORCH_CHECK(a[i].scalar_type() == a[0].scalar_type() && b[i].scalar_type() == a[0].scalar_type(), op,
-                ": all tensors must share one dtype");
-    TORCH_CHECK(a[i].device() == a[0].device() && b[i].device() == a[0].device(), op,
-                ": all tensors must be on one device");
-  }
-}
-
-std::vector<at::Tensor> contiguous_all(at::TensorList ts) {
-  std::vector<at::Tensor> out;
-  out.reserve(ts.size());
-  for (const auto& t : ts) out.push_back(t.contiguous());
-  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> trajectory_loss_fwd_cuda(at::TensorList student, at::TensorList start,
