@@ -6,8 +6,10 @@ an int64 table holds per tensor the data pointers (cast back to typed pointers i
 row length, chunks per row, first chunk and first stats row. Every tensor is split into rows ("ours":
 ``size(0)`` rows; "mse"/"cos": the whole tensor is one row) and rows into chunks of ``CHUNK`` elements; one
 program per chunk. The forward writes per-chunk partial sums, then the last program to take a ticket
-(atomic counter at the head of the table) combines them per row in a fixed order (deterministic) and
-writes the per-row stats ``[R, 3] = (<a,b>, |a|^2, |b|^2)`` and the loss. The backward writes
+(atomic counter at the head of the table) combines them per row in a fixed order (deterministic),
+writes the per-row stats ``[R, 3] = (<a,b>, |a|^2, |b|^2)`` and the loss, and resets the counter to 0.
+Tables (and the forward's scratch) are cached per device, stream, metric, dtype, pointers and shapes, so a
+training loop's repeated calls on the same storages launch with no host-side table work (see ``_CACHE``). The backward writes
 ``alpha_row * b + beta_row * a`` (or ``2 g (a - b)`` for "mse") with coefficients from the stats.
 
 These launchers are plain Python called from the opaque ``pydistill::match_loss`` custom op (not
@@ -15,6 +17,8 @@ These launchers are plain Python called from the opaque ``pydistill::match_loss`
 be traced by the compiler.
 """
 from __future__ import annotations
+
+import collections
 
 import torch
 import triton
@@ -90,6 +94,10 @@ def _match_fwd_kernel(meta_ptr, counter_ptr, part_ptr, stats_ptr, loss_ptr, T, W
     tl.debug_barrier()
     ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
     if ticket == n_programs - 1:
+        # Every program of this launch has taken its one ticket, so no one touches the counter again in this
+        # launch: reset it for the next launch (stream-ordered after this one), which lets the cached table be
+        # reused without a memset or a fresh copy. Correct under any scheduling, not only sequential.
+        tl.atomic_xchg(counter_ptr, 0, sem="relaxed")
         # Last program: fixed-order combination of the chunk partials.
         if METRIC == 0:
             total = tl.zeros([BLOCK_R], ACC)
@@ -222,6 +230,38 @@ def _build_table(a, b, g, metric: str, backward: bool, device):
     return table, cs, kmax
 
 
+# Device tables (+ the forward's int32 counter view and partial-sum scratch), keyed by everything they encode:
+# device, stream, metric, direction, dtype and per tensor the data pointers and shapes (the tensors are
+# contiguous, so the shape fixes the strides). A hit therefore always holds the right addresses: a tensor that
+# moves to new storage changes the key. The kernels never write a table except the forward's ticket counter,
+# which the last program resets to 0; the scratch is only used in the stream order of the key's stream.
+_CACHE: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+_CACHE_SIZE = 32
+_PLACEHOLDERS: dict = {}  # (device, acc dtype) -> a 3-element stats stand-in for row-less backward calls
+
+
+def _stream_id(device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+
+
+def _cached(key, build):
+    hit = _CACHE.get(key)
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return hit
+    out = build()
+    _CACHE[key] = out
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return out
+
+
+def clear_cache() -> None:
+    """Drop every cached table (they hold no tensor references, only addresses; this just frees them)."""
+    _CACHE.clear()
+    _PLACEHOLDERS.clear()
+
+
 def _steps(T: int) -> int:
     return max(1, (T - 1).bit_length())
 
@@ -235,20 +275,30 @@ def match_loss_fwd(gw_syn, gw_real, metric: str, loss=None, stats=None):
     b = [t.contiguous() for t in gw_real]
     dtype, device = a[0].dtype, a[0].device
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    R = num_rows([t.shape for t in a], metric)
+    T = len(a)
+    key = (device, _stream_id(device), metric, False, dtype, tuple((x.data_ptr(), y.data_ptr(), x.shape)
+                                                                   for x, y in zip(a, b)))
+
+    def build():
+        table, W, kmax = _build_table(a, b, None, metric, False, device)
+        part = torch.empty(3 * max(W, 1), dtype=acc, device=device)  # per-chunk partial sums (scratch)
+        return table, table.view(torch.int32), W, kmax, part, num_rows([t.shape for t in a], metric)
+
+    table, counter, W, kmax, part, R = _cached(key, build)
     if loss is None:
         loss = torch.empty((), dtype=dtype, device=device)
     if stats is None:
         stats = torch.empty((R, 3), dtype=acc, device=device)
-    table, W, kmax = _build_table(a, b, None, metric, False, device)
     grid = max(W, 1)
-    part = torch.empty(3 * grid, dtype=acc, device=device)
-    T = len(a)
-    _match_fwd_kernel[(grid,)](
-        table, table.view(torch.int32), part, stats, loss, T, W, R, kmax, grid,
-        METRIC=METRICS[metric], DT=_TL_DTYPES[dtype], ACC=_TL_DTYPES[acc], STEPS=_steps(T),
-        CHUNK=CHUNK, BLOCK=BLOCK, BLOCK_R=BLOCK_R, F=FIELDS, H=HEADER,
-    )
+    try:
+        _match_fwd_kernel[(grid,)](
+            table, counter, part, stats, loss, T, W, R, kmax, grid,
+            METRIC=METRICS[metric], DT=_TL_DTYPES[dtype], ACC=_TL_DTYPES[acc], STEPS=_steps(T),
+            CHUNK=CHUNK, BLOCK=BLOCK, BLOCK_R=BLOCK_R, F=FIELDS, H=HEADER,
+        )
+    except BaseException:  # a launch that did not finish may leave the counter set: never reuse that table
+        _CACHE.pop(key, None)
+        raise
     return loss, stats
 
 
@@ -262,14 +312,21 @@ def match_loss_bwd(grad, gw_syn, gw_real, stats, metric: str, out=None):
     dtype, device = a[0].dtype, a[0].device
     if out is None:
         out = [torch.empty(t.shape, dtype=dtype, device=device) for t in a]
-    table, W, _ = _build_table(a, b, out, metric, True, device)
+    # the outputs' addresses are part of the key: in a training loop the allocator usually hands back the same
+    # blocks, so steady-state calls hit; a miss only costs the host build and one copy
+    key = (device, _stream_id(device), metric, True, dtype, tuple((x.data_ptr(), y.data_ptr(), o.data_ptr(), x.shape)
+                                                                  for x, y, o in zip(a, b, out)))
+    table, W, _ = _cached(key, lambda: _build_table(a, b, out, metric, True, device))
     if W == 0:
         return out
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    grad = grad.reshape(()).to(dtype)
+    if grad.numel() != 1:
+        raise ValueError(f"grad must hold one element (the loss gradient), got shape {tuple(grad.shape)}")
     stats = stats.contiguous()
-    if stats.numel() == 0:  # "mse": the kernel never reads it but needs a valid pointer
-        stats = torch.zeros(3, dtype=acc, device=device)
+    if stats.numel() == 0:  # no rows ("mse", or "ours" over 1-D tensors): every read is masked, but the kernel
+        stats = _PLACEHOLDERS.get((device, acc))  # needs a valid pointer
+        if stats is None:
+            stats = _PLACEHOLDERS[(device, acc)] = torch.zeros(3, dtype=acc, device=device)
     T = len(a)
     _match_bwd_kernel[(W,)](
         table, stats, grad, T, num_rows([t.shape for t in a], metric),

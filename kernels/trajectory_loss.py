@@ -1,17 +1,18 @@
 """Triton kernels of ``trajectory_loss`` (MTT's normalized parameter-matching loss) and their launchers.
 
-Forward = one launch over the whole tensor list plus one tiny finishing launch:
-  stage 1 (``_fwd_partial_kernel``): the list is cut into chunks described by a pointer table
-  (int64 rows ``[student_addr, start_addr, target_addr, length]``); program ``p`` walks chunks
-  ``p, p + G, ...`` and writes its two partial sums ``sum (s-t)^2`` and ``sum (a-t)^2`` (fp32, fp64 for
-  fp64) to its own slot -- no atomics;
-  stage 2 (``_fwd_finish_kernel``): one program adds the ``G`` partial pairs (fixed order) and writes
-  ``loss = num / den`` (input dtype) and ``den`` (accumulation dtype).
+Forward = one launch over the whole tensor list (``_fwd_kernel``): the list is cut into chunks described by a
+pointer table (int64 rows ``[student_addr, start_addr, target_addr, length]``); program ``p`` walks chunks
+``p, p + G, ...`` and writes its two partial sums ``sum (s-t)^2`` and ``sum (a-t)^2`` (fp32, fp64 for fp64)
+to its own slot; the last program to take a ticket (atomic counter, reset by that program) adds the ``G``
+partial pairs in a fixed order (deterministic) and writes ``loss = num / den`` (input dtype) and ``den``
+(accumulation dtype).
 Backward (``_bwd_kernel``), one launch: ``out = grad * 2 * (s - t) / den`` with ``grad`` and ``den`` read
 from device memory (no host synchronisation).
 
 The table is built from the tensors' addresses on the host and copied with one asynchronous pinned
-host-to-device copy (cached per addresses/lengths/stream, so repeated calls on the same storages reuse it); this is why the launchers are registered as opaque custom ops rather than as
+host-to-device copy, cached (with the forward's scratch and counter) per device/stream/addresses/lengths,
+so repeated calls on the same storages launch with no host-side table work; this is why the launchers are
+registered as opaque custom ops rather than as
 ``triton_op`` (whose tracing would see fake tensors without addresses).
 """
 from __future__ import annotations
@@ -28,8 +29,8 @@ _MAX_CHUNK = 1 << 16
 
 
 @triton.jit
-def _fwd_partial_kernel(table_ptr, n_chunks, ref_ptr, partial_ptr, BLOCK: tl.constexpr, ACC_FP64: tl.constexpr,
-                        ALIGNED: tl.constexpr):
+def _fwd_kernel(table_ptr, n_chunks, ref_ptr, partial_ptr, counter_ptr, loss_ptr, den_ptr, BLOCK: tl.constexpr,
+                ACC_FP64: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_P: tl.constexpr):
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     acc_t = tl.float64 if ACC_FP64 else tl.float32
@@ -63,16 +64,18 @@ def _fwd_partial_kernel(table_ptr, n_chunks, ref_ptr, partial_ptr, BLOCK: tl.con
         den += da * da
     tl.store(partial_ptr + 2 * pid, tl.sum(num, axis=0))
     tl.store(partial_ptr + 2 * pid + 1, tl.sum(den, axis=0))
-
-
-@triton.jit
-def _fwd_finish_kernel(partial_ptr, n_partial, loss_ptr, den_ptr, BLOCK_P: tl.constexpr):
-    offs = tl.arange(0, BLOCK_P)
-    mask = offs < n_partial
-    num = tl.sum(tl.load(partial_ptr + 2 * offs, mask=mask, other=0), axis=0)
-    den = tl.sum(tl.load(partial_ptr + 2 * offs + 1, mask=mask, other=0), axis=0)
-    tl.store(loss_ptr, (num / den).to(loss_ptr.dtype.element_ty))
-    tl.store(den_ptr, den)
+    tl.debug_barrier()
+    ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel")  # release our partials / acquire everyone's
+    if ticket == n_prog - 1:
+        # The last program: all n_prog tickets are taken, so nobody touches the counter again in this launch;
+        # reset it for the next launch (stream-ordered after this one). Correct under any scheduling.
+        tl.atomic_xchg(counter_ptr, 0, sem="relaxed")
+        offs = tl.arange(0, BLOCK_P)
+        mask = offs < n_prog
+        p_num = tl.sum(tl.load(partial_ptr + 2 * offs, mask=mask, other=0, volatile=True), axis=0)
+        p_den = tl.sum(tl.load(partial_ptr + 2 * offs + 1, mask=mask, other=0, volatile=True), axis=0)
+        tl.store(loss_ptr, (p_num / p_den).to(loss_ptr.dtype.element_ty))
+        tl.store(den_ptr, p_den)
 
 
 @triton.jit
@@ -130,21 +133,29 @@ _TABLE_CACHE_SIZE = 16
 _SM_COUNT: dict[int, int] = {}
 
 
-def _table(columns: list[list[torch.Tensor]], lengths: list[int], chunk: int, device: torch.device):
-    """int64 table ``[addr_0, ..., addr_k, length]`` per chunk; returns (table, n_chunks, all 16-byte aligned)."""
+def _table(columns: list[list[torch.Tensor]], lengths: list[int], chunk: int, device: torch.device, scratch=None):
+    """(key, entry): entry = (int64 table ``[addr_0, ..., addr_k, length]`` per chunk, n_chunks, all 16-byte
+    aligned) plus, when ``scratch`` (the accumulation dtype) is given, the forward's partial sums buffer and its
+    int32 ticket counter (0 between launches)."""
     esize = columns[0][0].element_size()
-    # the stream too: a table first copied on one stream is then only read in that stream's order
+    # the stream too: a table first copied on one stream is then only read in that stream's order, and the
+    # forward's scratch/counter are only used in that order
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device, stream, chunk, esize, tuple(lengths), tuple(x.data_ptr() for col in columns for x in col))
+    key = (device, stream, chunk, esize, scratch, tuple(lengths), tuple(x.data_ptr() for col in columns for x in col))
     hit = _TABLE_CACHE.get(key)
     if hit is not None:
         _TABLE_CACHE.move_to_end(key)
-        return hit
+        return key, hit
     out = _build_table(columns, lengths, chunk, device)
+    if scratch is not None:
+        _, _, max_prog = _config(sum(lengths), device)
+        grid = max(1, min(out[1], max_prog))
+        out = out + (torch.empty((grid, 2), dtype=scratch, device=device),
+                     torch.zeros((1,), dtype=torch.int32, device=device))
     _TABLE_CACHE[key] = out
     if len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
         _TABLE_CACHE.popitem(last=False)
-    return out
+    return key, out
 
 
 def _build_table(columns: list[list[torch.Tensor]], lengths: list[int], chunk: int, device: torch.device):
@@ -181,15 +192,18 @@ def fwd(student: list[torch.Tensor], start: list[torch.Tensor], target: list[tor
     device, dtype = s[0].device, s[0].dtype
     lengths = [x.numel() for x in s]
     block, chunk, max_prog = _config(sum(lengths), device)
-    table, n_chunks, aligned = _table([s, a, t], lengths, chunk, device)
-    grid = max(1, min(n_chunks, max_prog))
     acc = _acc_dtype(dtype)
-    partial = _empty((grid, 2), acc, device)
+    key, (table, n_chunks, aligned, partial, counter) = _table([s, a, t], lengths, chunk, device, scratch=acc)
+    grid = max(1, min(n_chunks, max_prog))
     loss = _empty((), dtype, device)
     den = _empty((), acc, device)
-    _fwd_partial_kernel[(grid,)](table, n_chunks, s[0], partial, BLOCK=block, ACC_FP64=acc == torch.float64,
-                                 ALIGNED=aligned)
-    _fwd_finish_kernel[(1,)](partial, grid, loss, den, BLOCK_P=max(16, triton.next_power_of_2(grid)))
+    try:
+        _fwd_kernel[(grid,)](table, n_chunks, s[0], partial, counter, loss, den, BLOCK=block,
+                             ACC_FP64=acc == torch.float64, ALIGNED=aligned,
+                             BLOCK_P=max(16, triton.next_power_of_2(grid)))
+    except BaseException:  # an unfinished launch may leave the counter set: never reuse that entry
+        _TABLE_CACHE.pop(key, None)
+        raise
     return loss, den
 
 
@@ -201,9 +215,11 @@ def bwd(grad: torch.Tensor, student: list[torch.Tensor], target: list[torch.Tens
     out = [_empty(x.shape, dtype, device) for x in s]
     lengths = [x.numel() for x in s]
     block, chunk, max_prog = _config(sum(lengths), device)
-    table, n_chunks, aligned = _table([s, t, out], lengths, chunk, device)
+    _, (table, n_chunks, aligned) = _table([s, t, out], lengths, chunk, device)
     grid = max(1, min(n_chunks, 2 * max_prog))
-    g = grad.reshape(()).to(dtype).contiguous()
-    _bwd_kernel[(grid,)](table, n_chunks, s[0], g, den.contiguous(), BLOCK=block,
+    if grad.numel() != 1:
+        raise ValueError(f"grad must hold one element (the loss gradient), got shape {tuple(grad.shape)}")
+    # grad and den are read (any float dtype, one element) by the kernel itself: no host-side conversion
+    _bwd_kernel[(grid,)](table, n_chunks, s[0], grad, den, BLOCK=block,
                          ACC_FP64=_acc_dtype(dtype) == torch.float64, ALIGNED=aligned)
     return out

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import pydistill.ops
-from pydistill.ops.diff_augment import (GROUPS, DSAParams, _kernel_table, diff_augment, diff_augment_reference,
-                                        diff_augment_sequential, sample_dsa_params)
+from pydistill.ops.diff_augment import (GROUPS, DSAParams, _kernel_table, _triton_spec, diff_augment,
+                                        diff_augment_reference, diff_augment_sequential, sample_dsa_params)
 from tests.conftest import DEVICES, TRITON_DEVICES, poison
 
 DEFAULT = "color_crop_cutout_flip_scale_rotate"
@@ -65,10 +65,13 @@ def test_triton_poisoned_output(device):
 
     x = torch.randn(3, 3, 11, 13, device=device)
     p = sample_dsa_params(3, DEFAULT, "all", True, height=11, width=13, device=device)
-    table, flags = _kernel_table(*p.tensors(), p.strategy, *p.cutout_size, 11, 13, torch.float32)
-    mean = x.mean((1, 2, 3))
+    flags, spec = _triton_spec(p.strategy)
+    table = poison(torch.empty(3, tk.table_width(3, 11, 13)))
+    tk.dsa_table(x, p.tensors(), cut_h=p.cutout_size[0], cut_w=p.cutout_size[1], mean=True, dtype=torch.float32,
+                 out=table, **spec)
+    assert torch.isfinite(table[:, :tk.K]).all()
     out = poison(torch.empty_like(x))
-    tk.dsa_forward(x, table, mean, out=out, **flags)
+    tk.dsa_forward(x, table, out=out, **flags)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, diff_augment_reference(x, p), atol=2e-5, rtol=1e-5)
 
@@ -273,3 +276,123 @@ def test_validation_errors():
         diff_augment(x, params=p, backend="tpu")
     with pytest.raises(ValueError, match="height"):
         diff_augment(torch.randn(2, 3, 1, 8))
+
+
+# ------------------------------------------------------------------------------------ table kernel / sampler
+@triton_only
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("strategy,mode,per_sample", [
+    (DEFAULT, "all", True), (DEFAULT, "all", False), (DEFAULT, "one", True),
+    ("flip_scale_crop_rotate_cutout", "all", True), ("rotate_cutout_scale_crop", "all", False),
+    ("cutout_flip_crop", "all", True), ("scale", "all", True)])
+def test_table_kernel_matches_torch_table(device, dtype, strategy, mode, per_sample):
+    """The one-launch table equals the torch specification ``_kernel_table`` (+ the per-image mean column)."""
+    from pydistill.kernels import diff_augment as tk
+
+    N, C, H, W = 3, 2, 7, 10
+    x = torch.randn(N, C, H, W, device=device, dtype=dtype)
+    p = sample_dsa_params(N, strategy, mode, per_sample, height=H, width=W, device=device)
+    if "color" in strategy and mode == "one":
+        p = _force(p, ["color"])  # exercise the mean column
+    flags, spec = _triton_spec(p.strategy)
+    table = poison(torch.empty(N, tk.table_width(C, H, W), dtype=dtype, device=device))
+    tk.dsa_table(x, p.tensors(), cut_h=p.cutout_size[0], cut_w=p.cutout_size[1], mean=True, dtype=dtype, out=table,
+                 **spec)
+    ref, ref_flags = _kernel_table(*p.tensors(), p.strategy, *p.cutout_size, H, W, dtype)
+    assert ref_flags == flags
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(table[:, :tk.K - 1], ref.expand(N, -1), **tol)
+    colour_on = p.active[:, 0].expand(N) if "color" in strategy else torch.zeros(N, dtype=torch.bool)
+    mean = torch.where(colour_on.to(device), x.mean((1, 2, 3)), torch.zeros((), dtype=dtype, device=device))
+    torch.testing.assert_close(table[:, tk.K - 1], mean, **tol)
+
+
+@triton_only
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_table_reads_strided_params(device):
+    """Parameters may be strided views (as sample_dsa_params returns) or contiguous copies: same result."""
+    x = torch.randn(3, 3, 9, 11, device=device)
+    p = sample_dsa_params(3, DEFAULT, "all", True, height=9, width=11, device=device)
+    assert not p.brightness.is_contiguous()
+    q = DSAParams(p.strategy, p.height, p.width, p.cutout_size, *(t.contiguous() for t in p.tensors()))
+    torch.testing.assert_close(diff_augment(x, params=p, backend="triton"),
+                               diff_augment(x, params=q, backend="triton"), atol=0, rtol=0)
+
+
+@triton_only
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_backward_twice_reuses_table(device):
+    """retain_graph: the eager path reuses the forward's table (scratch slots overwritten, not accumulated)."""
+    x = torch.randn(2, 3, 9, 11, device=device, requires_grad=True)
+    p = _force(sample_dsa_params(2, DEFAULT, "all", True, height=9, width=11, device=device), ["color", "rotate"])
+    g = torch.randn(2, 3, 9, 11, device=device)
+    out = diff_augment(x, params=p, backend="triton")
+    (g1,) = torch.autograd.grad(out, x, g, retain_graph=True)
+    (g2,) = torch.autograd.grad(out, x, g)
+    torch.testing.assert_close(g1, g2, atol=0, rtol=0)
+    _, g_r = _grads(x.detach(), p, "ref", g)
+    torch.testing.assert_close(g1, g_r, atol=2e-5, rtol=1e-5)
+
+
+def _ks_uniform(v: torch.Tensor, lo: float, hi: float) -> float:
+    """Kolmogorov-Smirnov distance between the sample v and U(lo, hi)."""
+    v = ((v.double() - lo) / (hi - lo)).sort().values
+    n = v.numel()
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    return max((i / n - v).max().item(), (v - (i - 1) / n).max().item())
+
+
+def test_param_distribution_statistics():
+    """Each field follows its documented law (KS / chi-square at n = 20000; fixed seed, so deterministic)."""
+    n, H, W = 20000, 13, 10
+    r = dict(brightness=0.8, saturation=1.5, contrast=0.3, crop=0.25, cutout=0.3, flip=0.3, scale=1.5, rotate=20.0)
+    p = sample_dsa_params(n, DEFAULT, "all", True, height=H, width=W, generator=torch.Generator().manual_seed(5), **r)
+    crit = 1.63 / math.sqrt(n)  # KS critical value at alpha = 0.01
+    assert _ks_uniform(p.brightness, -0.4, 0.4) < crit
+    assert _ks_uniform(p.saturation, 0.0, 1.5) < crit
+    assert _ks_uniform(p.contrast, 0.3, 1.3) < crit
+    assert _ks_uniform(p.scale[:, 0], 1 / 1.5, 1.5) < crit and _ks_uniform(p.scale[:, 1], 1 / 1.5, 1.5) < crit
+    assert _ks_uniform(p.angle, -20 * math.pi / 180, 20 * math.pi / 180) < crit
+    assert abs(p.flip.double().mean().item() - 0.3) < 4 * math.sqrt(0.21 / n)
+
+    def chi2_uniform(v, values):  # Pearson statistic against a uniform law on ``values``
+        counts = torch.stack([(v == k).sum() for k in values]).double()
+        assert counts.sum() == v.numel()
+        e = v.numel() / len(values)
+        return ((counts - e) ** 2 / e).sum().item(), len(values) - 1
+
+    def ok(stat_df):  # chi-square upper tail ~ 0.001 via the Wilson-Hilferty approximation
+        stat, df = stat_df
+        z = ((stat / df) ** (1 / 3) - (1 - 2 / (9 * df))) / math.sqrt(2 / (9 * df))
+        return z < 3.1
+
+    mh, mw = int(H * 0.25 + 0.5), int(W * 0.25 + 0.5)
+    assert ok(chi2_uniform(p.shift[:, 0], range(-mh, mh + 1))) and ok(chi2_uniform(p.shift[:, 1], range(-mw, mw + 1)))
+    ch, cw = p.cutout_size
+    assert (ch, cw) == (int(H * 0.3 + 0.5), int(W * 0.3 + 0.5))
+    assert ok(chi2_uniform(p.centre[:, 0], range(H + 1 - ch % 2)))
+    assert ok(chi2_uniform(p.centre[:, 1], range(W + 1 - cw % 2)))
+    # fields come from distinct columns of one draw: independent (sample correlations ~ N(0, 1/n))
+    cols = torch.stack([p.brightness, p.saturation, p.contrast, p.angle, p.scale[:, 0], p.scale[:, 1],
+                        p.shift[:, 0].float(), p.centre[:, 1].float(), p.flip.float()]).double()
+    corr = torch.corrcoef(cols)
+    assert (corr - torch.eye(len(cols), dtype=torch.float64)).abs().max() < 4.5 / math.sqrt(n)
+    # mode "one": the group pick is uniform over the strategy's groups
+    gen = torch.Generator().manual_seed(1)
+    picks = torch.stack([sample_dsa_params(1, "crop_flip_rotate_color", "one", height=8, width=8,
+                                           generator=gen).active[0].float() for _ in range(1200)])
+    assert (picks.sum(1) == 1).all() and picks[:, [2, 4]].sum() == 0
+    k = picks.argmax(1)
+    assert ok(chi2_uniform(k, [0, 1, 3, 5]))
+
+
+def test_sampled_params_independent_of_the_cache():
+    """The cached constants are never handed out: editing returned params in place cannot leak into later draws."""
+    a = sample_dsa_params(4, DEFAULT, "all", True, height=8, width=8, generator=torch.Generator().manual_seed(2))
+    for t in a.tensors():
+        t.zero_() if t.dtype != torch.bool else t.fill_(False)
+    b = sample_dsa_params(4, DEFAULT, "all", True, height=8, width=8, generator=torch.Generator().manual_seed(2))
+    c = sample_dsa_params(4, DEFAULT, "all", True, height=8, width=8, generator=torch.Generator().manual_seed(2))
+    assert b.active.all() and all(torch.equal(x, y) for x, y in zip(b.tensors(), c.tensors()))
+    assert (b.contrast >= 0.5).all()

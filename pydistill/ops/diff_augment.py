@@ -26,7 +26,9 @@ Every 2-vector parameter is ordered (vertical, horizontal) = (H axis, W axis).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 
@@ -136,6 +138,11 @@ def sample_dsa_params(batch_size: int, strategy: str = DEFAULT_STRATEGY, mode: s
     in mode ``"all"`` every group of ``strategy`` is active ("color" must then come first). ``ratios``: any of
     brightness, saturation, contrast, crop, cutout, flip (probability), scale, rotate (degrees); see
     ``DEFAULT_RATIOS``.
+
+    Cost: one ``torch.rand((B, 12))`` call on ``generator`` and ~15 small device ops (constants are cached per
+    configuration). Every field is an affine or floor/clamp map of its own column of that draw (the group pick
+    of mode "one" is column 11 of row 0), so the fields are independent with the distributions of the module
+    docstring; the returned tensors may be views of one [B, 12] buffer.
     """
     groups = _parse_strategy(strategy)
     if mode not in _MODES:
@@ -157,34 +164,56 @@ def sample_dsa_params(batch_size: int, strategy: str = DEFAULT_STRATEGY, mode: s
             raise ValueError(f"generator is on {generator.device} but device is {device}")
     B = batch_size if per_sample else 1
     H, W = height, width
-    u = torch.rand((B, 11), device=device, generator=generator)
-    pick = torch.rand((1,), device=device, generator=generator)
-
-    ids = torch.tensor([_G[g] for g in groups], device=device, dtype=torch.long)
-    arange_g = torch.arange(len(GROUPS), device=device)
-    if not groups:
-        active = torch.zeros((1, len(GROUPS)), dtype=torch.bool, device=device)
-    elif mode == "one":
-        k = (pick * len(groups)).long().clamp_(max=len(groups) - 1)
-        active = (arange_g == ids[k]).view(1, -1)
-    else:
-        active = (arange_g.view(-1, 1) == ids.view(1, -1)).any(1).view(1, -1)
-
-    brightness = (u[:, 0] - 0.5) * r["brightness"]
-    saturation = u[:, 1] * r["saturation"]
-    contrast = u[:, 2] + r["contrast"]
-    flip = u[:, 3] < r["flip"]
-    lo = 1.0 / r["scale"]
-    scale = u[:, 4:6] * (r["scale"] - lo) + lo
-    angle = (u[:, 6] - 0.5) * (2.0 * r["rotate"] * math.pi / 180.0)
-    max_shift = torch.tensor([int(H * r["crop"] + 0.5), int(W * r["crop"] + 0.5)], device=device)
-    shift = (u[:, 7:9] * (2 * max_shift + 1)).long()
-    shift = torch.minimum(shift, 2 * max_shift) - max_shift
     cut = (int(H * r["cutout"] + 0.5), int(W * r["cutout"] + 0.5))
-    n_centre = torch.tensor([H + 1 - cut[0] % 2, W + 1 - cut[1] % 2], device=device)
-    centre = torch.minimum((u[:, 9:11] * n_centre).long(), n_centre - 1)
-    return DSAParams("_".join(groups), H, W, cut, active, brightness, saturation, contrast, shift, centre, flip,
-                     scale, angle)
+    scl, off, cap, sub, pos = _sample_constants(device, H, W, tuple(sorted(r.items())), groups, mode)
+    # One draw u ~ U[0, 1)^(B x 12); column j is turned into field j by f = u * scl + off (module docstring):
+    # 0 brightness, 1 saturation, 2 contrast, 3 flip (u < p), 4-5 scale, 6 angle, 7-8 crop shift, 9-10 cutout
+    # centre and 11 the group pick of mode "one" (row 0 only): integers, floor clamped below the count.
+    u = torch.rand((B, 12), device=device, generator=generator)
+    f = torch.addcmul(off, u, scl)
+    ints = torch.minimum(f.long(), cap) - sub  # floor (f >= 0 in the integer columns), clamped below the count
+    if mode == "one":
+        active = ints.narrow(0, 0, 1).narrow(1, 11, 1) == pos
+    else:
+        active = pos >= 0
+    return DSAParams("_".join(groups), H, W, cut, active, f.select(1, 0), f.select(1, 1), f.select(1, 2),
+                     ints.narrow(1, 7, 2), ints.narrow(1, 9, 2), u.select(1, 3) < r["flip"], f.narrow(1, 4, 2),
+                     f.select(1, 6))
+
+
+_SAMPLE_CACHE: "collections.OrderedDict[tuple, tuple[torch.Tensor, ...]]" = collections.OrderedDict()
+
+
+def _sample_constants(device: torch.device, H: int, W: int, ratios: tuple, groups: tuple[str, ...], mode: str):
+    """Device constants of ``sample_dsa_params`` (built once per configuration; never returned to the caller):
+    scl/off [12] of f = u * scl + off, cap/sub [12] int64 of the integer columns (min(floor(f), cap) - sub),
+    pos [1, 6] int64 (position of each group in the strategy, -1 when absent)."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = (device, H, W, ratios, groups, mode)
+    hit = _SAMPLE_CACHE.get(key)
+    if hit is not None:
+        _SAMPLE_CACHE.move_to_end(key)
+        return hit
+    r = dict(ratios)
+    lo = 1.0 / r["scale"]
+    rot = 2.0 * r["rotate"] * math.pi / 180.0
+    m = (int(H * r["crop"] + 0.5), int(W * r["crop"] + 0.5))  # max crop shift per axis
+    cut = (int(H * r["cutout"] + 0.5), int(W * r["cutout"] + 0.5))
+    n_centre = (H + 1 - cut[0] % 2, W + 1 - cut[1] % 2)  # centres 0..n-1 keep the box's centre on the image
+    scl = [r["brightness"], r["saturation"], 1.0, 1.0, r["scale"] - lo, r["scale"] - lo, rot,
+           2 * m[0] + 1, 2 * m[1] + 1, n_centre[0], n_centre[1], float(len(groups) if mode == "one" else 0)]
+    off = [-0.5 * r["brightness"], 0.0, r["contrast"], 0.0, lo, lo, -0.5 * rot, 0.0, 0.0, 0.0, 0.0, 0.0]
+    pos = [groups.index(g) if g in groups else -1 for g in GROUPS]
+    big = 2**62  # columns that are not integer fields: no clamp (their values are unused)
+    cap = [big] * 7 + [2 * m[0], 2 * m[1], n_centre[0] - 1, n_centre[1] - 1, max(len(groups) - 1, 0)]
+    sub = [0] * 7 + [m[0], m[1], 0, 0, 0]
+    out = (torch.tensor(scl, device=device), torch.tensor(off, device=device), torch.tensor(cap, device=device),
+           torch.tensor(sub, device=device), torch.tensor([pos], device=device))
+    _SAMPLE_CACHE[key] = out
+    if len(_SAMPLE_CACHE) > 64:
+        _SAMPLE_CACHE.popitem(last=False)
+    return out
 
 
 # --------------------------------------------------------------------------------------------- validation
@@ -417,7 +446,8 @@ def diff_augment_sequential(x: torch.Tensor, params: DSAParams) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------- kernel table
 def _kernel_table(active, brightness, saturation, contrast, shift, centre, flip, scale, angle, strategy, cut_h,
                   cut_w, H, W, dtype):
-    """Per-image coefficients of the fused kernel (layout ``pydistill.kernels.diff_augment.COLS``), on device."""
+    """Per-image coefficients of the fused kernel (the first 34 columns of ``pydistill.kernels.diff_augment.COLS``)
+    with plain torch ops: the readable specification of ``_dsa_table_kernel``, which tests compare it with."""
     groups = _parse_strategy(strategy)
     pre, post = _split(groups)
     ts = (active, brightness, saturation, contrast, shift, centre, flip, scale, angle)
@@ -499,6 +529,18 @@ def _kernel_table(active, brightness, saturation, contrast, shift, centre, flip,
 
 
 # --------------------------------------------------------------------------------------------- triton ops
+@functools.lru_cache(maxsize=256)
+def _triton_spec(strategy: str) -> tuple[dict, dict]:
+    """Static launch arguments of a strategy: (forward/backward flags, table-kernel constexprs)."""
+    groups = _parse_strategy(strategy)
+    pre, post = _split(groups)
+    flags = {"has_cut": "cutout" in groups, "cut_pre": "cutout" in pre, "crop_post": "crop" in post}
+    table = {"has_color": "color" in groups, "has_cut": "cutout" in groups,
+             "pre": _tk.encode_stages([_STAGE[g] for g in reversed(pre)]),
+             "post": _tk.encode_stages([_STAGE[g] for g in reversed(post)])}
+    return flags, table
+
+
 _HAS_TRITON_OPS = False
 if _backend.has_triton():
     try:
@@ -506,43 +548,57 @@ if _backend.has_triton():
 
         from pydistill.kernels import diff_augment as _tk
 
+        _STAGE = {"crop": _tk.STAGE_CROP, "cutout": _tk.STAGE_CUTOUT, "flip": _tk.STAGE_FLIP,
+                  "scale": _tk.STAGE_SCALE, "rotate": _tk.STAGE_ROTATE}
+
+        @triton_op("pydistill::diff_augment_triton_table", mutates_args={})
+        def _triton_table_op(x: torch.Tensor, active: torch.Tensor, brightness: torch.Tensor,
+                             saturation: torch.Tensor, contrast: torch.Tensor, shift: torch.Tensor,
+                             centre: torch.Tensor, flip: torch.Tensor, scale: torch.Tensor, angle: torch.Tensor,
+                             strategy: str, cut_h: int, cut_w: int, mean: bool) -> torch.Tensor:
+            acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+            return _tk.dsa_table(x, (active, brightness, saturation, contrast, shift, centre, flip, scale, angle),
+                                 cut_h=cut_h, cut_w=cut_w, mean=mean, dtype=acc, **_triton_spec(strategy)[1])
+
         @triton_op("pydistill::diff_augment_triton_fwd", mutates_args={})
-        def _triton_fwd(x: torch.Tensor, table: torch.Tensor, mean: torch.Tensor, has_cut: bool, cut_pre: bool,
+        def _triton_fwd(x: torch.Tensor, table: torch.Tensor, has_cut: bool, cut_pre: bool,
                         crop_post: bool) -> torch.Tensor:
-            return _tk.dsa_forward(x, table, mean, has_cut=has_cut, cut_pre=cut_pre, crop_post=crop_post)
+            return _tk.dsa_forward(x, table, has_cut=has_cut, cut_pre=cut_pre, crop_post=crop_post)
 
         @triton_op("pydistill::diff_augment_triton_bwd", mutates_args={})
         def _triton_bwd(grad: torch.Tensor, table: torch.Tensor, has_cut: bool, cut_pre: bool,
                         crop_post: bool) -> torch.Tensor:
-            return _tk.dsa_backward(grad, table, has_cut=has_cut, cut_pre=cut_pre, crop_post=crop_post)
+            # the table's scratch columns are overwritten: work on a private copy (the eager path passes its own)
+            return _tk.dsa_backward(grad, table.clone(), has_cut=has_cut, cut_pre=cut_pre, crop_post=crop_post)
 
         _HAS_TRITON_OPS = True
     except ImportError:  # pragma: no cover - triton present but unusable
         _HAS_TRITON_OPS = False
 
 
-def _triton_forward(x, tensors, strategy, cut_h, cut_w, direct: bool = False):
-    """Fused forward; ``direct`` (eager fast path) launches the kernel without the triton_op dispatch and
-    also returns the coefficient table and flags, for the backward to reuse (the table costs ~80 small ops)."""
-    x = x.contiguous()
-    N, C, H, W = x.shape
+def _triton_table(x, tensors, strategy, cut_h, cut_w, mean: bool):
+    """The coefficient table [N, width] (one launch, no host sync) from the raw parameter tensors."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    table, flags = _kernel_table(*tensors, strategy, cut_h, cut_w, H, W, acc)
-    if "color" in _parse_strategy(strategy):
-        mean = torch.mean(x, dim=(1, 2, 3), dtype=acc)
-    else:
-        mean = torch.zeros(N, dtype=acc, device=x.device)
+    return _tk.dsa_table(x, tensors, cut_h=cut_h, cut_w=cut_w, mean=mean, dtype=acc, **_triton_spec(strategy)[1])
+
+
+def _triton_forward(x, tensors, strategy, cut_h, cut_w, direct: bool = False):
+    """Fused forward: table launch + forward launch. ``direct`` (eager fast path) launches without the
+    triton_op dispatch and also returns the table and flags, for the backward to reuse."""
+    x = x.contiguous()
+    flags = _triton_spec(strategy)[0]
     if direct:
-        return _tk.dsa_forward(x, table, mean, **flags), table, flags
-    return torch.ops.pydistill.diff_augment_triton_fwd(x, table, mean, **flags)
+        table = _triton_table(x, tensors, strategy, cut_h, cut_w, True)
+        return _tk.dsa_forward(x, table, **flags), table, flags
+    table = torch.ops.pydistill.diff_augment_triton_table(x, *tensors, strategy, cut_h, cut_w, True)
+    return torch.ops.pydistill.diff_augment_triton_fwd(x, table, **flags)
 
 
 def _triton_backward(grad, tensors, strategy, cut_h, cut_w):
     grad = grad.contiguous()
-    N, C, H, W = grad.shape
-    acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
-    table, flags = _kernel_table(*tensors, strategy, cut_h, cut_w, H, W, acc)
-    return torch.ops.pydistill.diff_augment_triton_bwd(grad, table, **flags)
+    flags = _triton_spec(strategy)[0]
+    table = _triton_table(grad, tensors, strategy, cut_h, cut_w, False)  # fresh, so scratch use is private
+    return _tk.dsa_backward(grad, table, **flags)
 
 
 def _reference_backward(grad, tensors, strategy, cut_h, cut_w):

@@ -279,6 +279,7 @@ class _EagerMatchLoss(torch.autograd.Function):
     def forward(ctx, metric: str, backend: str, n: int, *tensors):
         syn, real = list(tensors[:n]), list(tensors[n:])
         loss, stats = _fwd_impl(syn, real, metric, backend)
+        ctx.set_materialize_grads(False)  # no zero tensor for the unused stats gradient
         ctx.n, ctx.metric, ctx.backend = n, metric, backend
         ctx.save_for_backward(*syn, *real, stats)
         ctx.mark_non_differentiable(stats)
@@ -317,7 +318,7 @@ def match_loss(gw_syn: Sequence[torch.Tensor], gw_real: Sequence[torch.Tensor], 
     backend = _backend.resolve(backend, gw_syn[0].device, available=_AVAILABLE)
     if backend == "reference":
         return match_loss_reference(list(gw_syn), [t.detach() for t in gw_real], metric)
-    syn, real = list(gw_syn), [t.detach() for t in gw_real]
+    syn, real = list(gw_syn), [t.detach() if t.requires_grad else t for t in gw_real]
     if _backend.plain_eager(syn) and _backend.plain_eager(real):
         loss, _ = _EagerMatchLoss.apply(metric, backend, len(syn), *syn, *real)
     else:

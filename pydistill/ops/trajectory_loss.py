@@ -252,6 +252,7 @@ class _EagerTrajectoryLoss(torch.autograd.Function):
     def forward(ctx, backend: str, n: int, *tensors):
         s, a, t = list(tensors[:n]), list(tensors[n : 2 * n]), list(tensors[2 * n :])
         loss, den = _fwd_impl(backend, s, a, t)
+        ctx.set_materialize_grads(False)  # no zero tensor for the unused den gradient
         ctx.mark_non_differentiable(den)
         ctx.n, ctx.backend = n, backend
         ctx.save_for_backward(*s, *t, den)
