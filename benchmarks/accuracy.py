@@ -91,6 +91,10 @@ def main(argv=None):
                    help="override a method's Config field, e.g. dc.iterations=50 (repeatable)")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "pydistill-accuracy-runs"),
                    help="where each run keeps its outputs (outside the repository by default)")
+    p.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help="ConvNet keyword arguments for every method, the experts and the random baseline, e.g. "
+                        "'{\"width\": 32}' for a CPU budget on MNIST (default: models.default_model_kwargs)")
+    p.add_argument("--tag", default="", help="suffix of the results file name (e.g. ipc10 for a split run)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy CPU)")
     args = p.parse_args(argv)
@@ -99,10 +103,14 @@ def main(argv=None):
 
     from pydistill.data import load_dataset
     from pydistill.evaluate import evaluate, evaluate_baseline
-    from pydistill.methods.dd import TRAIN_SCHEDULE, evaluate_dd
+    from pydistill.methods.dd import TRAIN_SCHEDULE, evaluate_dd, evaluate_dd_random
     from pydistill.runner import run_distillation
 
     overrides = _parse_sets(args.set)
+    net_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else None
+    if net_kwargs is not None:
+        for name in ("dc", "dsa", "dm", "mtt"):
+            overrides.setdefault(name, {}).setdefault("model_kwargs", net_kwargs)
     ipcs = [int(v) for v in args.ipc.split(",")]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     ds = load_dataset(args.dataset, args.data_root, device=args.device)
@@ -128,7 +136,7 @@ def main(argv=None):
         train_experts(ds, buffers, num_experts=args.experts, epochs=args.expert_epochs,
                       lr=args.expert_lr or (0.05 if small else 0.01),
                       batch_size=args.expert_batch or (64 if small else 256), dsa=mcfg.dsa, model=mcfg.model or "ConvNet",
-                      model_kwargs=mcfg.model_kwargs or {}, device=args.device, seed=args.seed)
+                      model_kwargs=mcfg.model_kwargs, device=args.device, seed=args.seed)
         print(f"experts ready in {buffers} ({time.time() - t0:.0f}s)", flush=True)
 
     for ipc in ipcs:
@@ -136,7 +144,7 @@ def main(argv=None):
         t0 = time.time()
         res = evaluate_baseline(ds, "random", ipc, models=("ConvNet",), num_eval=args.num_eval, epochs=eval_epochs,
                                 dsa=True, device=args.device, seed=args.seed, progress=False,
-                                model_kwargs={"width": 32} if ds.name == "digits" else None)
+                                model_kwargs=net_kwargs)
         record("random", ipc, res, time.time() - t0)
         for name in methods:
             cls, cfg = _config(name, ds, ipc, overrides, buffers)
@@ -148,6 +156,11 @@ def main(argv=None):
             t_distill = time.time() - t0
             syn = method.synthetic_set()
             if syn.meta.get("train_schedule") == TRAIN_SCHEDULE:
+                # DD's images only work with its learned schedule: its baseline is random real images trained
+                # with the same schedule (same network, init and number of steps, best constant lr)
+                t1 = time.time()
+                base = evaluate_dd_random(syn, ds, num_models=args.num_eval, device=args.device, seed=args.seed)
+                record("dd-random", ipc, base, time.time() - t1, {"baseline_lr": next(iter(base.values()))["lr"]})
                 res = evaluate_dd(syn, ds, num_models=args.num_eval, device=args.device, seed=args.seed)
             else:
                 model, kw = _eval_model(cfg, name, buffers)
@@ -158,11 +171,12 @@ def main(argv=None):
                                                "final_loss": metrics["final_scalars"].get("loss")})
 
     date = datetime.date.today().isoformat()
-    stem = os.path.join(RESULTS, f"accuracy-{ds.name}-{args.device}-{date}")
+    stem = os.path.join(RESULTS, f"accuracy-{ds.name}-{args.device}-{date}" + (f"-{args.tag}" if args.tag else ""))
     os.makedirs(RESULTS, exist_ok=True)
     env = {"date": date, "torch": torch.__version__, "device": args.device, "dataset": ds.name,
            "num_eval": args.num_eval, "eval_epochs": eval_epochs, "seed": args.seed,
-           "mtt_experts": args.experts if "mtt" in methods else None, "overrides": overrides}
+           "mtt_experts": args.experts if "mtt" in methods else None, "model_kwargs": net_kwargs,
+           "overrides": overrides}
     with open(stem + ".json", "w") as f:
         json.dump({"environment": env, "rows": rows}, f, indent=1)
     lines = [f"# Accuracy on {ds.name} ({args.device}, {date})", "",
@@ -175,6 +189,9 @@ def main(argv=None):
         spi = f"{r['distill_s_per_iter']:.3f}" if r.get("distill_s_per_iter") is not None else "-"
         lines.append(f"| {r['method']} | {r['ipc']} | {r['model']} | {r['acc_mean']:.2f} +- {r['acc_std']:.2f} | "
                      f"{pub} | {its} | {spi} |")
+    lines += ["", "random: a random real subset (a new draw per network) trained with the same protocol as DC/DSA/DM/MTT. "
+                  "dd-random: DD's own baseline, random real images trained with DD's schedule (same network, "
+                  "initialisation and number of steps; best constant lr of a grid, picked on the test set)."]
     if ds.name not in PUBLISHED:
         lines += ["", f"No published numbers exist for {ds.name}; for scale, MNIST (ConvNet): random 64.9/95.1, "
                       "DC 91.7/97.4, DSA 88.7/97.8 at IPC 1/10; DD fixed init 93.8 (10 images)."]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["get_network", "NETWORKS", "ConvNet", "MLP", "LeNet", "AlexNet", "VGG", "ResNet", "num_parameters"]
+__all__ = ["get_network", "default_model_kwargs", "NETWORKS", "ConvNet", "MLP", "LeNet", "AlexNet", "VGG", "ResNet", "num_parameters"]
 
 NETWORKS = ("ConvNet", "ConvNetD1", "ConvNetD2", "ConvNetD3", "ConvNetD4", "ConvNetD5", "ConvNetW32", "ConvNetW64",
             "ConvNetW128", "ConvNetW256", "ConvNetBN", "ConvNetNoNorm", "ConvNetLN", "ConvNetGN", "ConvNetMP",
@@ -237,6 +237,21 @@ class ResNet(_Net):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+
+# Per-dataset ConvNet size where the literature's width-128 depth-3 net does not fit the images. On 8x8 digits a
+# depth-3 ConvNet normalizes each channel over a 2x2 map and pools it to 1x1 (32 features): a random real subset at
+# IPC 10 scores 86.5 +- 3.7% with it vs 95.3 +- 0.9% with depth 2 (6 nets, 300 epochs; depth 1: 92.3 +- 0.8).
+_DATASET_CONVNET = {"digits": {"width": 32, "depth": 2}}
+
+
+def default_model_kwargs(model: str, dataset_name: str) -> dict:
+    """Keyword arguments of :func:`get_network` for ``model`` on ``dataset_name`` when none are given: the plain
+    ``"ConvNet"`` on scikit-learn ``digits`` (8x8) is width 32, depth 2; everything else uses the defaults ({})."""
+    base = str(dataset_name).lower().split(":")[0]
+    if model == "ConvNet" and base in _DATASET_CONVNET:
+        return dict(_DATASET_CONVNET[base])
+    return {}
 
 
 def get_network(name: str, channel: int, num_classes: int, im_size, *, width: int = 128, depth: int = 3,

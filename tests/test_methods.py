@@ -220,6 +220,31 @@ def test_evaluate_dd(digits):
         evaluate_dd(SyntheticSet(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), None, {}), digits)
 
 
+def test_evaluate_dd_random_is_dd_schedule_on_real_images(digits):
+    """The DD baseline equals evaluate_dd on the same random real images with a constant lr, keeps the best lr."""
+    from pydistill.methods.dd import DD, evaluate_dd, evaluate_dd_random
+    from pydistill.synthetic import SyntheticSet
+
+    _, cfg = _config("dd", digits)
+    syn = DD(digits, 2, config=dataclasses.replace(cfg, init_mode="fixed")).synthetic_set()
+    T = syn.lr.numel()
+    one = evaluate_dd_random(syn, digits, num_models=2, lrs=(0.05,), seed=3)["ConvNet"]
+    accs = []
+    for m in range(2):  # the same draw as evaluate_dd_random: ipc images per class, class-major
+        g = torch.Generator().manual_seed(3 * 7919 + m)
+        sel = torch.cat([idx.cpu()[torch.randperm(idx.numel(), generator=g)[:2]] for idx in digits.indices_by_class])
+        real = SyntheticSet(digits.x_train[sel], digits.y_train[sel], torch.full((T,), 0.05), syn.meta)
+        accs += evaluate_dd(real, digits, num_models=1)["ConvNet"]["accs"]
+    assert one["accs"] == accs and one["lr"] == 0.05
+    grid = evaluate_dd_random(syn, digits, num_models=2, lrs=(1e-6, 0.05), seed=3)["ConvNet"]
+    tiny = evaluate_dd_random(syn, digits, num_models=2, lrs=(1e-6,), seed=3)["ConvNet"]
+    assert grid["mean"] == max(one["mean"], tiny["mean"])
+    with pytest.raises(ValueError, match="lrs"):
+        evaluate_dd_random(syn, digits, lrs=(0.1, -1.0))
+    with pytest.raises(ValueError, match="train_schedule"):
+        evaluate_dd_random(SyntheticSet(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), None, {}), digits)
+
+
 # ------------------------------------------------------------------------------------------------ MTT
 @pytest.mark.parametrize("dsa", [False, True])
 def test_mtt_recompute_equals_plain(dsa):

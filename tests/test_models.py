@@ -83,3 +83,18 @@ def test_bad_arguments():
         get_network("ConvNet", 3, 10, (0, 32))
     with pytest.raises(ValueError, match="depth"):
         ConvNet(3, 10, (32, 32), depth=0)
+
+
+def test_default_model_kwargs_digits_convnet_keeps_a_2x2_map():
+    from pydistill.models import default_model_kwargs
+
+    kw = default_model_kwargs("ConvNet", "digits")
+    assert kw == {"width": 32, "depth": 2}
+    net = get_network("ConvNet", 1, 10, (8, 8), **kw)
+    assert net.feat_shape == (32, 2, 2)
+    assert net.embed(torch.randn(3, 1, 8, 8)).shape == (3, 128)
+    # everything else keeps the literature's defaults
+    assert default_model_kwargs("ConvNet", "mnist") == {}
+    assert default_model_kwargs("MLP", "digits") == {}
+    kw["width"] = 7  # a copy: the table is not mutated
+    assert default_model_kwargs("ConvNet", "digits")["width"] == 32

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pydistill.methods.base import LearnedImagesMixin, Method
+from pydistill.models import default_model_kwargs
 
 __all__ = ["Config", "DSAConfig", "DC", "DSA", "loops_for_ipc", "fresh_network", "init_synthetic_images",
            "class_labels"]
@@ -111,14 +112,13 @@ class Config:
 
     @classmethod
     def for_dataset(cls, name: str, ipc: int | None = None) -> "Config":
-        """Published defaults; on scikit-learn ``digits`` (8x8) a CPU-sized budget: ConvNet width 32, 20 iterations,
-        inner_loop 10, batch_real 64, lr_img 0.001 (0.1 and 0.01 overshoot on 8x8 images: measured 21% / 62% vs
-        76% test accuracy at IPC 1)."""
+        """Published defaults; on scikit-learn ``digits`` (8x8) a CPU-sized budget: the digits ConvNet (width 32,
+        depth 2), 40 iterations, inner_loop 10, batch_real 64 (measured at IPC 10: 97.6 +- 0.5% vs 95.3 +- 0.9%
+        for a random subset; lr_img 0.01 reaches 96.1 in the same budget)."""
         cfg = cls()
         if name.lower() == "digits":
-            cfg.lr_img = 0.001
-            cfg.model_kwargs = {"width": 32}
-            cfg.iterations = 20
+            cfg.model_kwargs = default_model_kwargs("ConvNet", "digits")  # width 32, depth 2
+            cfg.iterations = 40
             cfg.inner_loop = 10
             cfg.batch_real = 64
         return cfg

@@ -36,7 +36,7 @@ from pydistill.functional import functional_forward, xavier_flat
 from pydistill.methods.base import Method
 from pydistill.methods.dc import class_labels
 
-__all__ = ["Config", "DD", "evaluate_dd", "TRAIN_SCHEDULE"]
+__all__ = ["Config", "DD", "evaluate_dd", "evaluate_dd_random", "TRAIN_SCHEDULE"]
 
 TRAIN_SCHEDULE = "dd_unrolled"
 
@@ -245,3 +245,39 @@ def evaluate_dd(syn, dataset, *, num_models: int = 5, device="cpu", seed: int = 
         accs.append(correct / max(1, x_test.shape[0]))
     t = torch.tensor(accs, dtype=torch.float64)
     return {meta["model"]: {"mean": float(t.mean()), "std": float(t.std(unbiased=False)), "accs": accs}}
+
+
+def evaluate_dd_random(syn, dataset, *, num_models: int = 5, lrs=(0.003, 0.01, 0.03, 0.1, 0.3), device="cpu",
+                       seed: int = 0, batch_size: int = 2048) -> dict:
+    """DD's own baseline: random real images in place of the learned ones, trained with the same schedule.
+
+    For each of ``num_models`` networks, draw ``meta["ipc"]`` random training images per class (a new draw per
+    network), start from the same theta_0 as :func:`evaluate_dd` and apply the same T steps over the same chunks,
+    every step with one constant lr; each lr of ``lrs`` is tried and the best mean test accuracy is reported (a
+    baseline tuned on the test set: conservative for DD). ``syn`` supplies the schedule (a DD synthetic set).
+    Returns ``{model: {"mean", "std", "accs", "lr"}}`` (fractions in [0, 1]).
+    """
+    if syn.meta.get("train_schedule") != TRAIN_SCHEDULE:
+        raise ValueError(f"syn.meta['train_schedule'] must be {TRAIN_SCHEDULE!r} (a DD synthetic set), got "
+                         f"{syn.meta.get('train_schedule')!r}")
+    lrs = [float(v) for v in lrs]
+    if not lrs or min(lrs) <= 0:
+        raise ValueError(f"lrs must be a non-empty sequence of positive step sizes, got {lrs!r}")
+    ipc, T = int(syn.meta["ipc"]), int(syn.lr.numel())
+    best = None
+    for lr in lrs:
+        accs = []
+        for m in range(int(num_models)):
+            g = torch.Generator().manual_seed(int(seed) * 7919 + m)
+            picks = [idx.cpu()[torch.randperm(idx.numel(), generator=g)[:ipc]] for idx in dataset.indices_by_class]
+            sel = torch.cat(picks).to(dataset.x_train.device)  # class-major, as class_labels
+            real = type(syn)(dataset.x_train[sel].clone(), dataset.y_train[sel].clone(),
+                             torch.full((T,), lr), syn.meta)
+            res = evaluate_dd(real, dataset, num_models=1, device=device, seed=int(seed) * 1_000_003 + m,
+                              batch_size=batch_size)
+            accs += next(iter(res.values()))["accs"]
+        t = torch.tensor(accs, dtype=torch.float64)
+        row = {"mean": float(t.mean()), "std": float(t.std(unbiased=False)), "accs": accs, "lr": lr}
+        if best is None or row["mean"] > best["mean"]:
+            best = row
+    return {syn.meta["model"]: best}
