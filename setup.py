@@ -69,6 +69,10 @@ setup(
     extras_require={
         "diffusion": ["diffusers>=0.30"],
         "test": ["pytest", "hypothesis"],
+        # Comparison rows of benchmarks/ (kornia: diff_augment, torchrl: sum_tree; each skipped when missing).
+        # torchrl's C++ part is built against one torch release and its tensordict dependency asks for a recent
+        # torch, so next to a pinned torch install torchrl with `pip install --no-deps torchrl tensordict`
+        # (plus their pure-Python dependencies); otherwise pip may replace your torch.
         "bench": ["kornia", "torchrl"],
     },
     entry_points={"console_scripts": ["pydistill=pydistill.cli:main"]},

@@ -7,6 +7,11 @@ Rows: baseline (the research code: Python loop over layers, reshape / sum / norm
 compile (torch.compile of that reference), cpp (CPU), cuda and triton (GPU only: the interpreter is not a
 benchmark). bytes_moved = forward reads gw_syn and gw_real (2N) + backward reads both and writes the
 gradient (3N) elements.
+Per case also: "fwd only" (forward alone, 2N reads: the forward's per-call host overhead); "N calls 1 sync"
+(throughput: N back-to-back forward+backward calls on the same tensors, one synchronisation, time per call;
+cached address tables stay warm, and on a GPU host-bound costs show); "new storage" (every timed call on freshly
+allocated gradient lists with the Triton table cache emptied beforehand, untimed: the cache-miss cost a first
+call, or a loop that reallocates its gradients, pays).
 
     python benchmarks/bench_match_loss.py [--device cpu] [--quick]
 """
@@ -57,6 +62,15 @@ def _inputs(shapes, device, dtype=torch.float32):
     return syn, real
 
 
+def drop_table_caches() -> None:
+    """Empty the Triton launchers' cached address tables (no-op when the Triton kernels cannot be imported)."""
+    try:
+        from pydistill.kernels import match_loss as kernels
+    except Exception:  # noqa: BLE001 - no triton here: nothing is cached
+        return
+    kernels.clear_cache()
+
+
 def run(device: str = "cuda", quick: bool = False) -> list[dict]:
     from pydistill import backends
     from pydistill.ops.match_loss import match_loss, match_loss_reference
@@ -66,6 +80,7 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
     if not quick:
         cases.append(("resnet18", resnet18_shapes()))
     metrics = ["ours"] if quick else ["ours", "cos"]
+    calls = 100 if torch.device(device).type == "cuda" else 50  # throughput rows: calls per sync
     rows = []
     for name, shapes in cases:
         syn, real = _inputs(shapes, device)
@@ -85,21 +100,37 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
             rows.append(try_row(OP, case, "baseline", fb(ref), device, bytes_moved=moved))
             compiled = torch.compile(ref)
             rows.append(try_row(OP, case, "compile", fb(compiled), device, bytes_moved=moved))
-            impls = ["cpp"] if device == "cpu" else ["cuda", "triton"]
+            impls = [b for b in (["cpp"] if device == "cpu" else ["cuda", "triton"])
+                     if have.get(b) and not (b == "triton" and device == "cpu")]
+            ours = {b: (lambda s, r, m=metric, b=b: match_loss(s, r, m, backend=b)) for b in impls}
             for impl in impls:
-                if not have.get(impl) or (impl == "triton" and device == "cpu"):
-                    continue
-                fn = lambda s, r, m=metric, b=impl: match_loss(s, r, m, backend=b)  # noqa: E731
-                rows.append(try_row(OP, case, impl, fb(fn), device, bytes_moved=moved))
+                rows.append(try_row(OP, case, impl, fb(ours[impl]), device, bytes_moved=moved))
+            # Throughput: back-to-back calls on the same tensors, one sync.
+            tp_case = f"{case}, {calls} calls 1 sync"
+            for impl, fn in [("baseline", ref)] + list(ours.items()):
+                rows.append(try_row(OP, tp_case, impl, fb(fn), device, bytes_moved=moved, calls=calls,
+                                    repeats=1 if quick else 3))
+            # First call with new storage: fresh gradient lists and an empty table cache before each timed call.
+            def fresh():
+                drop_table_caches()
+                return ([t.detach().clone().requires_grad_() for t in syn], [t.clone() for t in real])
+
+            def fb_new(fn):
+                def step(s, r):
+                    return torch.autograd.grad(fn(s, r), s, allow_unused=True)
+
+                return step
+
+            for impl, fn in [("baseline", ref)] + list(ours.items()):
+                rows.append(try_row(OP, f"{case} new storage", impl, fb_new(fn), device, bytes_moved=moved,
+                                    setup=fresh, iters=10))
             # Forward alone (syn still requires grad: autograd bookkeeping included), 2N reads: separates
             # the forward's per-call host overhead from the backward's.
             fwd_case = f"{case} fwd only"
-            rows.append(try_row(OP, fwd_case, "baseline", lambda: ref(syn, real), device, bytes_moved=2 * n * syn[0].element_size()))
+            read = 2 * n * syn[0].element_size()
+            rows.append(try_row(OP, fwd_case, "baseline", lambda: ref(syn, real), device, bytes_moved=read))
             for impl in impls:
-                if not have.get(impl) or (impl == "triton" and device == "cpu"):
-                    continue
-                rows.append(try_row(OP, fwd_case, impl, lambda m=metric, b=impl: match_loss(syn, real, m, backend=b),
-                                    device, bytes_moved=2 * n * syn[0].element_size()))
+                rows.append(try_row(OP, fwd_case, impl, lambda fn=ours[impl]: fn(syn, real), device, bytes_moved=read))
     return rows
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import add_speedups, format_table, measure  # noqa: E402
+from common import add_speedups, format_table, measure, record, set_threads  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ original-style ops
@@ -212,9 +212,15 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--record", action="store_true", help="write the table to benchmarks/results/ (tag 'methods')")
+    p.add_argument("--note", default="", help="free text recorded with the table (e.g. load on the machine)")
     args = p.parse_args(argv)
+    set_threads(args.threads)
     rows = add_speedups(run(args.device, args.quick))
     print(format_table(rows))
+    if args.record:
+        print("recorded", record(rows, args.device, tag="methods" + ("-quick" if args.quick else ""), note=args.note))
     return rows
 
 

@@ -4,7 +4,11 @@ Cases: flat fp32 vectors of 0.32M (ConvNet, CIFAR-10), 2.5M and 11.2M (ResNet-18
 ConvNet / ResNet-18 parameter lists. Rows: baseline (research code: torch.cat of the parameter lists, two
 separate mse sums, autograd), compiled reference (torch.compile), cpp, cuda, triton (GPU only: the
 interpreter is not a benchmark). bytes_moved = fwd reads 3N + bwd reads 2N and writes N elements.
-Each case also has a "<case> fwd only" group (forward alone, 3N reads) to separate per-call overheads.
+Each case also has a "<case> fwd only" group (forward alone, 3N reads) to separate per-call overheads, a
+"<case>, N calls 1 sync" group (throughput: N back-to-back forward+backward calls on the same tensors, one
+synchronisation, time per call; cached address tables stay warm, and on a GPU host-bound costs show) and a
+"<case> new storage" group (every timed call on freshly allocated parameters with the Triton table cache
+emptied beforehand, untimed: the cache-miss cost of a first call or of a loop that reallocates its tensors).
 
     python benchmarks/bench_trajectory_loss.py [--device cpu] [--quick]
 """
@@ -60,6 +64,19 @@ def _inputs(shapes, device, dtype=torch.float32):
     return s, a, t
 
 
+def drop_table_caches() -> None:
+    """Empty the Triton launchers' cached address tables (no-op when the Triton kernels cannot be imported)."""
+    try:
+        from pydistill.kernels import trajectory_loss as kernels
+    except Exception:  # noqa: BLE001 - no triton here: nothing is cached
+        return
+    clear = getattr(kernels, "clear_cache", None)
+    if clear is not None:
+        clear()
+    else:
+        kernels._TABLE_CACHE.clear()
+
+
 def run(device: str, quick: bool) -> list[dict]:
     from pydistill import backends
     from pydistill.ops.trajectory_loss import trajectory_loss, trajectory_loss_reference
@@ -96,6 +113,33 @@ def run(device: str, quick: bool) -> list[dict]:
             impls.append((b, step(lambda *x, b=b: trajectory_loss(*x, backend=b))))
         for impl, fn in impls:
             row = try_row(OP, case, impl, fn, device, bytes_moved=nbytes, iters=10 if dev_type == "cpu" else 50)
+            row["n"] = n
+            rows.append(row)
+        # Throughput (same tensors, one sync) and first call with new storage (fresh tensors, cold table cache),
+        # for the baseline and the kernels.
+        calls = 100 if dev_type == "cuda" else 50
+        for impl, fn in impls:
+            if impl == "compiled reference":
+                continue
+            row = try_row(OP, f"{case}, {calls} calls 1 sync", impl, fn, device, bytes_moved=nbytes, calls=calls,
+                          repeats=1 if quick else 3)
+            row["n"] = n
+            rows.append(row)
+
+        def fresh():
+            drop_table_caches()
+            new = [[x.detach().clone().requires_grad_() for x in s]] + [[x.clone() for x in y] for y in (a, t)]
+            return [c[0] for c in new] if flat else new
+
+        new_impls = [("baseline", lambda *x: baseline(*(([y] if flat else y) for y in x)))]
+        new_impls += [(impl, lambda *x, b=impl: trajectory_loss(*x, backend=b)) for impl, _ in impls
+                      if impl in ("cpp", "cuda", "triton")]
+        for impl, fn in new_impls:
+            def go(st, a_, t_, fn=fn):
+                torch.autograd.grad(fn(st, a_, t_), st)
+
+            row = try_row(OP, f"{case} new storage", impl, go, device, bytes_moved=nbytes, setup=fresh,
+                          iters=10 if dev_type == "cpu" else 50)
             row["n"] = n
             rows.append(row)
         # Forward alone (inputs still require grad, so the autograd bookkeeping is included): separates

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One GPU-machine session: build the extension there, run the op tests on CUDA (real Triton, no interpreter; one
-# process per file, in parallel), then the op benchmarks. Logs and results go to $OUT (or ./gpu_out).
+# One GPU-machine session: build the extension there, run the op tests and the launch-overhead counts on CUDA (real
+# Triton, no interpreter; one process per file, in parallel), then the op benchmarks (per call, throughput,
+# new-storage and draw+augment rows). Logs and results go to $OUT (or ./gpu_out).
 #   bash benchmarks/gpu_session.sh [tests|bench|all]
 # The tests that call compiled CPU ops with bad input are deselected: on the GPU image (torch 2.11) any C++ exception
 # thrown from a CPU op of an extension crashes the process (benchmarks/gpu_probe_throw.py reproduces it).
@@ -16,7 +17,8 @@ python3 -m pip install -q --no-build-isolation --no-deps --no-index -e . > "$OUT
 python3 -c "import pydistill; print('backends', pydistill.backends())"
 if [ "$what" = tests ] || [ "$what" = all ]; then
   D="not test_errors and not test_opcheck_compiled_ops"
-  for f in match_loss trajectory_loss diff_augment sum_tree; do
+  # test_launch_overhead: ops dispatched + kernel launches per call of the Triton paths (issue #2 budgets)
+  for f in match_loss trajectory_loss diff_augment sum_tree launch_overhead; do
     (timeout 300 python3 -m pytest -q -p no:cacheprovider -rf --tb=short -k "$D" "tests/test_$f.py" > "$OUT/t_$f.log" 2>&1
      echo "$f rc=$? $(tail -n 1 "$OUT/t_$f.log")") &
   done
@@ -24,7 +26,7 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   grep -h "^FAILED" "$OUT"/t_*.log | head -n 20
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
-  python3 benchmarks/run_all.py --device cuda > "$OUT/bench.log" 2>&1; echo "bench rc=$?"
+  python3 benchmarks/run_all.py --device cuda --tag ops > "$OUT/bench.log" 2>&1; echo "bench rc=$?"
   cp benchmarks/results/*.md benchmarks/results/*.json "$OUT/" 2>/dev/null
   grep -E "^\|" "$OUT/bench.log" | tail -n 80
 fi
