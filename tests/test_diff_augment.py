@@ -159,6 +159,33 @@ def test_mode_one_matches_original_sequential(device, group, per_sample):
     torch.testing.assert_close(g_r, g_s, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("group", [*GROUPS, None])
+def test_cpu_auto_one_shared_group_takes_the_exact_sequential_pass(group, monkeypatch):
+    """On the CPU, "auto" with one shared group runs that group's own pass; it equals the reference (values and
+    gradients) and is not used for several groups or an explicit backend."""
+    import importlib
+
+    da = importlib.import_module("pydistill.ops.diff_augment")  # the module (pydistill.ops.diff_augment is the op)
+    calls = []
+    real_seq = da.diff_augment_sequential
+    monkeypatch.setattr(da, "diff_augment_sequential", lambda x, p: calls.append(1) or real_seq(x, p))
+    x = torch.randn(4, 3, 9, 11, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(4, 3, 9, 11, dtype=torch.float64)
+    p = _force(sample_dsa_params(1, DEFAULT, "one", False, height=9, width=11), [group] if group else [])
+    out = da.diff_augment(x, params=p)
+    (gx,) = torch.autograd.grad(out, x, g)
+    assert calls == [1]
+    ref = diff_augment_reference(x, p)
+    (gr,) = torch.autograd.grad(ref, x, g)
+    # the parameters are float32, so both sides agree to float32 rounding of the sampling grid
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gx, gr, atol=1e-5, rtol=1e-5)
+    calls.clear()
+    da.diff_augment(x, params=sample_dsa_params(1, DEFAULT, "all", False, height=9, width=11))
+    da.diff_augment(x, params=p, backend="reference")
+    assert calls == []
+
+
 @pytest.mark.parametrize("strategy", ["color_crop_cutout_flip_scale", "color_rotate_crop_flip_cutout",
                                       "scale_crop_flip_cutout"])
 def test_all_with_one_resample_matches_sequential(strategy):
