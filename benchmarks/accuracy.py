@@ -94,6 +94,8 @@ def main(argv=None):
     p.add_argument("--model-kwargs", default=None, metavar="JSON",
                    help="ConvNet keyword arguments for every method, the experts and the random baseline, e.g. "
                         "'{\"width\": 32}' for a CPU budget on MNIST (default: models.default_model_kwargs)")
+    p.add_argument("--skip-random", action="store_true",
+                   help="no random-subset rows (when another run of the same table already has them)")
     p.add_argument("--tag", default="", help="suffix of the results file name (e.g. ipc10 for a split run)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy CPU)")
@@ -142,10 +144,11 @@ def main(argv=None):
     for ipc in ipcs:
         # random real subset, evaluated with the same protocol (ConvNet, as DC/DSA/DM/MTT)
         t0 = time.time()
-        res = evaluate_baseline(ds, "random", ipc, models=("ConvNet",), num_eval=args.num_eval, epochs=eval_epochs,
-                                dsa=True, device=args.device, seed=args.seed, progress=False,
-                                model_kwargs=net_kwargs)
-        record("random", ipc, res, time.time() - t0)
+        if not args.skip_random:
+            res = evaluate_baseline(ds, "random", ipc, models=("ConvNet",), num_eval=args.num_eval, epochs=eval_epochs,
+                                    dsa=True, device=args.device, seed=args.seed, progress=False,
+                                    model_kwargs=net_kwargs)
+            record("random", ipc, res, time.time() - t0)
         for name in methods:
             cls, cfg = _config(name, ds, ipc, overrides, buffers)
             method = cls(ds, ipc, config=cfg, device=args.device, seed=args.seed)

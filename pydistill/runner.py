@@ -47,6 +47,21 @@ def _diff(a, b, prefix=""):
     return out
 
 
+def _extends(method, ckpt: dict, sig: dict, n_iter: int) -> bool:
+    """True when the checkpoint is this run with fewer ``config.iterations`` (at most ``n_iter`` done) and the
+    method's iterations do not depend on the total (``method.extendable``, e.g. DC/DSA/DM/MTT/DD): a finished
+    or interrupted run then continues to the new total instead of starting over."""
+    if not getattr(method, "extendable", False) or int(ckpt.get("iteration", n_iter + 1)) > n_iter:
+        return False
+    old = dict(ckpt["signature"])
+    new = dict(sig)
+    if not (isinstance(old.get("config"), dict) and isinstance(new.get("config"), dict)):
+        return False
+    old["config"] = {k: v for k, v in old["config"].items() if k != "iterations"}
+    new["config"] = {k: v for k, v in new["config"].items() if k != "iterations"}
+    return old == new
+
+
 def _as_synthetic(method, result):
     from pydistill.synthetic import SyntheticSet
 
@@ -69,7 +84,8 @@ def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: in
     checkpoint_every: iterations between checkpoints (the last iteration is always checkpointed).
     eval_every: evaluate the current set every this many iterations (None/0: only at the end).
     eval_kwargs: keyword arguments of :func:`pydistill.evaluate.evaluate` (models, num_eval, epochs, dsa, ...).
-    A checkpoint whose method/dataset/ipc/seed/config differ raises ValueError; a truncated or corrupt one raises
+    A checkpoint whose method/dataset/ipc/seed/config differ raises ValueError (except a larger
+    ``config.iterations`` for a method with ``extendable = True``: the run continues to the new total); a truncated or corrupt one raises
     ``pydistill.utils.CorruptCheckpointError`` (never loaded). Returns the metrics dict.
 
     Under ``torch.distributed`` (see :mod:`pydistill.distributed`) every rank calls this: the method shards its
@@ -106,7 +122,7 @@ def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: in
             raise RuntimeError(f"cannot read checkpoint {ckpt_path} ({exc}); delete it to start over") from exc
         if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
             raise ValueError(f"{ckpt_path} is not a pydistill checkpoint; delete it or choose another out_dir")
-        if ckpt["signature"] != sig:
+        if ckpt["signature"] != sig and not _extends(method, ckpt, sig, n_iter):
             diffs = "\n  ".join(_diff(ckpt["signature"], sig))
             raise ValueError(f"{ckpt_path} belongs to a different run; mismatches:\n  {diffs}\n"
                              "Use another out_dir, or delete the checkpoint to start over.")

@@ -116,6 +116,34 @@ def test_resume_with_other_config_is_an_error(tiny, tmp_path):
         run_distillation(Dummy(tiny, 2), tmp_path, checkpoint_every=0)
 
 
+class ExtendableDummy(Dummy):
+    extendable = True
+
+
+def test_extend_a_finished_run_equals_one_longer_run(tiny, tmp_path):
+    """An extendable method resumes with a larger config.iterations: 4 then 6 iterations == 6 at once."""
+    kw = dict(checkpoint_every=2, progress=False, final_eval=False)
+    torch.manual_seed(5)
+    ref = run_distillation(ExtendableDummy(tiny, 2, seed=1), tmp_path / "full", **kw)
+    torch.manual_seed(5)
+    run_distillation(ExtendableDummy(tiny, 2, seed=1, config=DummyConfig(iterations=4)), tmp_path / "ext", **kw)
+    torch.manual_seed(77)
+    out = run_distillation(ExtendableDummy(tiny, 2, seed=1), tmp_path / "ext", **kw)
+    assert out["resumed_from_iteration"] == 4 and out["iterations"] == 6
+    assert out["final_scalars"] == ref["final_scalars"]
+    assert torch.equal(SyntheticSet.load(tmp_path / "ext" / "synthetic.safetensors").images,
+                       SyntheticSet.load(tmp_path / "full" / "synthetic.safetensors").images)
+    # fewer iterations than done, another field, or a method that is not extendable: still an error
+    with pytest.raises(ValueError, match="config.iterations"):
+        run_distillation(ExtendableDummy(tiny, 2, seed=1, config=DummyConfig(iterations=5)), tmp_path / "ext", **kw)
+    with pytest.raises(ValueError, match="config.lr"):
+        run_distillation(ExtendableDummy(tiny, 2, seed=1, config=DummyConfig(iterations=8, lr=0.3)),
+                         tmp_path / "ext", **kw)
+    run_distillation(Dummy(tiny, 2, seed=1, config=DummyConfig(iterations=4)), tmp_path / "plain", **kw)
+    with pytest.raises(ValueError, match="config.iterations"):
+        run_distillation(Dummy(tiny, 2, seed=1), tmp_path / "plain", **kw)
+
+
 def test_outputs_and_metrics(tiny, tmp_path):
     ev = dict(models=("ConvNetW32",), num_eval=2, epochs=2, dsa=False)
     m = run_distillation(Dummy(tiny, 1, config=DummyConfig(iterations=4)), tmp_path, checkpoint_every=10,

@@ -118,6 +118,7 @@ class DD(Method):
 
     Config = Config
     name = "dd"
+    extendable = True  # no schedule depends on the total: a run resumes with a larger config.iterations
 
     def __init__(self, dataset, ipc, *, config=None, device="cpu", seed=0):
         super().__init__(dataset, ipc, config=config, device=device, seed=seed)

@@ -57,6 +57,7 @@ class DM(LearnedImagesMixin, Method):
 
     Config = Config
     name = "dm"
+    extendable = True  # no schedule depends on the total: a run resumes with a larger config.iterations
     supports_distributed = True  # classes sharded across torch.distributed ranks (see step)
 
     def __init__(self, dataset, ipc, *, config=None, device="cpu", seed=0):

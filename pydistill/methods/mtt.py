@@ -345,6 +345,7 @@ class MTT(Method):
 
     Config = Config
     name = "mtt"
+    extendable = True  # no schedule depends on the total: a run resumes with a larger config.iterations
     supports_distributed = True  # expert segments split across torch.distributed ranks (see step)
 
     def __init__(self, dataset, ipc, *, config=None, device="cpu", seed=0):
