@@ -522,8 +522,8 @@ def main(argv=None) -> str:
                       + " |", "|---|" + "---|" * len(tcols)]
             for how in ("earliest", "budget"):
                 lines.append(f"| {how} | " + " | ".join(_fmt_ratio(rt[str(t)][how]) for t in long_targets) + " |")
-        if png:
-            lines += ["", f"Plot: `{os.path.basename(png)}` (student test accuracy vs synthesized images, log-x)."]
+    if png:
+        lines += ["", f"Plot: `{os.path.basename(png)}` (student test accuracy vs synthesized images, log-x)."]
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
