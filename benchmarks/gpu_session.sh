@@ -24,6 +24,9 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   done
   wait
   grep -h "^FAILED" "$OUT"/t_*.log | head -n 20
+  # the cached-table ticket kernels under real concurrency: many calls, several streams, evictions, no syncs
+  timeout 300 python3 benchmarks/gpu_stress_ticket.py > "$OUT/stress_ticket.log" 2>&1; echo "stress_ticket rc=$?"
+  tail -n 5 "$OUT/stress_ticket.log"
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   python3 benchmarks/run_all.py --device cuda --tag ops > "$OUT/bench.log" 2>&1; echo "bench rc=$?"

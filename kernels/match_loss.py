@@ -91,8 +91,12 @@ def _match_fwd_kernel(meta_ptr, counter_ptr, part_ptr, stats_ptr, loss_ptr, T, W
         tl.store(part_ptr + 3 * c, tl.sum(s0, axis=0))
         tl.store(part_ptr + 3 * c + 1, tl.sum(s1, axis=0))
         tl.store(part_ptr + 3 * c + 2, tl.sum(s2, axis=0))
+    # Ordering (checked in the sm_80/sm_90 PTX): the barrier orders every thread's partial stores before the
+    # ticket, which one thread takes with atom.acq_rel.gpu (release: our partials; acquire: everyone's); the
+    # ticket reaches the other threads through shared memory + bar.sync, and the partials are read with
+    # volatile (L1-bypassing) loads. Each program takes exactly one ticket (a scalar atomic runs once).
     tl.debug_barrier()
-    ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
+    ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
     if ticket == n_programs - 1:
         # Every program of this launch has taken its one ticket, so no one touches the counter again in this
         # launch: reset it for the next launch (stream-ordered after this one), which lets the cached table be

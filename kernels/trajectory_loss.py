@@ -65,7 +65,7 @@ def _fwd_kernel(table_ptr, n_chunks, ref_ptr, partial_ptr, counter_ptr, loss_ptr
     tl.store(partial_ptr + 2 * pid, tl.sum(num, axis=0))
     tl.store(partial_ptr + 2 * pid + 1, tl.sum(den, axis=0))
     tl.debug_barrier()
-    ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel")  # release our partials / acquire everyone's
+    ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")  # release ours / acquire everyone's
     if ticket == n_prog - 1:
         # The last program: all n_prog tickets are taken, so nobody touches the counter again in this launch;
         # reset it for the next launch (stream-ordered after this one). Correct under any scheduling.
@@ -126,8 +126,11 @@ def _config(total: int, device: torch.device) -> tuple[int, int, int]:
 
 
 # Tables already on the device, keyed by everything they encode (addresses, lengths, chunk, element size,
-# device): a table holds addresses only and the kernels never write it, so a hit is always the right table
-# and the training loop's repeated calls (same parameter storages) skip the host build and the pinned copy.
+# device, stream): a table holds addresses only and the kernels never write it, so a hit is always the right
+# table and the training loop's repeated calls (same parameter storages) skip the host build and the pinned
+# copy. Forward entries also hold the partial-sum scratch and the ticket counter, which the forward writes;
+# the stream in the key keeps them to one stream's order (no two launches share them concurrently), and the
+# counter is back to 0 after every completed launch.
 _TABLE_CACHE: "collections.OrderedDict[tuple, tuple[torch.Tensor, int, bool]]" = collections.OrderedDict()
 _TABLE_CACHE_SIZE = 16
 _SM_COUNT: dict[int, int] = {}
