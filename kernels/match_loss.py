@@ -19,6 +19,7 @@ be traced by the compiler.
 from __future__ import annotations
 
 import collections
+import contextlib
 
 import torch
 import triton
@@ -39,6 +40,11 @@ _TL_DTYPES = {
     torch.float16: tl.float16,
     torch.bfloat16: tl.bfloat16,
 }
+
+
+def _on_device(device: torch.device):
+    """Make ``device`` current for a launch (tensors on cuda:1 while cuda:0 is current); no-op off CUDA."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 @triton.jit
@@ -295,11 +301,12 @@ def match_loss_fwd(gw_syn, gw_real, metric: str, loss=None, stats=None):
         stats = torch.empty((R, 3), dtype=acc, device=device)
     grid = max(W, 1)
     try:
-        _match_fwd_kernel[(grid,)](
-            table, counter, part, stats, loss, T, W, R, kmax, grid,
-            METRIC=METRICS[metric], DT=_TL_DTYPES[dtype], ACC=_TL_DTYPES[acc], STEPS=_steps(T),
-            CHUNK=CHUNK, BLOCK=BLOCK, BLOCK_R=BLOCK_R, F=FIELDS, H=HEADER,
-        )
+        with _on_device(device):  # Triton launches on the current CUDA device
+            _match_fwd_kernel[(grid,)](
+                table, counter, part, stats, loss, T, W, R, kmax, grid,
+                METRIC=METRICS[metric], DT=_TL_DTYPES[dtype], ACC=_TL_DTYPES[acc], STEPS=_steps(T),
+                CHUNK=CHUNK, BLOCK=BLOCK, BLOCK_R=BLOCK_R, F=FIELDS, H=HEADER,
+            )
     except BaseException:  # a launch that did not finish may leave the counter set: never reuse that table
         _CACHE.pop(key, None)
         raise
@@ -332,9 +339,10 @@ def match_loss_bwd(grad, gw_syn, gw_real, stats, metric: str, out=None):
         if stats is None:
             stats = _PLACEHOLDERS[(device, acc)] = torch.zeros(3, dtype=acc, device=device)
     T = len(a)
-    _match_bwd_kernel[(W,)](
-        table, stats, grad, T, num_rows([t.shape for t in a], metric),
-        METRIC=METRICS[metric], DT=_TL_DTYPES[dtype], ACC=_TL_DTYPES[acc], STEPS=_steps(T),
-        CHUNK=CHUNK, BLOCK=BLOCK, F=FIELDS, H=HEADER,
-    )
+    with _on_device(device):  # Triton launches on the current CUDA device
+        _match_bwd_kernel[(W,)](
+            table, stats, grad, T, num_rows([t.shape for t in a], metric),
+            METRIC=METRICS[metric], DT=_TL_DTYPES[dtype], ACC=_TL_DTYPES[acc], STEPS=_steps(T),
+            CHUNK=CHUNK, BLOCK=BLOCK, F=FIELDS, H=HEADER,
+        )
     return out

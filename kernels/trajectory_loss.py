@@ -18,6 +18,7 @@ registered as opaque custom ops rather than as
 from __future__ import annotations
 
 import collections
+import contextlib
 
 import torch
 import triton
@@ -26,6 +27,11 @@ import triton.language as tl
 _INTERPRET_BLOCK = 1024
 _GPU_BLOCK = 2048
 _MAX_CHUNK = 1 << 16
+
+
+def _on_device(device: torch.device):
+    """Make ``device`` current for a launch (tensors on cuda:1 while cuda:0 is current); no-op off CUDA."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 @triton.jit
@@ -201,9 +207,10 @@ def fwd(student: list[torch.Tensor], start: list[torch.Tensor], target: list[tor
     loss = _empty((), dtype, device)
     den = _empty((), acc, device)
     try:
-        _fwd_kernel[(grid,)](table, n_chunks, s[0], partial, counter, loss, den, BLOCK=block,
-                             ACC_FP64=acc == torch.float64, ALIGNED=aligned,
-                             BLOCK_P=max(16, triton.next_power_of_2(grid)))
+        with _on_device(device):  # Triton launches on the current CUDA device
+            _fwd_kernel[(grid,)](table, n_chunks, s[0], partial, counter, loss, den, BLOCK=block,
+                                 ACC_FP64=acc == torch.float64, ALIGNED=aligned,
+                                 BLOCK_P=max(16, triton.next_power_of_2(grid)))
     except BaseException:  # an unfinished launch may leave the counter set: never reuse that entry
         _TABLE_CACHE.pop(key, None)
         raise
@@ -223,6 +230,7 @@ def bwd(grad: torch.Tensor, student: list[torch.Tensor], target: list[torch.Tens
     if grad.numel() != 1:
         raise ValueError(f"grad must hold one element (the loss gradient), got shape {tuple(grad.shape)}")
     # grad and den are read (any float dtype, one element) by the kernel itself: no host-side conversion
-    _bwd_kernel[(grid,)](table, n_chunks, s[0], grad, den, BLOCK=block,
-                         ACC_FP64=_acc_dtype(dtype) == torch.float64, ALIGNED=aligned)
+    with _on_device(device):  # Triton launches on the current CUDA device
+        _bwd_kernel[(grid,)](table, n_chunks, s[0], grad, den, BLOCK=block,
+                             ACC_FP64=_acc_dtype(dtype) == torch.float64, ALIGNED=aligned)
     return out
