@@ -111,7 +111,7 @@ def main(argv=None):
         f"Diffusion model: `{args.model}` (class-conditional UNet2DModel, {model_meta.get('steps')} training steps, "
         f"{model_meta.get('train_time_s', 0):.0f} s). Sampler: {args.scheduler}, {args.steps} steps. Evaluation: "
         f"ConvNet, {args.num_eval} networks x {args.eval_epochs} epochs, DSA {'on' if args.dsa else 'off'}; "
-        "accuracy on the 360 held-out digits test images.", "",
+        f"accuracy on the {ds.x_test.shape[0]} held-out digits test images.", "",
         "mode distance = mean over real images of a class of the L2 distance (normalized pixels) to the nearest "
         "synthetic image of that class (lower = better coverage); diversity = mean pairwise L2 distance within a "
         "class.", "",
