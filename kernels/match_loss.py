@@ -19,11 +19,12 @@ be traced by the compiler.
 from __future__ import annotations
 
 import collections
-import contextlib
 
 import torch
 import triton
 import triton.language as tl
+
+from ._launch import on_device, stream_id
 
 METRICS = {"ours": 0, "mse": 1, "cos": 2}
 FIELDS = 9  # a, b, g, rows, row_len, cpr, chunk_start, seg, active
@@ -40,11 +41,6 @@ _TL_DTYPES = {
     torch.float16: tl.float16,
     torch.bfloat16: tl.bfloat16,
 }
-
-
-def _on_device(device: torch.device):
-    """Make ``device`` current for a launch (tensors on cuda:1 while cuda:0 is current); no-op off CUDA."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 @triton.jit
@@ -250,10 +246,6 @@ _CACHE_SIZE = 32
 _PLACEHOLDERS: dict = {}  # (device, acc dtype) -> a 3-element stats stand-in for row-less backward calls
 
 
-def _stream_id(device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-
-
 def _cached(key, build):
     hit = _CACHE.get(key)
     if hit is not None:
@@ -286,8 +278,8 @@ def match_loss_fwd(gw_syn, gw_real, metric: str, loss=None, stats=None):
     dtype, device = a[0].dtype, a[0].device
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     T = len(a)
-    key = (device, _stream_id(device), metric, False, dtype, tuple((x.data_ptr(), y.data_ptr(), x.shape)
-                                                                   for x, y in zip(a, b)))
+    key = (device, stream_id(device), metric, False, dtype, tuple((x.data_ptr(), y.data_ptr(), x.shape)
+                                                                  for x, y in zip(a, b)))
 
     def build():
         table, W, kmax = _build_table(a, b, None, metric, False, device)
@@ -301,7 +293,7 @@ def match_loss_fwd(gw_syn, gw_real, metric: str, loss=None, stats=None):
         stats = torch.empty((R, 3), dtype=acc, device=device)
     grid = max(W, 1)
     try:
-        with _on_device(device):  # Triton launches on the current CUDA device
+        with on_device(device):  # Triton launches on the current CUDA device
             _match_fwd_kernel[(grid,)](
                 table, counter, part, stats, loss, T, W, R, kmax, grid,
                 METRIC=METRICS[metric], DT=_TL_DTYPES[dtype], ACC=_TL_DTYPES[acc], STEPS=_steps(T),
@@ -325,8 +317,8 @@ def match_loss_bwd(grad, gw_syn, gw_real, stats, metric: str, out=None):
         out = [torch.empty(t.shape, dtype=dtype, device=device) for t in a]
     # the outputs' addresses are part of the key: in a training loop the allocator usually hands back the same
     # blocks, so steady-state calls hit; a miss only costs the host build and one copy
-    key = (device, _stream_id(device), metric, True, dtype, tuple((x.data_ptr(), y.data_ptr(), o.data_ptr(), x.shape)
-                                                                  for x, y, o in zip(a, b, out)))
+    key = (device, stream_id(device), metric, True, dtype, tuple((x.data_ptr(), y.data_ptr(), o.data_ptr(), x.shape)
+                                                                 for x, y, o in zip(a, b, out)))
     table, W, _ = _cached(key, lambda: _build_table(a, b, out, metric, True, device))
     if W == 0:
         return out
@@ -339,7 +331,7 @@ def match_loss_bwd(grad, gw_syn, gw_real, stats, metric: str, out=None):
         if stats is None:
             stats = _PLACEHOLDERS[(device, acc)] = torch.zeros(3, dtype=acc, device=device)
     T = len(a)
-    with _on_device(device):  # Triton launches on the current CUDA device
+    with on_device(device):  # Triton launches on the current CUDA device
         _match_bwd_kernel[(W,)](
             table, stats, grad, T, num_rows([t.shape for t in a], metric),
             METRIC=METRICS[metric], DT=_TL_DTYPES[dtype], ACC=_TL_DTYPES[acc], STEPS=_steps(T),

@@ -18,20 +18,16 @@ registered as opaque custom ops rather than as
 from __future__ import annotations
 
 import collections
-import contextlib
 
 import torch
 import triton
 import triton.language as tl
 
+from ._launch import on_device, stream_id
+
 _INTERPRET_BLOCK = 1024
 _GPU_BLOCK = 2048
 _MAX_CHUNK = 1 << 16
-
-
-def _on_device(device: torch.device):
-    """Make ``device`` current for a launch (tensors on cuda:1 while cuda:0 is current); no-op off CUDA."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 @triton.jit
@@ -149,7 +145,7 @@ def _table(columns: list[list[torch.Tensor]], lengths: list[int], chunk: int, de
     esize = columns[0][0].element_size()
     # the stream too: a table first copied on one stream is then only read in that stream's order, and the
     # forward's scratch/counter are only used in that order
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    stream = stream_id(device)
     key = (device, stream, chunk, esize, scratch, tuple(lengths), tuple(x.data_ptr() for col in columns for x in col))
     hit = _TABLE_CACHE.get(key)
     if hit is not None:
@@ -207,7 +203,7 @@ def fwd(student: list[torch.Tensor], start: list[torch.Tensor], target: list[tor
     loss = _empty((), dtype, device)
     den = _empty((), acc, device)
     try:
-        with _on_device(device):  # Triton launches on the current CUDA device
+        with on_device(device):  # Triton launches on the current CUDA device
             _fwd_kernel[(grid,)](table, n_chunks, s[0], partial, counter, loss, den, BLOCK=block,
                                  ACC_FP64=acc == torch.float64, ALIGNED=aligned,
                                  BLOCK_P=max(16, triton.next_power_of_2(grid)))
@@ -230,7 +226,7 @@ def bwd(grad: torch.Tensor, student: list[torch.Tensor], target: list[torch.Tens
     if grad.numel() != 1:
         raise ValueError(f"grad must hold one element (the loss gradient), got shape {tuple(grad.shape)}")
     # grad and den are read (any float dtype, one element) by the kernel itself: no host-side conversion
-    with _on_device(device):  # Triton launches on the current CUDA device
+    with on_device(device):  # Triton launches on the current CUDA device
         _bwd_kernel[(grid,)](table, n_chunks, s[0], grad, den, BLOCK=block,
                              ACC_FP64=_acc_dtype(dtype) == torch.float64, ALIGNED=aligned)
     return out

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["train_model", "test_accuracy", "evaluate", "evaluate_baseline", "soft_cross_entropy"]
+__all__ = ["train_model", "test_accuracy", "evaluate", "evaluate_baseline", "random_subset_indices",
+           "soft_cross_entropy"]
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -322,6 +323,14 @@ def evaluate(synthetic_set, dataset, *, models=("ConvNet",), num_eval: int = 5, 
                        model_kwargs=model_kwargs, desc="evaluate", resume_dir=resume_dir, data_key=data_key)
 
 
+def random_subset_indices(dataset, ipc: int, seed: int, draw: int) -> torch.Tensor:
+    """Training-set indices of ``ipc`` random images per class (class-major, int64 on ``dataset.device``) for
+    draw number ``draw`` of ``seed``: the random-real-subset baseline's draw (a new one per evaluated network)."""
+    g = torch.Generator().manual_seed(int(seed) * 7919 + int(draw))
+    picks = [idx.cpu()[torch.randperm(idx.numel(), generator=g)[:ipc]] for idx in dataset.indices_by_class]
+    return torch.cat(picks).to(dataset.device)
+
+
 def evaluate_baseline(dataset, kind: str = "random", ipc: int | None = None, *, models=("ConvNet",),
                       num_eval: int = 5, epochs: int | None = None, lr: float = 0.01, batch_size: int = 256,
                       dsa: bool = True, dsa_strategy: str | None = None, device=None, seed: int = 0,
@@ -334,12 +343,7 @@ def evaluate_baseline(dataset, kind: str = "random", ipc: int | None = None, *, 
             raise ValueError(f"ipc must be a positive int for kind='random', got {ipc!r}")
 
         def sets(i):
-            g = torch.Generator().manual_seed(seed * 7919 + i)
-            picks = []
-            for idx in dataset.indices_by_class:
-                idx = idx.cpu()
-                picks.append(idx[torch.randperm(idx.numel(), generator=g)[:ipc]])
-            sel = torch.cat(picks).to(dataset.device)
+            sel = random_subset_indices(dataset, ipc, seed, i)
             return dataset.x_train[sel], dataset.y_train[sel]
     elif kind == "full":
         def sets(i):

@@ -143,7 +143,8 @@ def grad_lists(draw):
     return syn, real
 
 
-def _ml_backends():
+def _loss_backends():
+    """The loss ops' CPU backends, plus Triton when its interpreter runs here."""
     out = list(CPU_BACKENDS)
     if "cpu" in TRITON_DEVICES and BACKENDS.get("triton"):
         out.append("triton")
@@ -151,7 +152,7 @@ def _ml_backends():
 
 
 @HYP
-@given(data=grad_lists(), metric=st.sampled_from(["ours", "mse", "cos"]), backend=st.sampled_from(_ml_backends()))
+@given(data=grad_lists(), metric=st.sampled_from(["ours", "mse", "cos"]), backend=st.sampled_from(_loss_backends()))
 def test_match_loss_matches_reference(data, metric, backend):
     syn64, real64 = data
     syn = [t.float().requires_grad_(True) for t in syn64]
@@ -171,16 +172,9 @@ def test_match_loss_matches_reference(data, metric, backend):
         torch.testing.assert_close(a.grad.double(), b.grad, rtol=2e-3, atol=2e-3 * float(b.grad.abs().max() + 1e-12))
 
 
-def _tl_backends():
-    out = list(CPU_BACKENDS)
-    if "cpu" in TRITON_DEVICES and BACKENDS.get("triton"):
-        out.append("triton")
-    return out
-
-
 @HYP
 @given(shapes=st.lists(st.tuples(st.integers(1, 40), st.integers(1, 3)), min_size=1, max_size=3),
-       seed=st.integers(0, 2**31 - 1), backend=st.sampled_from(_tl_backends()),
+       seed=st.integers(0, 2**31 - 1), backend=st.sampled_from(_loss_backends()),
        dtype=st.sampled_from([torch.float32, torch.float64]))
 def test_trajectory_loss_matches_reference(shapes, seed, backend, dtype):
     g = torch.Generator().manual_seed(seed)

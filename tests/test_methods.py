@@ -222,6 +222,7 @@ def test_evaluate_dd(digits):
 
 def test_evaluate_dd_random_is_dd_schedule_on_real_images(digits):
     """The DD baseline equals evaluate_dd on the same random real images with a constant lr, keeps the best lr."""
+    from pydistill.evaluate import random_subset_indices
     from pydistill.methods.dd import DD, evaluate_dd, evaluate_dd_random
     from pydistill.synthetic import SyntheticSet
 
@@ -231,8 +232,7 @@ def test_evaluate_dd_random_is_dd_schedule_on_real_images(digits):
     one = evaluate_dd_random(syn, digits, num_models=2, lrs=(0.05,), seed=3)["ConvNet"]
     accs = []
     for m in range(2):  # the same draw as evaluate_dd_random: ipc images per class, class-major
-        g = torch.Generator().manual_seed(3 * 7919 + m)
-        sel = torch.cat([idx.cpu()[torch.randperm(idx.numel(), generator=g)[:2]] for idx in digits.indices_by_class])
+        sel = random_subset_indices(digits, 2, 3, m)
         real = SyntheticSet(digits.x_train[sel], digits.y_train[sel], torch.full((T,), 0.05), syn.meta)
         accs += evaluate_dd(real, digits, num_models=1)["ConvNet"]["accs"]
     assert one["accs"] == accs and one["lr"] == 0.05

@@ -264,14 +264,14 @@ def evaluate_dd_random(syn, dataset, *, num_models: int = 5, lrs=(0.003, 0.01, 0
     lrs = [float(v) for v in lrs]
     if not lrs or min(lrs) <= 0:
         raise ValueError(f"lrs must be a non-empty sequence of positive step sizes, got {lrs!r}")
+    from pydistill.evaluate import random_subset_indices
+
     ipc, T = int(syn.meta["ipc"]), int(syn.lr.numel())
     best = None
     for lr in lrs:
         accs = []
         for m in range(int(num_models)):
-            g = torch.Generator().manual_seed(int(seed) * 7919 + m)
-            picks = [idx.cpu()[torch.randperm(idx.numel(), generator=g)[:ipc]] for idx in dataset.indices_by_class]
-            sel = torch.cat(picks).to(dataset.x_train.device)  # class-major, as class_labels
+            sel = random_subset_indices(dataset, ipc, seed, m)  # class-major, as class_labels
             real = type(syn)(dataset.x_train[sel].clone(), dataset.y_train[sel].clone(),
                              torch.full((T,), lr), syn.meta)
             res = evaluate_dd(real, dataset, num_models=1, device=device, seed=int(seed) * 1_000_003 + m,

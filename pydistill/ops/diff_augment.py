@@ -744,13 +744,14 @@ def diff_augment(x: torch.Tensor, strategy: str = DEFAULT_STRATEGY, *, params: D
     if be == "triton" and not _HAS_TRITON_OPS:
         raise RuntimeError("backend='triton': the Triton kernels of diff_augment could not be loaded")
     tensors = params.tensors()
-    if (backend == "auto" and be == "reference" and x.device.type == "cpu" and params.active.shape[0] == 1
-            and _backend.plain_eager((x, *tensors)) and int(params.active.sum()) <= 1):
+    eager = _backend.plain_eager((x, *tensors))
+    if (eager and backend == "auto" and be == "reference" and x.device.type == "cpu" and params.active.shape[0] == 1
+            and int(params.active.sum()) <= 1):
         # CPU, one shared group (mode "one", the DC/DSA/DM default): the separate pass of that group alone is
         # exact (see diff_augment_sequential) and 3-5x faster on a CPU than the fused all-groups reference
         # (benchmarks/results/2026-11-23-cpu-ops.md). Reading `active` is free on the CPU (no device sync).
         out = diff_augment_sequential(x, params)
-    elif _backend.plain_eager((x, *tensors)):
+    elif eager:
         out = _EagerDiffAugment.apply(x, params.strategy, params.cutout_size[0], params.cutout_size[1], be,
                                       *tensors)
     else:
