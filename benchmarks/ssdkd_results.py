@@ -9,9 +9,11 @@ use_priority=False``: uniform replay, phi = 1) and the ablations for the same ro
 student architecture with the same KD loss / optimizer / number of steps on ``n`` random real training images
 for ``n`` = the buffer size and ``n`` = the number of synthesized images (capped at the training-set size).
 
-``--long-multipliers M1,M2,...`` also runs the ``--long-variants`` (default SSD-KD and the baseline) for
-``M x rounds`` rounds (``M x`` the synthesized images and student steps; the student's cosine learning rate
-spans each whole run) and reports the sample efficiency: for each target accuracy (``--long-targets`` plus,
+``--long-multipliers M1,M2,...`` also runs the ``--long-variants`` (default SSD-KD and the baseline) at ``M x``
+the synthesized images and reports the sample efficiency. ``--scale rounds`` (default): ``M x rounds`` rounds, so
+the student steps grow with the images too (the student's cosine learning rate spans each whole run);
+``--scale batch``: ``M x synthesis_batch`` images per round at the same rounds and student steps, so that only
+the number of synthesized images differs between budgets. Reported: for each target accuracy (``--long-targets`` plus,
 automatically, SSD-KD's mean final accuracy at ``1 x rounds``) the synthesized images each variant needs, read
 two ways, and the ratio baseline / SSD-KD (the paper claims 2-10x):
 
@@ -311,6 +313,9 @@ def main(argv=None) -> str:
     ap.add_argument("--long-multipliers", default="",
                     help="comma-separated ints > 1: also run --long-variants for that many times the rounds")
     ap.add_argument("--long-variants", default="ssdkd,baseline", help="variants run at the longer budgets")
+    ap.add_argument("--scale", default="rounds", choices=("rounds", "batch"),
+                    help="larger budgets by more rounds (more student steps too) or by a larger synthesis batch "
+                         "(same rounds and student steps)")
     ap.add_argument("--long-seeds", type=int, default=None, help="seeds of the longer runs (default --seeds)")
     ap.add_argument("--long-targets", default="0.7,0.75,0.8",
                     help="target accuracies of the sample-efficiency table (SSD-KD's 1x accuracy is added)")
@@ -375,8 +380,13 @@ def main(argv=None) -> str:
     seeds = list(range(args.seeds))
     lseeds = list(range(long_seeds))
     jobs = [((v, 1, s), cfgs[v], s) for v in variants for s in seeds]
-    jobs += [((v, m, s), dataclasses.replace(cfgs[v], rounds=m * base_cfg.rounds), s)
-             for v in long_variants for m in mults for s in lseeds]
+
+    def scaled(cfg, m):
+        if args.scale == "batch":
+            return dataclasses.replace(cfg, synthesis_batch=m * base_cfg.synthesis_batch)
+        return dataclasses.replace(cfg, rounds=m * base_cfg.rounds)
+
+    jobs += [((v, m, s), scaled(cfgs[v], m), s) for v in long_variants for m in mults for s in lseeds]
     res = _run_all(jobs, args, ds, dev, teacher_digest)
 
     rows, curves = [], {}
@@ -420,14 +430,15 @@ def main(argv=None) -> str:
     if mults:
         all_mults = [1] + mults
         seeds_by_mult = {1: seeds, **{m: lseeds for m in mults}}
-        long = dict(multipliers=all_mults, seeds=lseeds, targets=long_targets, reference_accuracy=ref_acc,
-                    variants={})
+        long = dict(multipliers=all_mults, scale=args.scale, seeds=lseeds, targets=long_targets,
+                    reference_accuracy=ref_acc, variants={})
         for v in long_variants:
             budgets, finals = [], []
             for m in all_mults:
                 runs = [res[(v, m, s)] for s in seeds_by_mult[m]]
                 budgets.append(runs[0]["synthesized"])
-                finals.append(dict(mult=m, synthesized=runs[0]["synthesized"], rounds=m * base_cfg.rounds,
+                finals.append(dict(mult=m, synthesized=runs[0]["synthesized"],
+                                   rounds=base_cfg.rounds * (m if args.scale == "rounds" else 1),
                                    student_steps=runs[0]["student_steps"], accs=[r["accuracy"] for r in runs],
                                    acc_mean=statistics.mean(r["accuracy"] for r in runs),
                                    acc_std=statistics.pstdev(r["accuracy"] for r in runs),
@@ -490,11 +501,16 @@ def main(argv=None) -> str:
     if long is not None:
         lv = long["variants"]
         b0 = lv[long_variants[0]]["budgets"]
-        lines += ["", f"## Longer budgets: sample efficiency ({', '.join(f'{m}x' for m in long['multipliers'])} "
-                  f"the rounds, seeds {lseeds} beyond 1x)", "",
+        what = "the rounds" if args.scale == "rounds" else "the synthesis batch, equal student steps"
+        how_scaled = ("rounds, synthesized images and student steps all scale with the multiplier, and the "
+                      "student's cosine learning rate spans the whole run." if args.scale == "rounds" else
+                      f"the synthesis batch ({base_cfg.synthesis_batch} x the multiplier) and so the synthesized "
+                      f"images scale with the multiplier; rounds ({base_cfg.rounds}), generator steps and student "
+                      f"steps ({base_cfg.rounds * base_cfg.kd_steps}) stay the same.")
+        lines += ["", f"## Larger budgets: sample efficiency ({', '.join(f'{m}x' for m in long['multipliers'])} "
+                  f"{what}, seeds {lseeds} beyond 1x)", "",
                   "Final student test accuracy per budget (mean +- std; per seed). Each budget is its own run: "
-                  "rounds, synthesized images and student steps all scale with the multiplier, and the "
-                  "student's cosine learning rate spans the whole run.", "",
+                  + how_scaled, "",
                   "| variant | " + " | ".join(f"{n:,} images ({m}x)" for n, m in zip(b0, long["multipliers"]))
                   + " |", "|---|" + "---|" * len(b0)]
         for v in long_variants:

@@ -38,7 +38,10 @@ class Config:
     model: local folder of the diffusion model (see ``pydistill.diffusion.loading``); train the embedded default
     with ``pydistill train-diffusion --dataset digits --out models/digits-ddpm``.
     t_stop: fraction of the steps that are guided (steps with index < round(t_stop * num_inference_steps)).
-    scheduler: "ddim" (eta as given) or "ddpm". guidance_scale: classifier-free guidance (1 = off).
+    scheduler: "ddpm" (the ancestral sampler of DiT, which the paper uses, over 50 respaced steps) or "ddim" (eta as
+    given). With CFG, DDIM's deterministic steps on the clipped x0 drifted off-class on the small pixel UNet
+    trained 4,000 steps on digits (34% of the samples classified as their class vs 100% with DDPM).
+    guidance_scale: classifier-free guidance (1 = off).
     modes: "kmeans" | "gmm"; kmeans_n_init restarts, seeded with the method's seed.
     max_real_per_class: cap on real images encoded per class for the modes (random subset; None = all).
     class_ids: model class id per dataset class (DiT/UNet; default: by name for DiT, by index for a UNet).
@@ -49,7 +52,7 @@ class Config:
     lambda_: float = 0.1
     t_stop: float = 0.5
     num_inference_steps: int = 50
-    scheduler: str = "ddim"
+    scheduler: str = "ddpm"
     eta: float = 0.0
     guidance_scale: float = 4.0
     modes: str = "kmeans"
@@ -64,7 +67,7 @@ class Config:
     @classmethod
     def for_dataset(cls, name: str, ipc: int | None = None) -> "Config":
         cfg = cls()
-        if name.lower() == "digits":
+        if name.lower() in ("digits", "mnist"):
             # the small pixel-space UNet of `train-diffusion`: milder CFG than DiT's 4.0 (chosen, not swept)
             cfg.guidance_scale = 2.0
         return cfg

@@ -389,7 +389,7 @@ class Config:
 
     @classmethod
     def for_dataset(cls, name: str, ipc: int | None = None) -> "Config":
-        """Defaults for ``name``: the published CIFAR setting, a small CPU-sized budget for ``digits``."""
+        """Defaults for ``name``: the published CIFAR setting; CPU-sized budgets for ``digits`` and ``mnist``."""
         cfg = cls()
         if str(name).lower() == "digits":
             cfg.student = "ConvNetW32"
@@ -397,6 +397,14 @@ class Config:
             cfg.synthesis_batch = 32
             cfg.batch_size = 64
             cfg.kd_steps = 5
+            cfg.lr_student = 0.05
+        elif str(name).lower() == "mnist":
+            # 200 rounds x 64 images = 12,800 synthesized (about 1/5 of the training set), buffer 6,000 (10%)
+            cfg.student = "ConvNetW32"
+            cfg.rounds = 200
+            cfg.synthesis_batch = 64
+            cfg.batch_size = 128
+            cfg.kd_steps = 10
             cfg.lr_student = 0.05
         return cfg
 
