@@ -56,6 +56,7 @@ def main(argv=None):
     p.add_argument("--guidance-scale", type=float, default=None, help="CFG (default: MGD3 Config for digits)")
     p.add_argument("--lambdas", default="0.1")
     p.add_argument("--t-stops", default="0.5")
+    p.add_argument("--oversamples", default="1", help="MGD3 mode_oversample values (1 = the paper's k-means)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
@@ -126,9 +127,11 @@ def main(argv=None):
         add(ipc, "unguided diffusion", accs, gen_s, syns, guidance_scale=cfg.guidance_scale)
         for lam in [float(v) for v in args.lambdas.split(",")]:
             for ts in [float(v) for v in args.t_stops.split(",")]:
-                cfg = Config(**{**base.__dict__, "lambda_": lam, "t_stop": ts})
-                accs, gen_s, syns = generated(ipc, cfg)
-                add(ipc, "MGD3", accs, gen_s, syns, lambda_=lam, t_stop=ts, guidance_scale=cfg.guidance_scale)
+                for r in [int(v) for v in args.oversamples.split(",")]:
+                    cfg = Config(**{**base.__dict__, "lambda_": lam, "t_stop": ts, "mode_oversample": r})
+                    accs, gen_s, syns = generated(ipc, cfg)
+                    add(ipc, "MGD3" if r == 1 else f"MGD3, densest of {r}x modes", accs, gen_s, syns, lambda_=lam,
+                        t_stop=ts, guidance_scale=cfg.guidance_scale, mode_oversample=r)
 
     env = environment(args.device)
     info = {"env": env, "model": args.model, "model_meta": {k: model_meta.get(k) for k in (

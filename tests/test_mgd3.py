@@ -41,8 +41,29 @@ def test_gmm_modes_find_the_blobs():
     assert got == pytest.approx([-4.0, 0.0, 5.0], abs=0.3)
 
 
+@pytest.mark.parametrize("method", ["kmeans", "gmm"])
+def test_oversampled_modes_are_the_densest_clusters(method):
+    # three blobs of 60 / 25 / 15 samples: the class mean (k = 1, the paper) lies between them; with
+    # oversample the single mode is the centre of the most populated blob, and modes come most populated first.
+    gen = torch.Generator().manual_seed(4)
+    x = torch.cat([c + 0.3 * torch.randn(n, 2, 3, 3, generator=gen)
+                   for c, n in ((5.0, 60), (-4.0, 25), (0.5, 15))])
+    x = x[torch.randperm(x.shape[0], generator=gen)]
+    mean = G.discover_modes(x, 1, method=method, seed=0, n_init=2)
+    torch.testing.assert_close(mean[0], x.mean(0), rtol=1e-4, atol=1e-4)
+    one = G.discover_modes(x, 1, method=method, seed=0, n_init=2, oversample=3)
+    assert one.shape == (1, 2, 3, 3) and float(one.mean()) == pytest.approx(5.0, abs=0.2)
+    two = G.discover_modes(x, 2, method=method, seed=0, n_init=2, oversample=2)
+    assert two.shape == (2, 2, 3, 3) and float(two[0].mean()) == pytest.approx(5.0, abs=0.2)
+    # more clusters than samples: capped at N (every sample its own cluster), still k centres
+    assert G.discover_modes(x[:4], 2, seed=0, n_init=1, oversample=10).shape == (2, 2, 3, 3)
+
+
 def test_modes_bad_arguments():
     x = torch.randn(4, 1, 2, 2)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="oversample"):
+            G.discover_modes(x, 1, oversample=bad)
     with pytest.raises(ValueError, match="at least k samples"):
         G.discover_modes(x, 5)
     with pytest.raises(ValueError, match="method"):

@@ -48,6 +48,7 @@ def discover_modes(
     seed: int = 0,
     n_init: int = 10,
     max_iter: int = 300,
+    oversample: int = 1,
 ) -> torch.Tensor:
     """Cluster centres of one class's samples.
 
@@ -55,6 +56,10 @@ def discover_modes(
     method: "kmeans" (scikit-learn KMeans, ``random_state=seed``, ``n_init`` restarts) or "gmm" (a diagonal-
     covariance Gaussian mixture initialised by k-means; its means). Returns [k, ...] in x's dtype and device,
     in scikit-learn's cluster order.
+    oversample: r >= 1. r = 1 is the paper's clustering. r > 1 clusters into min(k * r, N) groups and returns the
+    centres of the k most populated ones (most members first; ties by cluster order): the densest regions
+    rather than centroids that can fall between sub-modes (at k = 1 the class mean); at k > 1 a large group can
+    supply several of the k modes, trading coverage for density.
     """
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
         raise ValueError(f"x must be a tensor [N, ...] with at least 2 dims, got {getattr(x, 'shape', type(x))}")
@@ -66,20 +71,27 @@ def discover_modes(
         raise ValueError(f"method must be 'kmeans' or 'gmm', got {method!r}")
     if n_init < 1:
         raise ValueError(f"n_init must be >= 1, got {n_init}")
+    if isinstance(oversample, bool) or not isinstance(oversample, int) or oversample < 1:
+        raise ValueError(f"oversample must be an int >= 1 (clusters per mode), got {oversample!r}")
     flat = x.detach().reshape(x.shape[0], -1).to("cpu", torch.float64).numpy()
+    n_clusters = min(k * oversample, x.shape[0])
     if method == "kmeans":
         from sklearn.cluster import KMeans
 
-        km = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter, random_state=seed).fit(flat)
-        centres = km.cluster_centers_
+        km = KMeans(n_clusters=n_clusters, n_init=n_init, max_iter=max_iter, random_state=seed).fit(flat)
+        centres, assign = km.cluster_centers_, km.labels_
     else:
         from sklearn.mixture import GaussianMixture
 
         gmm = GaussianMixture(
-            n_components=k, covariance_type="diag", n_init=n_init, max_iter=max_iter, random_state=seed,
+            n_components=n_clusters, covariance_type="diag", n_init=n_init, max_iter=max_iter, random_state=seed,
             reg_covar=1e-4,
         ).fit(flat)
-        centres = gmm.means_
+        centres, assign = gmm.means_, gmm.predict(flat)
+    if n_clusters > k:
+        counts = np.bincount(assign, minlength=n_clusters)
+        keep = np.argsort(-counts, kind="stable")[:k]
+        centres = centres[keep]
     out = torch.from_numpy(np.ascontiguousarray(centres)).to(device=x.device, dtype=x.dtype)
     return out.reshape(k, *x.shape[1:])
 

@@ -43,6 +43,8 @@ class Config:
     trained 4,000 steps on digits (34% of the samples classified as their class vs 100% with DDPM).
     guidance_scale: classifier-free guidance (1 = off).
     modes: "kmeans" | "gmm"; kmeans_n_init restarts, seeded with the method's seed.
+    mode_oversample: 1 = the paper's k = IPC clusters; r > 1 clusters into IPC x r groups and guides toward the IPC
+    most populated ones (density modes instead of centroids; see ``discover_modes``).
     max_real_per_class: cap on real images encoded per class for the modes (random subset; None = all).
     class_ids: model class id per dataset class (DiT/UNet; default: by name for DiT, by index for a UNet).
     prompt_template: Stable Diffusion prompt, ``{name}`` = the class name.
@@ -57,6 +59,7 @@ class Config:
     guidance_scale: float = 4.0
     modes: str = "kmeans"
     kmeans_n_init: int = 10
+    mode_oversample: int = 1
     guided: bool = True
     batch_size: int = 64
     max_real_per_class: int | None = None
@@ -102,6 +105,8 @@ class MGD3(Method):
             raise ValueError(f"config.scheduler must be 'ddim' or 'ddpm', got {cfg.scheduler!r}")
         if cfg.modes not in ("kmeans", "gmm"):
             raise ValueError(f"config.modes must be 'kmeans' or 'gmm', got {cfg.modes!r}")
+        if isinstance(cfg.mode_oversample, bool) or not isinstance(cfg.mode_oversample, int) or cfg.mode_oversample < 1:
+            raise ValueError(f"config.mode_oversample must be an int >= 1, got {cfg.mode_oversample!r}")
         if not float(cfg.lambda_) >= 0:
             raise ValueError(f"config.lambda_ must be >= 0, got {cfg.lambda_}")
         if not 0.0 <= float(cfg.t_stop) <= 1.0:
@@ -162,7 +167,8 @@ class MGD3(Method):
             perm = torch.randperm(idx.numel(), generator=self.generator, device=idx.device)
             idx = idx[perm[: int(cfg.max_real_per_class)]]
         z = self.model.encode(self.model.to_model_images(ds.denormalize(ds.x_train[idx])))
-        return discover_modes(z.float(), self.ipc, method=cfg.modes, seed=self.seed, n_init=int(cfg.kmeans_n_init))
+        return discover_modes(z.float(), self.ipc, method=cfg.modes, seed=self.seed, n_init=int(cfg.kmeans_n_init),
+                              oversample=int(cfg.mode_oversample))
 
     def step(self, it: int) -> dict[str, float]:
         from pydistill.diffusion.guidance import mode_guided_sample
