@@ -63,13 +63,14 @@ def main(argv=None):
 
     from pydistill.data import load_dataset
     from pydistill.diffusion.train import train_diffusion
-    from pydistill.evaluate import evaluate, evaluate_baseline
+    from pydistill.evaluate import evaluate, evaluate_baseline, random_subset_indices
     from pydistill.methods.mgd3 import MGD3, Config, coverage_and_diversity
 
     if args.gen_seeds < 1:
         raise ValueError(f"--gen-seeds must be >= 1, got {args.gen_seeds}")
     if args.model is None:
         args.model = os.path.join("models", f"{args.dataset}-ddpm")
+    args.scheduler = args.scheduler or Config.for_dataset(args.dataset).scheduler
     if not os.path.isfile(os.path.join(args.model, "pydistill.json")):
         t0 = time.perf_counter()
         train_diffusion(args.dataset, args.model, steps=args.train_steps, device=args.device, seed=args.seed,
@@ -86,8 +87,8 @@ def main(argv=None):
         """One table row from the pooled accuracies of every set (``syns``: the generated sets, if any)."""
         t = torch.tensor(accs, dtype=torch.float64)
         row = {"ipc": ipc, "method": name, "acc_mean": t.mean().item(),
-               "acc_std": t.std(correction=0).item(), "accs": list(accs),  # population std, as evaluate() "sets": max(len(syns), 1),
-               "gen_time_s": gen_s, **extra}
+               "acc_std": t.std(correction=0).item(),  # population std, as evaluate()
+               "accs": list(accs), "sets": max(len(syns), 1), "gen_time_s": gen_s, **extra}
         if covs is None:
             covs = [(s.meta["mode_distance"], s.meta["diversity"]) for s in syns]
         if covs:
@@ -107,19 +108,17 @@ def main(argv=None):
         return accs, sum(times) / len(times), syns
 
     for ipc in [int(v) for v in args.ipcs.split(",")]:
-        # random real: a new draw per evaluated network (G x num_eval of them); its measures from G draws
+        # random real: a new draw per evaluated network (G x num_eval of them); its measures from the first G draws
         acc = evaluate_baseline(ds, "random", ipc, **{**ev, "num_eval": args.num_eval * args.gen_seeds})
         covs = []
-        for s in seeds:
-            g = torch.Generator().manual_seed(s)
-            picks = [idx.cpu()[torch.randperm(idx.numel(), generator=g)[:ipc]] for idx in ds.indices_by_class]
+        for draw in range(len(seeds)):
+            sel = random_subset_indices(ds, ipc, args.seed, draw)  # class-major, ipc per class
             per_class = [coverage_and_diversity(ds.x_train[ds.indices_by_class[c]],
-                                                ds.x_train[picks[c].to(ds.device)]) for c in range(ds.num_classes)]
+                                                ds.x_train[sel[c * ipc:(c + 1) * ipc]]) for c in range(ds.num_classes)]
             covs.append((sum(c for c, _ in per_class) / len(per_class), sum(d for _, d in per_class) / len(per_class)))
         add(ipc, "random real", acc["ConvNet"]["accs"], covs=covs)
         base = Config.for_dataset(args.dataset, ipc)
-        base.model, base.num_inference_steps = args.model, args.steps
-        base.scheduler = args.scheduler or base.scheduler
+        base.model, base.num_inference_steps, base.scheduler = args.model, args.steps, args.scheduler
         if args.guidance_scale is not None:
             base.guidance_scale = args.guidance_scale
         cfg = Config(**{**base.__dict__, "guided": False})
@@ -136,7 +135,7 @@ def main(argv=None):
     env = environment(args.device)
     info = {"env": env, "model": args.model, "model_meta": {k: model_meta.get(k) for k in (
         "steps", "final_loss", "train_time_s", "image_size")}, "eval": ev, "sampler": {
-        "scheduler": args.scheduler or Config.scheduler, "steps": args.steps}, "gen_seeds": seeds, "rows": rows}
+        "scheduler": args.scheduler, "steps": args.steps}, "gen_seeds": seeds, "rows": rows}
     os.makedirs(RESULTS, exist_ok=True)
     stem = os.path.join(RESULTS, f"mgd3-{args.dataset}-{env['device'].replace(' ', '_')}-{datetime.date.today()}"
                         + (f"-{args.tag}" if args.tag else ""))
@@ -145,8 +144,9 @@ def main(argv=None):
     lines = [
         f"# MGD3 on {args.dataset} ({env['device']}, torch {env['torch']}, {env['date']})", "",
         f"Diffusion model: `{args.model}` (class-conditional UNet2DModel, {model_meta.get('steps')} training steps, "
-        f"{model_meta.get('train_time_s', 0):.0f} s). Sampler: {args.scheduler or Config.scheduler}, {args.steps} steps. Evaluation: "
-        f"ConvNet {ev['model_kwargs'] or '(dataset default)'}, {args.num_eval} networks x {args.eval_epochs} epochs per synthetic set, {len(seeds)} set(s) per row "
+        f"{model_meta.get('train_time_s', 0):.0f} s). Sampler: {args.scheduler}, {args.steps} steps. Evaluation: "
+        f"ConvNet {ev['model_kwargs'] or '(dataset default)'}, {args.num_eval} networks x {args.eval_epochs} epochs "
+        f"per synthetic set, {len(seeds)} set(s) per row "
         f"(sampler seeds {seeds}; random real: {args.num_eval * len(seeds)} draws), accuracies pooled; DSA "
         f"{'on' if args.dsa else 'off'}; accuracy on the {ds.x_test.shape[0]} held-out {args.dataset} test images.",
         "",
