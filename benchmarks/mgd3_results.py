@@ -1,15 +1,17 @@
 """MGD3: mode-guided vs unguided diffusion sampling vs random real images, IPC 1 and 10 (digits, MNIST, ...).
 
     python benchmarks/mgd3_results.py [--dataset digits] [--model models/digits-ddpm] [--train-steps 1500]
-        [--device cpu] [--ipcs 1,10] [--num-eval 5] [--gen-seeds 1] [--eval-epochs 300] [--lambdas 0.1]
-        [--t-stops 0.5]
+        [--device cpu] [--ipcs 1,10] [--num-eval 5] [--gen-seeds 1] [--eval-epochs 300] [--lambdas 0.1,1]
+        [--t-stops 0.5,0.8]
 
 Trains the small class-conditional UNet with ``train-diffusion`` when ``--model`` does not hold one yet
 (resumable), generates the synthetic sets with the same seeds and sampler for the guided and unguided runs,
 evaluates them under the common protocol (``pydistill.evaluate.evaluate``: ConvNet, SGD lr 0.01 momentum 0.9,
 fresh networks per evaluation) and writes ``benchmarks/results/mgd3-digits-<device>-<date>.{md,json}`` with
-accuracies, generation time and the coverage / diversity measures. Several ``--lambdas`` / ``--t-stops``
-values give a small sweep (all rows are reported, nothing is dropped). ``--gen-seeds G`` generates G synthetic
+accuracies, generation time and the coverage / diversity measures. Rows: random real, unguided sampling, the
+k-means modes themselves used as images, and MGD3 at the paper's lambda 0.1 / t_stop 0.5 and at the dataset's
+preset (``Config.for_dataset``); ``--lambdas`` / ``--t-stops`` give a grid instead (all rows are reported,
+nothing is dropped). ``--gen-seeds G`` generates G synthetic
 sets per row (sampler seeds ``seed .. seed + G - 1``; random real: G draws) and pools the ``G x num_eval``
 accuracies: at IPC 1 the one image per class is itself a random draw, so one set says little.
 """
@@ -54,8 +56,12 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=50, help="sampler steps")
     p.add_argument("--scheduler", default=None, choices=("ddpm", "ddim"), help="default: MGD3 Config (ddpm)")
     p.add_argument("--guidance-scale", type=float, default=None, help="CFG (default: MGD3 Config for digits)")
-    p.add_argument("--lambdas", default="0.1")
-    p.add_argument("--t-stops", default="0.5")
+    p.add_argument("--lambdas", default=None,
+                   help="comma list; with --t-stops a grid of MGD3 rows (default: two rows, the paper's lambda 0.1 "
+                        "/ t_stop 0.5 and the dataset preset of MGD3 Config.for_dataset)")
+    p.add_argument("--t-stops", default=None)
+    p.add_argument("--no-mode-images", action="store_true",
+                   help="skip the baseline row that trains on the k-means centres (the modes) themselves")
     p.add_argument("--oversamples", default="1", help="MGD3 mode_oversample values (1 = the paper's k-means)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="")
@@ -65,6 +71,7 @@ def main(argv=None):
     from pydistill.diffusion.train import train_diffusion
     from pydistill.evaluate import evaluate, evaluate_baseline, random_subset_indices
     from pydistill.methods.mgd3 import MGD3, Config, coverage_and_diversity
+    from pydistill.synthetic import SyntheticSet
 
     if args.gen_seeds < 1:
         raise ValueError(f"--gen-seeds must be >= 1, got {args.gen_seeds}")
@@ -81,6 +88,14 @@ def main(argv=None):
     ev = dict(num_eval=args.num_eval, epochs=args.eval_epochs, dsa=args.dsa, seed=args.seed, progress=False,
               model_kwargs=json.loads(args.model_kwargs) if args.model_kwargs else None)
     seeds = [args.seed + j for j in range(args.gen_seeds)]
+    preset = Config.for_dataset(args.dataset)
+    if args.lambdas is None and args.t_stops is None:
+        settings = [(0.1, 0.5)] + ([(preset.lambda_, preset.t_stop)] if (preset.lambda_, preset.t_stop) != (0.1, 0.5)
+                                   else [])
+    else:
+        lams = [float(v) for v in (args.lambdas or str(preset.lambda_)).split(",")]
+        stops = [float(v) for v in (args.t_stops or str(preset.t_stop)).split(",")]
+        settings = [(lam, ts) for lam in lams for ts in stops]
     rows = []
 
     def add(ipc, name, accs, gen_s=None, syns=(), covs=None, **extra):
@@ -124,13 +139,21 @@ def main(argv=None):
         cfg = Config(**{**base.__dict__, "guided": False})
         accs, gen_s, syns = generated(ipc, cfg)
         add(ipc, "unguided diffusion", accs, gen_s, syns, guidance_scale=cfg.guidance_scale)
-        for lam in [float(v) for v in args.lambdas.split(",")]:
-            for ts in [float(v) for v in args.t_stops.split(",")]:
-                for r in [int(v) for v in args.oversamples.split(",")]:
-                    cfg = Config(**{**base.__dict__, "lambda_": lam, "t_stop": ts, "mode_oversample": r})
-                    accs, gen_s, syns = generated(ipc, cfg)
-                    add(ipc, "MGD3" if r == 1 else f"MGD3, densest of {r}x modes", accs, gen_s, syns, lambda_=lam,
-                        t_stop=ts, guidance_scale=cfg.guidance_scale, mode_oversample=r)
+        if not args.no_mode_images:
+            # the modes themselves as the synthetic images (k-means is seeded: one set; accuracies over G x nets)
+            m = MGD3(ds, ipc, config=base, device=args.device, seed=args.seed)
+            imgs = torch.cat([m.mode_images(c) for c in range(ds.num_classes)])
+            modes_set = SyntheticSet(imgs, m.labels.clone(), None, {})
+            accs = evaluate(modes_set, ds, **{**ev, "num_eval": args.num_eval * args.gen_seeds})["ConvNet"]["accs"]
+            per_class = [coverage_and_diversity(ds.x_train[ds.indices_by_class[c]], imgs[c * ipc:(c + 1) * ipc])
+                         for c in range(ds.num_classes)]
+            add(ipc, "k-means modes as images", accs, covs=per_class)
+        for lam, ts in settings:
+            for r in [int(v) for v in args.oversamples.split(",")]:
+                cfg = Config(**{**base.__dict__, "lambda_": lam, "t_stop": ts, "mode_oversample": r})
+                accs, gen_s, syns = generated(ipc, cfg)
+                add(ipc, "MGD3" if r == 1 else f"MGD3, densest of {r}x modes", accs, gen_s, syns, lambda_=lam,
+                    t_stop=ts, guidance_scale=cfg.guidance_scale, mode_oversample=r)
 
     env = environment(args.device)
     info = {"env": env, "model": args.model, "model_meta": {k: model_meta.get(k) for k in (

@@ -349,3 +349,35 @@ def test_train_diffusion_cli(tmp_path):
         cli = pytest.importorskip("pydistill.cli")
         with pytest.raises(SystemExit):
             cli.main(["train-diffusion", "--help"])
+
+
+def test_mode_images_are_the_class_means_at_ipc1(tiny_model):
+    """k = 1 k-means centre of a pixel-space model, decoded back to the dataset's normalized space = the class mean."""
+    from pydistill.data import load_dataset
+    from pydistill.methods.mgd3 import MGD3
+
+    ds = load_dataset("digits").subset(6, seed=0)
+    m = MGD3(ds, 1, config=_cfg(tiny_model), seed=0)
+    for c in (0, 7):
+        got = m.mode_images(c)
+        assert got.shape == (1, 1, 8, 8)
+        torch.testing.assert_close(got[0], ds.x_train[ds.indices_by_class[c]].mean(0), rtol=1e-4, atol=1e-4)
+    m3 = MGD3(ds, 3, config=_cfg(tiny_model), seed=0)
+    three = m3.mode_images(2)
+    assert three.shape == (3, 1, 8, 8) and torch.isfinite(three).all()
+    # the three centres average (weighted by cluster size) to the class mean
+    x = ds.x_train[ds.indices_by_class[2]]
+    assign = torch.cdist(x.flatten(1), three.flatten(1)).argmin(1)
+    sizes = torch.bincount(assign, minlength=3).float()
+    torch.testing.assert_close((sizes.view(3, 1, 1, 1) * three).sum(0) / sizes.sum(), x.mean(0), rtol=1e-4, atol=1e-4)
+
+
+def test_small_unet_preset():
+    from pydistill.methods.mgd3 import Config
+
+    paper = Config()
+    assert (paper.lambda_, paper.t_stop, paper.guidance_scale, paper.num_inference_steps) == (0.1, 0.5, 4.0, 50)
+    for name in ("digits", "MNIST"):
+        p = Config.for_dataset(name, 1)
+        assert (p.lambda_, p.t_stop, p.guidance_scale, p.scheduler) == (1.0, 0.8, 2.0, "ddpm")
+    assert Config.for_dataset("cifar10").lambda_ == 0.1
