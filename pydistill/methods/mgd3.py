@@ -70,10 +70,10 @@ class Config:
     @classmethod
     def for_dataset(cls, name: str, ipc: int | None = None) -> "Config":
         """Paper defaults; on digits/MNIST (the small pixel-space UNet of ``train-diffusion``): CFG 2.0 (chosen,
-        not swept), lambda 1.0 and guidance over the first 80% of the steps, chosen on digits by the sweep in
-        ``benchmarks/results/mgd3-digits-cpu-2026-11-23-preset.md`` (MNIST held out). With the paper's lambda 0.1
-        and t_stop 0.5 guidance tied unguided sampling at digits IPC 1; lambda 1 with t_stop 0.5 scored far below
-        it (strong early guidance, then half the steps unguided)."""
+        not swept), lambda 1.0 and guidance over the first 80% of the steps, chosen on digits
+        (``benchmarks/results/mgd3-digits-cpu-2026-11-23-tstop-sweep.md``; MNIST held out). With the paper's
+        lambda 0.1 and t_stop 0.5, guidance tied unguided sampling at digits IPC 1; lambda 1 with t_stop 0.5 scored
+        far below it (strong early guidance, then half the steps unguided)."""
         cfg = cls()
         if name.lower() in ("digits", "mnist"):
             cfg.guidance_scale = 2.0
