@@ -77,7 +77,8 @@ def main(argv=None):
         raise ValueError(f"--gen-seeds must be >= 1, got {args.gen_seeds}")
     if args.model is None:
         args.model = os.path.join("models", f"{args.dataset}-ddpm")
-    args.scheduler = args.scheduler or Config.for_dataset(args.dataset).scheduler
+    preset, paper = Config.for_dataset(args.dataset), Config()
+    args.scheduler = args.scheduler or preset.scheduler
     if not os.path.isfile(os.path.join(args.model, "pydistill.json")):
         t0 = time.perf_counter()
         train_diffusion(args.dataset, args.model, steps=args.train_steps, device=args.device, seed=args.seed,
@@ -88,10 +89,8 @@ def main(argv=None):
     ev = dict(num_eval=args.num_eval, epochs=args.eval_epochs, dsa=args.dsa, seed=args.seed, progress=False,
               model_kwargs=json.loads(args.model_kwargs) if args.model_kwargs else None)
     seeds = [args.seed + j for j in range(args.gen_seeds)]
-    preset = Config.for_dataset(args.dataset)
-    if args.lambdas is None and args.t_stops is None:
-        settings = [(0.1, 0.5)] + ([(preset.lambda_, preset.t_stop)] if (preset.lambda_, preset.t_stop) != (0.1, 0.5)
-                                   else [])
+    if args.lambdas is None and args.t_stops is None:  # the paper's setting, then the dataset preset if it differs
+        settings = list(dict.fromkeys([(paper.lambda_, paper.t_stop), (preset.lambda_, preset.t_stop)]))
     else:
         lams = [float(v) for v in (args.lambdas or str(preset.lambda_)).split(",")]
         stops = [float(v) for v in (args.t_stops or str(preset.t_stop)).split(",")]
@@ -128,9 +127,8 @@ def main(argv=None):
         covs = []
         for draw in range(len(seeds)):
             sel = random_subset_indices(ds, ipc, args.seed, draw)  # class-major, ipc per class
-            per_class = [coverage_and_diversity(ds.x_train[ds.indices_by_class[c]],
-                                                ds.x_train[sel[c * ipc:(c + 1) * ipc]]) for c in range(ds.num_classes)]
-            covs.append((sum(c for c, _ in per_class) / len(per_class), sum(d for _, d in per_class) / len(per_class)))
+            covs += [coverage_and_diversity(ds.x_train[ds.indices_by_class[c]], ds.x_train[sel[c * ipc:(c + 1) * ipc]])
+                     for c in range(ds.num_classes)]  # add() averages over draws x classes (equal counts)
         add(ipc, "random real", acc["ConvNet"]["accs"], covs=covs)
         base = Config.for_dataset(args.dataset, ipc)
         base.model, base.num_inference_steps, base.scheduler = args.model, args.steps, args.scheduler

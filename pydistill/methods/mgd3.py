@@ -179,8 +179,7 @@ class MGD3(Method):
     def mode_images(self, c: int) -> torch.Tensor:
         """Class c's modes decoded to the dataset's space, [ipc, C, H, W] (normalized like ``dataset.x_train``):
         the k-means centres used as the synthetic images themselves, a baseline for the guided samples."""
-        with torch.no_grad():
-            return self._to_dataset_space(self.model.decode(self.class_modes(c).to(self.model.dtype)))
+        return self._to_dataset_space(self.model.decode(self.class_modes(c)))
 
     def step(self, it: int) -> dict[str, float]:
         from pydistill.diffusion.guidance import mode_guided_sample
