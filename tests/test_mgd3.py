@@ -3,6 +3,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -133,9 +134,9 @@ def test_guidance_stops_at_t_stop(monkeypatch, sched, n_steps, t_stop, expect):
     seen = []
     real_sigma = G.guidance_sigma
 
-    def spy(scheduler, step_index):
+    def spy(scheduler, step_index, *rest):
         seen.append(step_index)
-        return real_sigma(scheduler, step_index)
+        return real_sigma(scheduler, step_index, *rest)
 
     monkeypatch.setattr(G, "guidance_sigma", spy)
     inputs = []
@@ -214,26 +215,122 @@ def test_unet_loading_errors(tmp_path):
     DDIMScheduler().save_pretrained(tmp_path / "ok")
     m = load_diffusion_model(tmp_path / "ok")
     assert (m.kind, m.num_classes, m.null_class, m.sample_shape) == ("unet", 3, None, (1, 4, 4))
+    # no learned variance: DDPM keeps the fixed small variance and the config's spacing
+    assert not m.learned_variance
+    assert (m.make_scheduler("ddpm").config.variance_type, m.make_scheduler("ddpm").config.timestep_spacing) == (
+        "fixed_small", "leading")
     with pytest.raises(ValueError, match="null"):
         m.denoiser([0, 1], guidance_scale=2.0)
     with pytest.raises(ValueError, match="knows 3 classes"):
         m.class_ids_for([str(i) for i in range(5)], 5)
 
 
-def test_tiny_dit_pipeline(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_dit_dir(tmp_path_factory):
+    """A saved DiTPipeline with a 1-layer DiT (4 latent channels, learned sigma: 8 output channels)."""
     from diffusers import AutoencoderKL, DiTPipeline, DiTTransformer2DModel
 
+    path = tmp_path_factory.mktemp("dit")
     torch.manual_seed(0)
     tr = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
                                num_layers=1, sample_size=4, patch_size=2, num_embeds_ada_norm=3, norm_num_groups=2)
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
                         norm_num_groups=2, sample_size=8)
-    DiTPipeline(tr, vae, DDIMScheduler()).save_pretrained(tmp_path)
-    index = json.loads((tmp_path / "model_index.json").read_text())
+    DiTPipeline(tr, vae, DDIMScheduler()).save_pretrained(path)
+    index = json.loads((path / "model_index.json").read_text())
     index["id2label"] = {"0": "tench, Tinca tinca", "1": "goldfish", "2": "great white shark"}  # as on the hub
-    (tmp_path / "model_index.json").write_text(json.dumps(index))
-    m = load_diffusion_model(tmp_path)
+    (path / "model_index.json").write_text(json.dumps(index))
+    return path
+
+
+def _dit_respaced_chain(n_steps, T=1000):
+    """DiT's sampling chain written out in float64: linear betas 1e-4..0.02 over T steps
+    (gaussian_diffusion.get_named_beta_schedule("linear")), kept steps round(i (T - 1) / (n - 1))
+    (respace.space_timesteps(T, str(n))), respaced betas 1 - abar_t / abar_prev over the kept steps.
+    Returns (kept timesteps from noisy to clean, abar at them, abar at the previous kept step)."""
+    abar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, T, dtype=np.float64))
+    kept = sorted({int(round(i * (T - 1) / (n_steps - 1))) for i in range(n_steps)})[::-1]
+    a = np.array([abar[t] for t in kept])
+    a_prev = np.append(a[1:], 1.0)
+    return kept, a, a_prev
+
+
+def test_dit_ddpm_scheduler_is_dits_sampler(tiny_dit_dir):
+    m = load_diffusion_model(tiny_dit_dir)
+    s = m.make_scheduler("ddpm")
+    assert (s.config.variance_type, s.config.timestep_spacing, s.config.clip_sample) == (
+        "learned_range", "linspace", False)
+    for n in (50, 25, 7, 250):
+        s.set_timesteps(n)
+        assert s.timesteps.tolist() == _dit_respaced_chain(n)[0], n
+    # DDIM keeps the scheduler config's own spacing and fixed variance
+    assert m.make_scheduler("ddim").config.timestep_spacing == "leading"
+
+
+@pytest.mark.parametrize("step_index", [10, 30, 48])
+def test_learned_sigma_step_matches_dit_formula(tiny_dit_dir, step_index):
+    """A fake DiT-like model with learned sigma (2C outputs: eps, v in [-1, 1]): the DDPM step's mean, its noise
+    std and the guidance sigma equal DiT's learned range computed by hand in float64."""
+    s = load_diffusion_model(tiny_dit_dir).make_scheduler("ddpm")
+    s.set_timesteps(50)
+    kept, a_all, ap_all = _dit_respaced_chain(50)
+    g = torch.Generator().manual_seed(1)
+    x, mode = (torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64) for _ in range(2))
+
+    def fake_dit(x_t):  # eps and variance channels that differ per element
+        return torch.cat([0.3 * x_t + 0.1, torch.tanh(x_t - 0.2)], dim=1)
+
+    out = fake_dit(x)
+    eps, v = out[:, :4], out[:, 4:]
+    a, ap = float(a_all[step_index]), float(ap_all[step_index])
+    beta = 1 - a / ap
+    beta_tilde = (1 - ap) / (1 - a) * beta
+    frac = (v + 1) / 2
+    log_var = frac * math.log(beta) + (1 - frac) * math.log(beta_tilde)  # DiT p_mean_variance, LEARNED_RANGE
+    std = torch.exp(0.5 * log_var)
+    x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
+    mean = math.sqrt(ap) * beta / (1 - a) * x0 + math.sqrt(1 - beta) * (1 - ap) / (1 - a) * x
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    lam = 0.1
+    tol = dict(rtol=2e-5, atol=2e-5)  # diffusers' schedule is float32
+    torch.testing.assert_close(G.guidance_sigma(s, step_index, v), std, **tol)
+    got, x0_hat = G.guided_step(s, out, step_index, x, mode, lam, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(x0_hat, x0, **tol)
+    torch.testing.assert_close(got, mean + std * z + lam * std * (mode - x0), **tol)
+    plain, _ = G.guided_step(s, out, step_index, x, mode, lam, guide=False, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(plain, mean + std * z, **tol)
+    # the learned std moves with v inside (sqrt(beta_tilde), sqrt(beta)), off the fixed small one (at 50 steps the
+    # range is narrow early: beta / beta_tilde = 1.0006 at step 10, 1.05 at step 30, 63 at step 48)
+    assert math.sqrt(beta_tilde) < float(std.min()) < float(std.max()) < math.sqrt(beta)
+    assert not torch.allclose(std, torch.full_like(std, math.sqrt(beta_tilde)), rtol=1e-6, atol=0)
+
+
+def test_learned_range_needs_variance_channels_and_fixed_variance_stays():
+    s = DDPMScheduler(variance_type="learned_range")
+    s.set_timesteps(5)
+    x = torch.randn(1, 2, 3, 3)
+    with pytest.raises(ValueError, match="2 x 2 channels"):
+        G.guided_step(s, x, 0, x, x, 0.1)
+    with pytest.raises(ValueError, match="variance channels"):
+        G.guidance_sigma(s, 0)
+    # a fixed-variance scheduler ignores extra (learned-variance) channels: same step as with C channels
+    f = DDPMScheduler(variance_type="fixed_small")
+    f.set_timesteps(5)
+    out = torch.randn(1, 4, 3, 3)
+    a, _ = G.guided_step(f, out, 1, x, x * 0, 0.3, generator=torch.Generator().manual_seed(0))
+    b, _ = G.guided_step(f, out[:, :2], 1, x, x * 0, 0.3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, b)
+    # fixed large: sigma = sqrt(beta_t)
+    big = DDPMScheduler(variance_type="fixed_large")
+    big.set_timesteps(5)
+    t, tp = int(big.timesteps[1]), int(big.timesteps[2])
+    abar = big.alphas_cumprod.double()
+    assert G.guidance_sigma(big, 1) == pytest.approx(math.sqrt(1 - float(abar[t] / abar[tp])), rel=1e-12)
+
+
+def test_tiny_dit_pipeline(tiny_dit_dir):
+    m = load_diffusion_model(tiny_dit_dir)
     assert (m.kind, m.sample_shape, m.image_size, m.null_class, m.learned_variance) == (
         "dit", (4, 4, 4), (8, 8), 3, True)
     assert m.class_ids_for(["goldfish", "Great_White_Shark"], 2) == [1, 2]

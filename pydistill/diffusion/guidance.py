@@ -15,10 +15,19 @@ Guided step (one sampler step at timestep ``t``, step index ``i`` counted from 0
 with ``n_guided = round(t_stop * num_inference_steps)`` and ``sigma_t`` defined per scheduler
 (see :func:`guidance_sigma`):
 
-- DDPM: the posterior standard deviation ``sqrt(beta_tilde_t)``,
-  ``beta_tilde_t = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)`` (diffusers' "fixed_small"
-  variance, whatever variance the sampler itself uses), ``abar_prev`` at the schedule's previous timestep
-  (1 after the last step).
+- DDPM: the standard deviation of the step's own noise, as the official MGD3 sampler adds
+  ``lambda * exp(0.5 * log_variance) * (m_k - x0_hat)`` next to the ancestral noise (its
+  ``p_sample_with_mode_guidance``, vendored in third-party forks; see the README's MGD3 table):
+
+  * a model that learns its variance (DiT, improved-DDPM ``learn_sigma``: the output has 2C channels, the second
+    half ``v`` in [-1, 1]) and a scheduler with ``variance_type="learned_range"``: the learned range
+    ``log sigma_t^2 = f log beta_t + (1 - f) log beta_tilde_t``, ``f = (v + 1) / 2``, per element;
+  * otherwise the scheduler's fixed variance: small ``sigma_t^2 = beta_tilde_t`` (the default), or large
+    ``sigma_t^2 = beta_t`` with ``variance_type="fixed_large"``,
+
+  with ``beta_t = 1 - abar_t / abar_prev`` (the respaced beta) and the posterior variance
+  ``beta_tilde_t = (1 - abar_prev) / (1 - abar_t) * beta_t``, ``abar_prev`` at the schedule's previous timestep
+  (1 after the last step; beta_tilde is clamped at 1e-20 before the log, as diffusers does).
 - DDIM: the noise level of the current sample, ``sigma_t = sqrt(1 - abar_t)`` (the DDIM step's own sigma is 0
   for eta = 0 and would switch guidance off).
 """
@@ -34,6 +43,7 @@ __all__ = [
     "discover_modes",
     "scheduler_kind",
     "guidance_sigma",
+    "learns_variance",
     "num_guided_steps",
     "guided_step",
     "mode_guided_sample",
@@ -115,21 +125,48 @@ def _prev_timestep(scheduler, step_index: int) -> int:
     return int(ts[step_index + 1]) if step_index + 1 < len(ts) else -1
 
 
-def guidance_sigma(scheduler, step_index: int) -> float:
-    """sigma_t of the guidance term at ``scheduler.timesteps[step_index]`` (module docstring gives the formulas)."""
-    if scheduler.num_inference_steps is None:
-        raise ValueError("scheduler has no timesteps: call scheduler.set_timesteps(num_inference_steps) first")
-    kind = scheduler_kind(scheduler)
+def _ddpm_betas(scheduler, step_index: int) -> tuple[float, float]:
+    """(beta_t, beta_tilde_t) of the respaced chain at ``scheduler.timesteps[step_index]``, in float64."""
     abar = scheduler.alphas_cumprod.double()
-    t = int(scheduler.timesteps[step_index])
-    abar_t = float(abar[t])
-    if kind == "ddim":
-        return math.sqrt(1.0 - abar_t)
+    abar_t = float(abar[int(scheduler.timesteps[step_index])])
     prev = _prev_timestep(scheduler, step_index)
     abar_prev = float(abar[prev]) if prev >= 0 else 1.0
     beta_t = 1.0 - abar_t / abar_prev
-    var = (1.0 - abar_prev) / (1.0 - abar_t) * beta_t
-    return math.sqrt(max(var, 0.0))
+    return beta_t, (1.0 - abar_prev) / (1.0 - abar_t) * beta_t
+
+
+def learns_variance(scheduler) -> bool:
+    """Whether a DDPM scheduler takes the variance from the model output (``variance_type`` "learned_range")."""
+    return scheduler_kind(scheduler) == "ddpm" and scheduler.config.variance_type == "learned_range"
+
+
+def guidance_sigma(scheduler, step_index: int, predicted_variance: torch.Tensor | None = None):
+    """sigma_t of the guidance term at ``scheduler.timesteps[step_index]`` (module docstring gives the formulas).
+
+    predicted_variance: the model's variance channels v [B, C, h, w] in [-1, 1], required with a "learned_range"
+    DDPM scheduler (ignored otherwise). Returns a float, or a tensor like ``predicted_variance`` (learned range).
+    """
+    if scheduler.num_inference_steps is None:
+        raise ValueError("scheduler has no timesteps: call scheduler.set_timesteps(num_inference_steps) first")
+    kind = scheduler_kind(scheduler)
+    if kind == "ddim":
+        abar_t = float(scheduler.alphas_cumprod.double()[int(scheduler.timesteps[step_index])])
+        return math.sqrt(1.0 - abar_t)
+    beta_t, beta_tilde = _ddpm_betas(scheduler, step_index)
+    vt = scheduler.config.variance_type
+    if vt == "learned_range":
+        if predicted_variance is None:
+            raise ValueError("a 'learned_range' DDPM scheduler needs the model's variance channels "
+                             "(model output with 2C channels); got none")
+        frac = (predicted_variance.double() + 1.0) / 2.0
+        log_var = frac * math.log(beta_t) + (1.0 - frac) * math.log(max(beta_tilde, 1e-20))
+        return torch.exp(0.5 * log_var).to(predicted_variance.dtype)
+    if vt in ("fixed_large", "fixed_large_log"):
+        return math.sqrt(beta_t)
+    if vt not in ("fixed_small", "fixed_small_log"):
+        raise ValueError(f"mode guidance supports DDPM variance_type 'fixed_small', 'fixed_large' or "
+                         f"'learned_range', got {vt!r}")
+    return math.sqrt(max(beta_tilde, 0.0))
 
 
 def num_guided_steps(num_inference_steps: int, t_stop: float) -> int:
@@ -158,19 +195,22 @@ def guided_step(
     """
     kind = scheduler_kind(scheduler)
     t = scheduler.timesteps[step_index]
+    C = sample.shape[1]
+    predicted_variance = None
     if kind == "ddim":
-        if model_output.shape[1] != sample.shape[1]:
-            model_output = model_output[:, : sample.shape[1]]
-        out = scheduler.step(model_output, t, sample, eta=eta, generator=generator if eta > 0 else None)
+        out = scheduler.step(model_output[:, :C], t, sample, eta=eta, generator=generator if eta > 0 else None)
     else:
-        if model_output.shape[1] != sample.shape[1] and scheduler.config.variance_type not in (
-            "learned", "learned_range"
-        ):
-            model_output = model_output[:, : sample.shape[1]]
+        if learns_variance(scheduler):
+            if model_output.shape[1] != 2 * C:
+                raise ValueError(f"a 'learned_range' DDPM scheduler needs a model output with 2 x {C} channels "
+                                 f"(prediction, variance), got {model_output.shape[1]}")
+            predicted_variance = model_output[:, C:]
+        else:
+            model_output = model_output[:, :C]  # learned-variance channels, if any, unused by a fixed variance
         out = scheduler.step(model_output, t, sample, generator=generator)
     prev, x0_hat = out.prev_sample, out.pred_original_sample
     if guide and modes is not None and lambda_ != 0.0:
-        sigma = guidance_sigma(scheduler, step_index)
+        sigma = guidance_sigma(scheduler, step_index, predicted_variance)
         prev = prev + (lambda_ * sigma) * (modes.to(prev.dtype) - x0_hat)
     return prev, x0_hat
 

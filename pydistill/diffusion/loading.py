@@ -59,7 +59,7 @@ class DiffusionModel:
     ``scaling_factor``, ``sample_shape`` (C, h, w) of what the sampler draws, ``image_size`` (H, W) and
     ``image_channels`` of the decoded images, ``num_classes`` (None for SD), ``null_class`` (label of the
     unconditional class, or None), ``labels`` (name -> class id, DiT), ``meta`` (pydistill.json or {}),
-    ``scheduler_config``.
+    ``scheduler_config``, ``learned_variance`` (the network outputs 2C channels: prediction + variance).
     """
 
     def __init__(self, *, kind, path, network, scheduler_config, vae=None, scaling_factor=1.0, sample_shape,
@@ -92,6 +92,11 @@ class DiffusionModel:
             return diffusers.DDIMScheduler.from_config(self.scheduler_config)
         if name == "ddpm":
             extra = {"variance_type": "learned_range"} if self.learned_variance else {}
+            if self.kind == "dit":
+                # DiT's sampler (sample.py): create_diffusion(str(N)) respaces the 1000 steps to
+                # round(i * 999 / (N - 1)) (respace.py space_timesteps, one section) = diffusers' "linspace",
+                # and samples with clip_denoised=False.
+                extra.update(timestep_spacing="linspace", clip_sample=False)
             return diffusers.DDPMScheduler.from_config(self.scheduler_config, **extra)
         raise ValueError(f"scheduler must be 'ddim' or 'ddpm', got {name!r}")
 
