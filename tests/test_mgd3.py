@@ -329,10 +329,60 @@ def test_learned_range_needs_variance_channels_and_fixed_variance_stays():
     assert G.guidance_sigma(big, 1) == pytest.approx(math.sqrt(1 - float(abar[t] / abar[tp])), rel=1e-12)
 
 
+class _LabelNet(torch.nn.Module):
+    """Fake class-conditional network: output channel j of row b = (j + 1) * x_b.mean() + 10 * label_b + j,
+    with 2C output channels (learned sigma); called like a UNet2DModel or a DiT transformer."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.config = type("Cfg", (), {"out_channels": 2 * channels})()
+        self.calls = []
+
+    def forward(self, x, t=None, timestep=None, class_labels=None):
+        self.calls.append((x.clone(), class_labels.clone()))
+        j = torch.arange(self.config.out_channels, dtype=x.dtype).view(1, -1, 1, 1)
+        lab = class_labels.to(x.dtype).view(-1, 1, 1, 1)
+        out = (j + 1) * x.mean(dim=(1, 2, 3), keepdim=True) + 10 * lab + j
+        return type("Out", (), {"sample": out.expand(-1, -1, *x.shape[2:])})()
+
+
+@pytest.mark.parametrize("kind,guided", [("dit", 3), ("unet", 4)])
+def test_cfg_channels_as_dits_forward_with_cfg(kind, guided):
+    """DiT: uncond + s (cond - uncond) on output channels 0..2 only (facebookresearch/DiT models.py,
+    forward_with_cfg); epsilon channel 3 and the 4 variance channels from the conditional branch. A UNet: all 4
+    prediction channels guided. The batch is doubled with the same x_t, conditional labels first, null second."""
+    from pydistill.diffusion.loading import DiffusionModel
+
+    net = _LabelNet(4)
+    m = DiffusionModel(kind=kind, path="fake", network=net, scheduler_config={}, sample_shape=(4, 2, 2),
+                       image_size=(2, 2), image_channels=4, num_classes=3, null_class=3)
+    assert m.learned_variance and m.cfg_channels == guided
+    x = torch.arange(2 * 4 * 2 * 2, dtype=torch.float32).view(2, 4, 2, 2) / 10
+    s = 4.0
+    out = m.denoiser([1, 2], guidance_scale=s)(x, torch.tensor([7, 7]))
+    seen_x, seen_labels = net.calls[-1]
+    assert seen_labels.tolist() == [1, 2, 3, 3] and torch.equal(seen_x, torch.cat([x, x]))
+    mean = x.mean(dim=(1, 2, 3)).view(2, 1)
+    j = torch.arange(8, dtype=torch.float32).view(1, 8)
+    cond = (j + 1) * mean + 10 * torch.tensor([[1.0], [2.0]]) + j
+    uncond = (j + 1) * mean + 10 * 3.0 + j
+    expect = cond.clone()
+    expect[:, :guided] = uncond[:, :guided] + s * (cond[:, :guided] - uncond[:, :guided])
+    assert out.shape == (2, 8, 2, 2)
+    torch.testing.assert_close(out[:, :, 0, 0], expect)
+    # by hand for row 0, channel 0 (guided): uncond 30 + 4 * (10 - 30) = -50, plus the x term; channel 3 (DiT: not)
+    assert float(out[0, 0, 0, 0] - mean[0, 0]) == pytest.approx(-50.0)
+    assert float(out[0, 3, 0, 0] - 4 * mean[0, 0] - 3) == pytest.approx(10.0 if kind == "dit" else -50.0)
+    # guidance scale 1: one conditional forward, output untouched
+    plain = m.denoiser([1, 2], guidance_scale=1.0)(x, torch.tensor([7, 7]))
+    assert net.calls[-1][1].tolist() == [1, 2]
+    torch.testing.assert_close(plain[:, :, 0, 0], cond)
+
+
 def test_tiny_dit_pipeline(tiny_dit_dir):
     m = load_diffusion_model(tiny_dit_dir)
-    assert (m.kind, m.sample_shape, m.image_size, m.null_class, m.learned_variance) == (
-        "dit", (4, 4, 4), (8, 8), 3, True)
+    assert (m.kind, m.sample_shape, m.image_size, m.null_class, m.learned_variance, m.cfg_channels) == (
+        "dit", (4, 4, 4), (8, 8), 3, True, 3)
     assert m.class_ids_for(["goldfish", "Great_White_Shark"], 2) == [1, 2]
     with pytest.raises(ValueError, match="class_ids"):
         m.class_ids_for(["goldfish", "zebra"], 2)

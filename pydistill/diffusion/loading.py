@@ -59,7 +59,8 @@ class DiffusionModel:
     ``scaling_factor``, ``sample_shape`` (C, h, w) of what the sampler draws, ``image_size`` (H, W) and
     ``image_channels`` of the decoded images, ``num_classes`` (None for SD), ``null_class`` (label of the
     unconditional class, or None), ``labels`` (name -> class id, DiT), ``meta`` (pydistill.json or {}),
-    ``scheduler_config``, ``learned_variance`` (the network outputs 2C channels: prediction + variance).
+    ``scheduler_config``, ``learned_variance`` (the network outputs 2C channels: prediction + variance),
+    ``cfg_channels`` (output channels classifier-free guidance combines).
     """
 
     def __init__(self, *, kind, path, network, scheduler_config, vae=None, scaling_factor=1.0, sample_shape,
@@ -83,6 +84,11 @@ class DiffusionModel:
         self.dtype = dtype
         out_ch = getattr(network.config, "out_channels", None)
         self.learned_variance = out_ch is not None and out_ch == 2 * self.sample_shape[0]
+        # classifier-free guidance combines the first ``cfg_channels`` output channels; the rest come from the
+        # conditional branch. DiT: 3, as its official forward_with_cfg guides model_out[:, :3] only ("for exact
+        # reproducibility", facebookresearch/DiT models.py); otherwise every prediction channel.
+        C = self.sample_shape[0]
+        self.cfg_channels = min(3, C) if kind == "dit" else C
 
     # ------------------------------------------------------------------ schedulers
     def make_scheduler(self, name: str = "ddim"):
@@ -168,9 +174,11 @@ class DiffusionModel:
                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """``fn(x_t [B, ...], t [B]) -> model output`` for a batch whose row b has condition ``cond[b]``.
 
-        guidance_scale > 1 runs the unconditional branch too (null class / empty prompt) and returns
-        ``uncond + s * (cond - uncond)`` on the prediction channels (learned-variance channels from the
-        conditional branch).
+        guidance_scale > 1 runs the unconditional branch too (null class / empty prompt) on the same x_t (the batch
+        doubled: conditional rows first) and returns ``uncond + s * (cond - uncond)`` on the first
+        ``cfg_channels`` output channels (DiT: 3 of its 4 epsilon channels, as the official ``forward_with_cfg``;
+        others: all prediction channels); the remaining channels (DiT: epsilon channel 3 and the 4 learned-variance
+        channels) pass through from the conditional branch.
         """
         cfg = guidance_scale > 1.0
         B = len(cond)
@@ -189,7 +197,7 @@ class DiffusionModel:
             labels = torch.tensor([int(c) for c in cond], device=dev, dtype=torch.long)
             if cfg:
                 labels = torch.cat([labels, torch.full_like(labels, int(self.null_class))])
-        C = self.sample_shape[0]
+        k = self.cfg_channels
         net = self.network
 
         def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -207,8 +215,8 @@ class DiffusionModel:
             out = out.float()
             if cfg:
                 c_out, u_out = out[:B], out[B:]
-                guided = u_out[:, :C] + guidance_scale * (c_out[:, :C] - u_out[:, :C])
-                out = torch.cat([guided, c_out[:, C:]], dim=1)
+                guided = u_out[:, :k] + guidance_scale * (c_out[:, :k] - u_out[:, :k])
+                out = torch.cat([guided, c_out[:, k:]], dim=1)
             return out
 
         return fn
