@@ -34,6 +34,19 @@ def test_kmeans_modes_equal_sklearn():
                                rtol=1e-6, atol=1e-6)
 
 
+def test_kmeans_one_run_equals_the_official_auto():
+    """The official sampler's KMeans(n_clusters=IPC, random_state=0, n_init="auto") is one k-means++ run."""
+    from sklearn.cluster import KMeans
+
+    x, _ = _blobs(torch.Generator().manual_seed(5), n_per=9)
+    x = x + 0.8 * torch.randn(x.shape, generator=torch.Generator().manual_seed(6))  # overlapping blobs
+    flat = x.reshape(x.shape[0], -1).double().numpy()
+    for k in (2, 4):
+        official = KMeans(n_clusters=k, random_state=0, n_init="auto").fit(flat).cluster_centers_
+        ours = G.discover_modes(x.double(), k, seed=0, n_init=1)
+        torch.testing.assert_close(ours.reshape(k, -1), torch.from_numpy(official), rtol=1e-10, atol=1e-10)
+
+
 def test_gmm_modes_find_the_blobs():
     x, centres = _blobs(torch.Generator().manual_seed(2))
     modes = G.discover_modes(x, 3, method="gmm", seed=0, n_init=2)
@@ -517,6 +530,38 @@ def test_mode_images_are_the_class_means_at_ipc1(tiny_model):
     assign = torch.cdist(x.flatten(1), three.flatten(1)).argmin(1)
     sizes = torch.bincount(assign, minlength=3).float()
     torch.testing.assert_close((sizes.view(3, 1, 1, 1) * three).sum(0) / sizes.sum(), x.mean(0), rtol=1e-4, atol=1e-4)
+
+
+def test_mgd3_kmeans_settings(tiny_model, monkeypatch):
+    """Default: the official one k-means++ run seeded 0 whatever the run's seed; the digits preset: 10 restarts
+    seeded with the run's seed (ours, what the recorded digits/MNIST results used)."""
+    from pydistill.data import load_dataset
+    from pydistill.methods.mgd3 import MGD3, Config
+
+    assert (Config().kmeans_n_init, Config().kmeans_seed) == (1, 0)
+    assert (Config.for_dataset("cifar10").kmeans_n_init, Config.for_dataset("cifar10").kmeans_seed) == (1, 0)
+    preset = Config.for_dataset("digits", 3)
+    assert (preset.kmeans_n_init, preset.kmeans_seed) == (10, None)
+    ds = load_dataset("digits").subset(8, seed=0)
+    calls = []
+    real = G.discover_modes
+
+    def spy(x, k, **kw):
+        calls.append((k, kw))
+        return real(x, k, **kw)
+
+    monkeypatch.setattr(G, "discover_modes", spy)
+    paper_cfg = Config(model=str(tiny_model), num_inference_steps=2)
+    modes = [MGD3(ds, 3, config=paper_cfg, seed=seed).class_modes(4) for seed in (1, 7)]
+    assert [(k, kw["seed"], kw["n_init"], kw["method"]) for k, kw in calls] == [(3, 0, 1, "kmeans")] * 2
+    torch.testing.assert_close(modes[0], modes[1])  # modes do not depend on the run's seed
+    calls.clear()
+    preset.model = str(tiny_model)
+    MGD3(ds, 3, config=preset, seed=7).class_modes(4)
+    assert [(kw["seed"], kw["n_init"]) for _, kw in calls] == [(7, 10)]
+    for bad in ({"kmeans_n_init": 0}, {"kmeans_n_init": 1.5}, {"kmeans_seed": -1}, {"kmeans_seed": "0"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            MGD3(ds, 3, config=Config(model=str(tiny_model), **bad))
 
 
 def test_small_unet_preset():
