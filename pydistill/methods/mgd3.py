@@ -10,7 +10,8 @@ No training of the diffusion model. For each class c (one class per iteration, s
         x_{t-1} = sampler_step(x_t)                                      afterwards
     S_c = decode(x_0) -> dataset resolution, channels and normalization
 
-sigma_t: DDPM posterior std, DDIM sqrt(1 - abar_t) (see :mod:`pydistill.diffusion.guidance`).
+sigma_t: DDPM the step's own noise std (DiT's learned range when the model outputs its variance, else the fixed
+small posterior std), DDIM sqrt(1 - abar_t) (see :mod:`pydistill.diffusion.guidance`).
 ``guided=False`` gives the "plain diffusion" baseline (same sampler and noise, no mode guidance).
 Measures written into the synthetic set's meta: ``mode_distance`` (mean over real images of a class of the
 L2 distance to the nearest generated image of that class, in the dataset's normalized space: how well the
