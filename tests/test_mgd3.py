@@ -287,7 +287,7 @@ def test_learned_sigma_step_matches_dit_formula(tiny_dit_dir, step_index):
     std and the guidance sigma equal DiT's learned range computed by hand in float64."""
     s = load_diffusion_model(tiny_dit_dir).make_scheduler("ddpm")
     s.set_timesteps(50)
-    kept, a_all, ap_all = _dit_respaced_chain(50)
+    _, a_all, ap_all = _dit_respaced_chain(50)
     g = torch.Generator().manual_seed(1)
     x, mode = (torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64) for _ in range(2))
 
