@@ -1,7 +1,7 @@
 """Triton kernels of ``diff_augment`` (fused DSA: colour + crop/cutout/flip + scale/rotate in one pass).
 
 Each image ``n`` has one row of a coefficient table (layout ``COLS`` below), built on the device by one launch
-of ``_dsa_table_kernel`` straight from the raw DSA parameter tensors (``dsa_table``): no host work per call
+of ``_diff_augment_table_kernel`` straight from the raw DSA parameter tensors (``diff_augment_table``): no host work per call
 besides the launch. For an output pixel ``p = (px, py)`` (column, row) the kernel computes
 
 * ``s = A p``: the sampling point in "pre" space (the image before the first scale/rotate stage);
@@ -51,7 +51,7 @@ def encode_stages(codes) -> int:
 
 
 @triton.jit
-def _dsa_table_kernel(x_ptr, tab_ptr, act_ptr, bri_ptr, sat_ptr, con_ptr, sft_ptr, cen_ptr, flp_ptr, scl_ptr, ang_ptr,
+def _diff_augment_table_kernel(x_ptr, tab_ptr, act_ptr, bri_ptr, sat_ptr, con_ptr, sft_ptr, cen_ptr, flp_ptr, scl_ptr, ang_ptr,
                       s_act, c_act, s_bri, s_sat, s_con, s_sft, c_sft, s_cen, c_cen, s_flp, s_scl, c_scl, s_ang,
                       CHW, wm1, hm1, half_h, ext_h, half_w, ext_w, tab_stride,
                       HAS_COLOR: tl.constexpr, HAS_CUT: tl.constexpr, PRE: tl.constexpr, POST: tl.constexpr,
@@ -322,7 +322,7 @@ def _corner(tab, n, tab_stride, x0, y0, fxr, fyr, pmask, H, W, DX: tl.constexpr,
 
 
 @triton.jit
-def _dsa_fwd_kernel(x_ptr, tab, out_ptr, C, H, W, tab_stride,
+def _diff_augment_fwd_kernel(x_ptr, tab, out_ptr, C, H, W, tab_stride,
                     HAS_CUT: tl.constexpr, CUT_PRE: tl.constexpr, CROP_POST: tl.constexpr,
                     C_PAD: tl.constexpr, BLOCK: tl.constexpr):
     n = tl.program_id(0)
@@ -356,7 +356,7 @@ def _dsa_fwd_kernel(x_ptr, tab, out_ptr, C, H, W, tab_stride,
 
 
 @triton.jit
-def _dsa_bwd_kernel(g_ptr, tab, gx_ptr, C, H, W, tab_stride,
+def _diff_augment_bwd_kernel(g_ptr, tab, gx_ptr, C, H, W, tab_stride,
                     HAS_CUT: tl.constexpr, CUT_PRE: tl.constexpr, CROP_POST: tl.constexpr,
                     C_PAD: tl.constexpr, BLOCK: tl.constexpr, SLOT: tl.constexpr):
     n = tl.program_id(0)
@@ -388,7 +388,7 @@ def _dsa_bwd_kernel(g_ptr, tab, gx_ptr, C, H, W, tab_stride,
 
 
 @triton.jit
-def _dsa_bwd_finish_kernel(gx_ptr, tab, out_ptr, CHW, n_slots, tab_stride, SLOT: tl.constexpr,
+def _diff_augment_bwd_finish_kernel(gx_ptr, tab, out_ptr, CHW, n_slots, tab_stride, SLOT: tl.constexpr,
                            SLOTS_PAD: tl.constexpr, BLOCK: tl.constexpr):
     """out[n] = gx[n] + sum of image n's contrast-mean slots (fixed order), cast to out's dtype."""
     n = tl.program_id(0)
@@ -416,7 +416,7 @@ _MEAN_BLOCK = 1024
 _FINISH_BLOCK = 1024
 
 
-def dsa_table(x: torch.Tensor, params, *, cut_h: int, cut_w: int, has_color: bool, has_cut: bool, pre: int,
+def diff_augment_table(x: torch.Tensor, params, *, cut_h: int, cut_w: int, has_color: bool, has_cut: bool, pre: int,
               post: int, mean: bool, dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
     """Coefficient table [N, table_width(C, H, W)] of ``dtype`` (float32/float64) for x [N, C, H, W], one launch.
 
@@ -433,7 +433,7 @@ def dsa_table(x: torch.Tensor, params, *, cut_h: int, cut_w: int, has_color: boo
     def rs(t):  # row stride; 0 broadcasts a shared (batch dim 1) parameter
         return 0 if t.shape[0] == 1 else t.stride(0)
 
-    wrap_triton(_dsa_table_kernel)[(N,)](
+    wrap_triton(_diff_augment_table_kernel)[(N,)](
         x, out, act, bri, sat, con, sft, cen, flp, scl, ang,
         rs(act), act.stride(1), rs(bri), rs(sat), rs(con), rs(sft), sft.stride(1), rs(cen), cen.stride(1),
         rs(flp), rs(scl), scl.stride(1), rs(ang),
@@ -447,7 +447,7 @@ def _tab_stride(table: torch.Tensor) -> int:
     return 0 if table.shape[0] == 1 else table.stride(0)
 
 
-def dsa_forward(x: torch.Tensor, table: torch.Tensor, *, has_cut: bool, cut_pre: bool, crop_post: bool,
+def diff_augment_fwd(x: torch.Tensor, table: torch.Tensor, *, has_cut: bool, cut_pre: bool, crop_post: bool,
                 out: torch.Tensor | None = None) -> torch.Tensor:
     """Fused DSA forward. x: [N, C, H, W] contiguous; table: [1 or N, >= K] (float32, float64 for float64 x)
     with the image mean in column ``mean``. Returns [N, C, H, W] in x's dtype (written to ``out`` when given:
@@ -457,29 +457,29 @@ def dsa_forward(x: torch.Tensor, table: torch.Tensor, *, has_cut: bool, cut_pre:
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
     c_pad, block = _launch_cfg(C, H * W)
     grid = (N, triton.cdiv(H * W, block))
-    wrap_triton(_dsa_fwd_kernel)[grid](x, table, out, C, H, W, _tab_stride(table), HAS_CUT=has_cut,
+    wrap_triton(_diff_augment_fwd_kernel)[grid](x, table, out, C, H, W, _tab_stride(table), HAS_CUT=has_cut,
                                        CUT_PRE=cut_pre, CROP_POST=crop_post, C_PAD=c_pad, BLOCK=block)
     return out
 
 
-def dsa_backward(grad: torch.Tensor, table: torch.Tensor, *, has_cut: bool, cut_pre: bool,
+def diff_augment_bwd(grad: torch.Tensor, table: torch.Tensor, *, has_cut: bool, cut_pre: bool,
                  crop_post: bool) -> torch.Tensor:
     """grad_x = L^T grad for the fused DSA map. grad: [N, C, H, W] contiguous; table: [N, table_width(C, H, W)]
-    from ``dsa_table`` (its scratch columns are overwritten). Returns grad's dtype."""
+    from ``diff_augment_table`` (its scratch columns are overwritten). Returns grad's dtype."""
     N, C, H, W = grad.shape
     c_pad, block = _launch_cfg(C, H * W)
     n_slots = triton.cdiv(H * W, block)
     if table.dim() != 2 or table.shape[0] != N or table.shape[1] < K + n_slots:
-        raise ValueError(f"table must be [{N}, >= {K + n_slots}] (dsa_table of this batch), got "
+        raise ValueError(f"table must be [{N}, >= {K + n_slots}] (diff_augment_table of this batch), got "
                          f"{tuple(table.shape)}")
     acc = table.dtype
     gx = torch.zeros((N, C, H, W), dtype=acc, device=grad.device)
-    wrap_triton(_dsa_bwd_kernel)[(N, n_slots)](grad, table, gx, C, H, W, table.stride(0), HAS_CUT=has_cut,
+    wrap_triton(_diff_augment_bwd_kernel)[(N, n_slots)](grad, table, gx, C, H, W, table.stride(0), HAS_CUT=has_cut,
                                                CUT_PRE=cut_pre, CROP_POST=crop_post, C_PAD=c_pad, BLOCK=block,
                                                SLOT=K)
     out = gx if grad.dtype == acc else torch.empty_like(grad, memory_format=torch.contiguous_format)
     chw = C * H * W
-    wrap_triton(_dsa_bwd_finish_kernel)[(N, triton.cdiv(chw, _FINISH_BLOCK))](
+    wrap_triton(_diff_augment_bwd_finish_kernel)[(N, triton.cdiv(chw, _FINISH_BLOCK))](
         gx, table, out, chw, n_slots, table.stride(0), SLOT=K, SLOTS_PAD=max(16, triton.next_power_of_2(n_slots)),
         BLOCK=_FINISH_BLOCK)
     return out

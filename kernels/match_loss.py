@@ -58,7 +58,7 @@ def _find(meta_ptr, key, T, FIELD: tl.constexpr, F: tl.constexpr, H: tl.constexp
 
 
 @triton.jit
-def _match_fwd_kernel(meta_ptr, counter_ptr, part_ptr, stats_ptr, loss_ptr, T, W, R, KMAX, n_programs,
+def _match_loss_fwd_kernel(meta_ptr, counter_ptr, part_ptr, stats_ptr, loss_ptr, T, W, R, KMAX, n_programs,
                       METRIC: tl.constexpr, DT: tl.constexpr, ACC: tl.constexpr, STEPS: tl.constexpr,
                       CHUNK: tl.constexpr, BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
                       F: tl.constexpr, H: tl.constexpr):
@@ -152,7 +152,7 @@ def _match_fwd_kernel(meta_ptr, counter_ptr, part_ptr, stats_ptr, loss_ptr, T, W
 
 
 @triton.jit
-def _match_bwd_kernel(meta_ptr, stats_ptr, grad_ptr, T, R,
+def _match_loss_bwd_kernel(meta_ptr, stats_ptr, grad_ptr, T, R,
                       METRIC: tl.constexpr, DT: tl.constexpr, ACC: tl.constexpr, STEPS: tl.constexpr,
                       CHUNK: tl.constexpr, BLOCK: tl.constexpr, F: tl.constexpr, H: tl.constexpr):
     c = tl.program_id(0).to(tl.int64)
@@ -294,7 +294,7 @@ def match_loss_fwd(gw_syn, gw_real, metric: str, loss=None, stats=None):
     grid = max(W, 1)
     try:
         with on_device(device):  # Triton launches on the current CUDA device
-            _match_fwd_kernel[(grid,)](
+            _match_loss_fwd_kernel[(grid,)](
                 table, counter, part, stats, loss, T, W, R, kmax, grid,
                 METRIC=METRICS[metric], DT=_TL_DTYPES[dtype], ACC=_TL_DTYPES[acc], STEPS=_steps(T),
                 CHUNK=CHUNK, BLOCK=BLOCK, BLOCK_R=BLOCK_R, F=FIELDS, H=HEADER,
@@ -332,7 +332,7 @@ def match_loss_bwd(grad, gw_syn, gw_real, stats, metric: str, out=None):
             stats = _PLACEHOLDERS[(device, acc)] = torch.zeros(3, dtype=acc, device=device)
     T = len(a)
     with on_device(device):  # Triton launches on the current CUDA device
-        _match_bwd_kernel[(W,)](
+        _match_loss_bwd_kernel[(W,)](
             table, stats, grad, T, num_rows([t.shape for t in a], metric),
             METRIC=METRICS[metric], DT=_TL_DTYPES[dtype], ACC=_TL_DTYPES[acc], STEPS=_steps(T),
             CHUNK=CHUNK, BLOCK=BLOCK, F=FIELDS, H=HEADER,

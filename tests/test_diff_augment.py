@@ -67,11 +67,11 @@ def test_triton_poisoned_output(device):
     p = sample_dsa_params(3, DEFAULT, "all", True, height=11, width=13, device=device)
     flags, spec = _triton_spec(p.strategy)
     table = poison(torch.empty(3, tk.table_width(3, 11, 13)))
-    tk.dsa_table(x, p.tensors(), cut_h=p.cutout_size[0], cut_w=p.cutout_size[1], mean=True, dtype=torch.float32,
+    tk.diff_augment_table(x, p.tensors(), cut_h=p.cutout_size[0], cut_w=p.cutout_size[1], mean=True, dtype=torch.float32,
                  out=table, **spec)
     assert torch.isfinite(table[:, :tk.K]).all()
     out = poison(torch.empty_like(x))
-    tk.dsa_forward(x, table, out=out, **flags)
+    tk.diff_augment_fwd(x, table, out=out, **flags)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, diff_augment_reference(x, p), atol=2e-5, rtol=1e-5)
 
@@ -324,7 +324,7 @@ def test_table_kernel_matches_torch_table(device, dtype, strategy, mode, per_sam
         p = _force(p, ["color"])  # exercise the mean column
     flags, spec = _triton_spec(p.strategy)
     table = poison(torch.empty(N, tk.table_width(C, H, W), dtype=dtype, device=device))
-    tk.dsa_table(x, p.tensors(), cut_h=p.cutout_size[0], cut_w=p.cutout_size[1], mean=True, dtype=dtype, out=table,
+    tk.diff_augment_table(x, p.tensors(), cut_h=p.cutout_size[0], cut_w=p.cutout_size[1], mean=True, dtype=dtype, out=table,
                  **spec)
     ref, ref_flags = _kernel_table(*p.tensors(), p.strategy, *p.cutout_size, H, W, dtype)
     assert ref_flags == flags

@@ -205,19 +205,19 @@ def test_trajectory_loss_cache_follows_storage():
     a = torch.randn(3001, device=DEVICE)
     t = torch.randn(3001, device=DEVICE)
     for _ in range(2):  # reused table, scratch and counter: the counter must be 0 again after each launch
-        loss, den = kt.fwd([s], [a], [t])
+        loss, den = kt.trajectory_loss_fwd([s], [a], [t])
         torch.testing.assert_close(loss, trajectory_loss_reference(s, a, t), atol=1e-6, rtol=1e-5)
     assert all(entry[4].item() == 0 for entry in kt._TABLE_CACHE.values() if len(entry) == 5)
     a.add_(1.0)  # same address, new values
-    torch.testing.assert_close(kt.fwd([s], [a], [t])[0], trajectory_loss_reference(s, a, t), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(kt.trajectory_loss_fwd([s], [a], [t])[0], trajectory_loss_reference(s, a, t), atol=1e-6, rtol=1e-5)
     a = a.clone()  # new storage
     a[:7] = 0.0
     n_cached = len(kt._TABLE_CACHE)
-    torch.testing.assert_close(kt.fwd([s], [a], [t])[0], trajectory_loss_reference(s, a, t), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(kt.trajectory_loss_fwd([s], [a], [t])[0], trajectory_loss_reference(s, a, t), atol=1e-6, rtol=1e-5)
     assert len(kt._TABLE_CACHE) == n_cached + 1
     # a different split of the same storage (same first address, other lengths): another key
     parts = [s[:1000], s[1000:]], [a[:1000], a[1000:]], [t[:1000], t[1000:]]
-    torch.testing.assert_close(kt.fwd(*parts)[0], trajectory_loss_reference(s, a, t), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(kt.trajectory_loss_fwd(*parts)[0], trajectory_loss_reference(s, a, t), atol=1e-6, rtol=1e-5)
 
 
 def test_stage_codes_follow_groups():

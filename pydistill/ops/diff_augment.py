@@ -447,7 +447,7 @@ def diff_augment_sequential(x: torch.Tensor, params: DSAParams) -> torch.Tensor:
 def _kernel_table(active, brightness, saturation, contrast, shift, centre, flip, scale, angle, strategy, cut_h,
                   cut_w, H, W, dtype):
     """Per-image coefficients of the fused kernel (the first 34 columns of ``pydistill.kernels.diff_augment.COLS``)
-    with plain torch ops: the readable specification of ``_dsa_table_kernel``, which tests compare it with."""
+    with plain torch ops: the readable specification of ``_diff_augment_table_kernel``, which tests compare it with."""
     groups = _parse_strategy(strategy)
     pre, post = _split(groups)
     ts = (active, brightness, saturation, contrast, shift, centre, flip, scale, angle)
@@ -557,19 +557,19 @@ if _backend.has_triton():
                              centre: torch.Tensor, flip: torch.Tensor, scale: torch.Tensor, angle: torch.Tensor,
                              strategy: str, cut_h: int, cut_w: int, mean: bool) -> torch.Tensor:
             acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-            return _tk.dsa_table(x, (active, brightness, saturation, contrast, shift, centre, flip, scale, angle),
+            return _tk.diff_augment_table(x, (active, brightness, saturation, contrast, shift, centre, flip, scale, angle),
                                  cut_h=cut_h, cut_w=cut_w, mean=mean, dtype=acc, **_triton_spec(strategy)[1])
 
         @triton_op("pydistill::diff_augment_triton_fwd", mutates_args={})
         def _triton_fwd(x: torch.Tensor, table: torch.Tensor, has_cut: bool, cut_pre: bool,
                         crop_post: bool) -> torch.Tensor:
-            return _tk.dsa_forward(x, table, has_cut=has_cut, cut_pre=cut_pre, crop_post=crop_post)
+            return _tk.diff_augment_fwd(x, table, has_cut=has_cut, cut_pre=cut_pre, crop_post=crop_post)
 
         @triton_op("pydistill::diff_augment_triton_bwd", mutates_args={})
         def _triton_bwd(grad: torch.Tensor, table: torch.Tensor, has_cut: bool, cut_pre: bool,
                         crop_post: bool) -> torch.Tensor:
             # the table's scratch columns are overwritten: work on a private copy (the eager path passes its own)
-            return _tk.dsa_backward(grad, table.clone(), has_cut=has_cut, cut_pre=cut_pre, crop_post=crop_post)
+            return _tk.diff_augment_bwd(grad, table.clone(), has_cut=has_cut, cut_pre=cut_pre, crop_post=crop_post)
 
         _HAS_TRITON_OPS = True
     except ImportError:  # pragma: no cover - triton present but unusable
@@ -579,7 +579,7 @@ if _backend.has_triton():
 def _triton_table(x, tensors, strategy, cut_h, cut_w, mean: bool):
     """The coefficient table [N, width] (one launch, no host sync) from the raw parameter tensors."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return _tk.dsa_table(x, tensors, cut_h=cut_h, cut_w=cut_w, mean=mean, dtype=acc, **_triton_spec(strategy)[1])
+    return _tk.diff_augment_table(x, tensors, cut_h=cut_h, cut_w=cut_w, mean=mean, dtype=acc, **_triton_spec(strategy)[1])
 
 
 def _triton_forward(x, tensors, strategy, cut_h, cut_w, direct: bool = False):
@@ -589,7 +589,7 @@ def _triton_forward(x, tensors, strategy, cut_h, cut_w, direct: bool = False):
     flags = _triton_spec(strategy)[0]
     if direct:
         table = _triton_table(x, tensors, strategy, cut_h, cut_w, True)
-        return _tk.dsa_forward(x, table, **flags), table, flags
+        return _tk.diff_augment_fwd(x, table, **flags), table, flags
     table = torch.ops.pydistill.diff_augment_triton_table(x, *tensors, strategy, cut_h, cut_w, True)
     return torch.ops.pydistill.diff_augment_triton_fwd(x, table, **flags)
 
@@ -598,7 +598,7 @@ def _triton_backward(grad, tensors, strategy, cut_h, cut_w):
     grad = grad.contiguous()
     flags = _triton_spec(strategy)[0]
     table = _triton_table(grad, tensors, strategy, cut_h, cut_w, False)  # fresh, so scratch use is private
-    return _tk.dsa_backward(grad, table, **flags)
+    return _tk.diff_augment_bwd(grad, table, **flags)
 
 
 def _reference_backward(grad, tensors, strategy, cut_h, cut_w):
@@ -619,9 +619,28 @@ def _diff_augment_op(x: torch.Tensor, active: torch.Tensor, brightness: torch.Te
     return _reference_impl(x, *tensors, strategy, cut_h, cut_w).contiguous()
 
 
+def _check_fake(op: str, name: str, x, tensors) -> None:
+    """Fake-kernel checks (``torch._check``) of a batch ``x`` [N, C, H, W] (floating) and the DSA parameter
+    tensors (``DSAParams._TENSORS`` order): the shapes, dtype kinds and device ``_check_params`` requires."""
+    torch._check(x.dim() == 4, lambda: f"{op}: {name} must be a 4-D NCHW batch, got shape {tuple(x.shape)}")
+    torch._check(x.is_floating_point(), lambda: f"{op}: {name} must be a floating tensor, got {x.dtype}")
+    N = x.shape[0]
+    for field, t in zip(DSAParams._TENSORS, tensors):
+        tail, kind = _FIELD_SPECS[field]
+        torch._check(t.dim() == 1 + len(tail) and tuple(t.shape[1:]) == tail and (t.shape[0] == 1 or t.shape[0] == N),
+                     lambda field=field, t=t, tail=tail: f"{op}: {field} must have shape [1 or {N}"
+                     f"{''.join(f', {d}' for d in tail)}], got {tuple(t.shape)}")
+        ok = {"bool": t.dtype == torch.bool, "int": not t.is_floating_point() and t.dtype != torch.bool,
+              "float": t.is_floating_point()}[kind]
+        torch._check(ok, lambda field=field, t=t, kind=kind: f"{op}: {field} must be a {kind} tensor, got {t.dtype}")
+        torch._check(t.device == x.device,
+                     lambda field=field, t=t: f"{op}: {field} is on {t.device} but {name} is on {x.device}")
+
+
 @_diff_augment_op.register_fake
 def _(x, active, brightness, saturation, contrast, shift, centre, flip, scale, angle, strategy, cut_h, cut_w,
       backend):
+    _check_fake("diff_augment", "x", x, (active, brightness, saturation, contrast, shift, centre, flip, scale, angle))
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -640,6 +659,8 @@ def _diff_augment_backward_op(grad: torch.Tensor, active: torch.Tensor, brightne
 @_diff_augment_backward_op.register_fake
 def _(grad, active, brightness, saturation, contrast, shift, centre, flip, scale, angle, strategy, cut_h, cut_w,
       backend):
+    _check_fake("diff_augment_backward", "grad", grad,
+                (active, brightness, saturation, contrast, shift, centre, flip, scale, angle))
     return torch.empty_like(grad, memory_format=torch.contiguous_format)
 
 
@@ -697,7 +718,7 @@ class _EagerDiffAugment(torch.autograd.Function):
         elif torch.is_grad_enabled():  # create_graph=True: the registered op (same double-backward behaviour)
             gx = torch.ops.pydistill.diff_augment_backward(grad, *tensors, *ctx.static)
         elif backend == "triton":
-            gx = _tk.dsa_backward(grad.contiguous(), ctx.table, **ctx.flags)
+            gx = _tk.diff_augment_bwd(grad.contiguous(), ctx.table, **ctx.flags)
         else:
             gx = _reference_backward(grad, tensors, strategy, cut_h, cut_w)
         return (gx,) + (None,) * (4 + len(tensors))

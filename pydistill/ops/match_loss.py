@@ -211,10 +211,35 @@ def _match_loss_op(gw_syn: list[torch.Tensor], gw_real: list[torch.Tensor], metr
     return loss, stats
 
 
-@_match_loss_op.register_fake
-def _(gw_syn, gw_real, metric, backend):
+def _check_fake_fwd(op: str, gw_syn, gw_real, metric) -> None:
+    """Fake-kernel checks of a forward: the lists as ``_check`` requires them and a known metric."""
+    _backend.check_fake_lists(op, [("gw_syn", gw_syn), ("gw_real", gw_real)], _DTYPES)
+    torch._check(metric in METRICS, lambda: f"{op}: metric must be one of {METRICS}, got {metric!r}")
+
+
+def _check_fake_bwd(op: str, grad, gw_syn, gw_real, stats, metric) -> None:
+    """Fake-kernel checks of a backward: the forward's, a one-element grad and stats [R, 3] in the acc dtype."""
+    _check_fake_fwd(op, gw_syn, gw_real, metric)
+    torch._check(grad.numel() == 1, lambda: f"{op}: grad must hold one element, got shape {tuple(grad.shape)}")
+    rows, acc = _num_rows(gw_syn, metric), _acc(gw_syn[0].dtype)
+    torch._check(stats.dim() == 2 and stats.shape[0] == rows and stats.shape[1] == 3 and stats.dtype == acc,
+                 lambda: f"{op}: stats must be [{rows}, 3] of dtype {acc}, got {tuple(stats.shape)} {stats.dtype}")
+
+
+def _fake_fwd(op: str, gw_syn, gw_real, metric):
+    _check_fake_fwd(op, gw_syn, gw_real, metric)
     a = gw_syn[0]
     return a.new_empty(()), a.new_empty((_num_rows(gw_syn, metric), 3), dtype=_acc(a.dtype))
+
+
+def _fake_bwd(op: str, grad, gw_syn, gw_real, stats, metric):
+    _check_fake_bwd(op, grad, gw_syn, gw_real, stats, metric)
+    return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in gw_syn]
+
+
+@_match_loss_op.register_fake
+def _(gw_syn, gw_real, metric, backend):
+    return _fake_fwd("match_loss", gw_syn, gw_real, metric)
 
 
 @torch.library.custom_op("pydistill::match_loss_backward", mutates_args=())
@@ -226,7 +251,7 @@ def _match_loss_backward_op(grad: torch.Tensor, gw_syn: list[torch.Tensor], gw_r
 
 @_match_loss_backward_op.register_fake
 def _(grad, gw_syn, gw_real, stats, metric, backend):
-    return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in gw_syn]
+    return _fake_bwd("match_loss_backward", grad, gw_syn, gw_real, stats, metric)
 
 
 def _setup_context(ctx, inputs, output):
@@ -253,20 +278,27 @@ if _backend.has_compiled() and hasattr(torch.ops.pydistill, "match_loss_fwd"):
 
     @torch.library.register_fake("pydistill::match_loss_fwd")
     def _(gw_syn, gw_real, metric):
-        a = gw_syn[0]
-        return a.new_empty(()), a.new_empty((_num_rows(gw_syn, metric), 3), dtype=_acc(a.dtype))
+        return _fake_fwd("match_loss_fwd", gw_syn, gw_real, metric)
 
     @torch.library.register_fake("pydistill::match_loss_fwd_out")
     def _(gw_syn, gw_real, metric, loss, stats):
-        return None
+        op = "match_loss_fwd_out"
+        _check_fake_fwd(op, gw_syn, gw_real, metric)
+        dtype, rows, acc = gw_syn[0].dtype, _num_rows(gw_syn, metric), _acc(gw_syn[0].dtype)
+        torch._check(loss.dim() == 0 and loss.dtype == dtype,
+                     lambda: f"{op}: loss must be a 0-dim tensor of dtype {dtype}, got {tuple(loss.shape)} {loss.dtype}")
+        torch._check(stats.dim() == 2 and stats.shape[0] == rows and stats.shape[1] == 3 and stats.dtype == acc,
+                     lambda: f"{op}: stats must be [{rows}, 3] of dtype {acc}, got {tuple(stats.shape)} {stats.dtype}")
 
     @torch.library.register_fake("pydistill::match_loss_bwd")
     def _(grad, gw_syn, gw_real, stats, metric):
-        return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in gw_syn]
+        return _fake_bwd("match_loss_bwd", grad, gw_syn, gw_real, stats, metric)
 
     @torch.library.register_fake("pydistill::match_loss_bwd_out")
     def _(grad, gw_syn, gw_real, stats, metric, grad_syn):
-        return None
+        op = "match_loss_bwd_out"
+        _check_fake_bwd(op, grad, gw_syn, gw_real, stats, metric)
+        _backend.check_fake_lists(op, [("gw_syn", gw_syn), ("grad_syn", grad_syn)], _DTYPES)
 
 
 # ----------------------------------------------------------------------------------------------------------
