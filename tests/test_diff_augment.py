@@ -423,3 +423,24 @@ def test_sampled_params_independent_of_the_cache():
     c = sample_dsa_params(4, DEFAULT, "all", True, height=8, width=8, generator=torch.Generator().manual_seed(2))
     assert b.active.all() and all(torch.equal(x, y) for x, y in zip(b.tensors(), c.tensors()))
     assert (b.contrast >= 0.5).all()
+
+
+def test_fake_kernels_check_shapes_and_dtypes():
+    """The fake kernels (what torch.compile and FakeTensorMode run) reject what ``_check_params`` rejects and
+    return a contiguous batch of x's shape."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    p = sample_dsa_params(2, DEFAULT, "all", True, height=8, width=8)
+    x = mode.from_tensor(torch.randn(2, 3, 8, 8))
+    ts = [mode.from_tensor(t) for t in p.tensors()]
+    static = (p.strategy, *p.cutout_size, "auto")
+    with mode:
+        for op in (torch.ops.pydistill.diff_augment, torch.ops.pydistill.diff_augment_backward):
+            assert op(x, *ts, *static).shape == (2, 3, 8, 8)
+            with pytest.raises(RuntimeError, match="4-D NCHW"):
+                op(x[0], *ts, *static)
+            with pytest.raises(RuntimeError, match=r"brightness must have shape \[1 or 3\]"):
+                op(torch.randn(3, 3, 8, 8), *ts, *static)
+            with pytest.raises(RuntimeError, match="active must be a bool tensor"):
+                op(x, ts[0].float(), *ts[1:], *static)

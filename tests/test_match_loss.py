@@ -312,3 +312,30 @@ def test_dc_image_gradient(backend, device, metric):
     want = image_grad(lambda gs: match_loss_reference(gs, gw_real, metric))
     assert got.abs().max() > 0
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_fake_kernels_check_shapes_and_dtypes():
+    """The fake kernels (what torch.compile and FakeTensorMode run) reject mismatched lists, a wrong stats
+    buffer and an unknown metric, and return the real kernels' shapes and dtypes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    ops = [lambda *a: torch.ops.pydistill.match_loss(*a, "auto")]
+    if HAVE["cpp"]:
+        ops.append(torch.ops.pydistill.match_loss_fwd)
+    with FakeTensorMode():
+        a, b = [torch.randn(3, 4), torch.randn(3)], [torch.randn(3, 4), torch.randn(4)]
+        for op in ops:
+            with pytest.raises(RuntimeError, match=r"gw_real\[1\] must have the shape of gw_syn\[1\]"):
+                op(a, b, "ours")
+            with pytest.raises(RuntimeError, match=r"gw_real\[0\] must have dtype"):
+                op(a, [a[0].double(), a[1]], "ours")
+            with pytest.raises(RuntimeError, match="metric must be one of"):
+                op(a, a, "l2")
+            loss, stats = op(a, a, "ours")
+            assert loss.shape == () and loss.dtype == torch.float32
+            assert stats.shape == (3, 3) and stats.dtype == torch.float32
+        g = torch.tensor(1.0)
+        with pytest.raises(RuntimeError, match=r"stats must be \[3, 3\]"):
+            torch.ops.pydistill.match_loss_backward(g, a, a, torch.empty(2, 3), "ours", "auto")
+        grads = torch.ops.pydistill.match_loss_backward(g, a, a, stats, "ours", "auto")
+        assert [t.shape for t in grads] == [t.shape for t in a]

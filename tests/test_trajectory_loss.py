@@ -257,3 +257,28 @@ def test_mtt_unrolled_sgd(backend, device):
     want = run(trajectory_loss_reference)
     for x, y in zip(got, want):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_fake_kernels_check_shapes_and_dtypes():
+    """The fake kernels (what torch.compile and FakeTensorMode run) reject mismatched lists and a wrong
+    denominator, and return the real kernels' shapes and dtypes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    ops = [lambda *a: torch.ops.pydistill.trajectory_loss(*a, "auto")]
+    if HAS_CPP:
+        ops.append(torch.ops.pydistill.trajectory_loss_fwd)
+    with FakeTensorMode():
+        s, t = [torch.randn(3, 4), torch.randn(5)], [torch.randn(3, 4), torch.randn(6)]
+        for op in ops:
+            with pytest.raises(RuntimeError, match=r"target\[1\] must have the shape of student\[1\]"):
+                op(s, s, t)
+            with pytest.raises(RuntimeError, match=r"start\[0\] must have dtype"):
+                op(s, [s[0].double(), s[1]], s)
+            loss, den = op(s, s, s)
+            assert loss.shape == () and den.shape == () and den.dtype == torch.float32
+        g = torch.tensor(1.0)
+        with pytest.raises(RuntimeError, match="den must be one element of dtype torch.float64"):
+            torch.ops.pydistill.trajectory_loss_backward(g, [x.double() for x in s], [x.double() for x in s],
+                                                         torch.tensor(1.0), "auto")
+        grads = torch.ops.pydistill.trajectory_loss_backward(g, s, s, den, "auto")
+        assert [x.shape for x in grads] == [x.shape for x in s]
