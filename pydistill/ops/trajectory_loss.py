@@ -15,6 +15,7 @@ A zero denominator (``start == target``) gives ``inf`` (or ``nan`` when the nume
 non-finite gradient, exactly like the plain formula; the function never synchronises with the device to
 look. Pass ``check=True`` to raise a ``ValueError`` instead (this reads the denominator back: one sync).
 """
+
 from __future__ import annotations
 
 import math
@@ -144,8 +145,10 @@ def _fake_bwd(op: str, grad, student, target, den):
     _backend.check_fake_lists(op, [("student", student), ("target", target)], _FLOAT_DTYPES)
     acc = _acc_dtype(student[0].dtype)
     torch._check(grad.numel() == 1, lambda: f"{op}: grad must hold one element, got shape {tuple(grad.shape)}")
-    torch._check(den.numel() == 1 and den.dtype == acc,
-                 lambda: f"{op}: den must be one element of dtype {acc}, got {tuple(den.shape)} {den.dtype}")
+    torch._check(
+        den.numel() == 1 and den.dtype == acc,
+        lambda: f"{op}: den must be one element of dtype {acc}, got {tuple(den.shape)} {den.dtype}",
+    )
     return [x.new_empty(x.shape) for x in student]
 
 
@@ -326,4 +329,3 @@ def trajectory_loss(
                 "differ and be finite (the loss would be inf/nan)"
             )
     return loss
-
