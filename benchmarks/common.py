@@ -13,6 +13,7 @@ Three timings (milliseconds per call):
   ``time_calls``     throughput: ``calls`` back-to-back calls and ONE sync, total / calls (median of a few
                      repeats). On a GPU host-bound code shows here: the host may run ahead of the device.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -95,8 +96,9 @@ def peak_memory_mb(fn, device: str) -> float | None:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def measure(op: str, case: str, impl: str, fn, device: str, *, bytes_moved: int | None = None,
-            calls: int | None = None, **kw) -> dict:
+def measure(
+    op: str, case: str, impl: str, fn, device: str, *, bytes_moved: int | None = None, calls: int | None = None, **kw
+) -> dict:
     """Time and memory of one implementation; ``bytes_moved`` gives GB/s and the bandwidth floor.
 
     ``calls``: throughput row (``time_calls``, the row records ``calls``); otherwise per call (``time_fn``;

@@ -1,9 +1,13 @@
-// Argument checks and helpers shared by the CPU and CUDA kernels of match_loss.
+// Argument checks, helpers and the allocating wrappers shared by the CPU and CUDA kernels of match_loss.
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include "common.h"
+
 #include <string>
+#include <tuple>
+#include <vector>
 
 namespace pydistill {
 namespace match_loss_common {
@@ -15,9 +19,6 @@ inline int metric_code(const std::string& metric) {
   if (metric == "cos") return 2;
   TORCH_CHECK(false, "match_loss: metric must be one of 'ours', 'mse', 'cos', got '", metric, "'");
 }
-
-// Accumulation dtype: float64 for float64 inputs, else float32.
-inline at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 // Number of rows of the stats output for a list of shapes.
 inline int64_t num_rows(at::TensorList syn, int metric) {
@@ -46,6 +47,33 @@ inline void check_lists(at::TensorList syn, at::TensorList real, const char* op)
     TORCH_CHECK(syn[i].device() == device && real[i].device() == device, op,
                 ": all tensors must be on ", device, " (index ", i, ")");
   }
+}
+
+// match_loss_fwd: allocates loss (0-dim, input dtype) and stats ([R, 3], accumulation dtype) on the device of
+// gw_syn and fills them with the backend's match_loss_fwd_out kernel `FwdOut` (CPU or CUDA).
+template <void (*FwdOut)(at::TensorList, at::TensorList, const std::string&, const at::Tensor&, const at::Tensor&)>
+std::tuple<at::Tensor, at::Tensor> fwd(at::TensorList gw_syn, at::TensorList gw_real, const std::string& metric_s) {
+  check_lists(gw_syn, gw_real, "match_loss_fwd");
+  const int metric = metric_code(metric_s);
+  const auto dtype = gw_syn[0].scalar_type();
+  auto loss = at::empty({}, gw_syn[0].options());
+  auto stats = at::empty({num_rows(gw_syn, metric), 3}, gw_syn[0].options().dtype(acc_type(dtype)));
+  FwdOut(gw_syn, gw_real, metric_s, loss, stats);
+  return {loss, stats};
+}
+
+// match_loss_bwd: allocates one contiguous gradient per tensor of gw_syn (its shape, dtype and device) and fills
+// them with the backend's match_loss_bwd_out kernel `BwdOut` (CPU or CUDA).
+template <void (*BwdOut)(const at::Tensor&, at::TensorList, at::TensorList, const at::Tensor&, const std::string&,
+                         at::TensorList)>
+std::vector<at::Tensor> bwd(const at::Tensor& grad, at::TensorList gw_syn, at::TensorList gw_real,
+                            const at::Tensor& stats, const std::string& metric_s) {
+  std::vector<at::Tensor> out;
+  out.reserve(gw_syn.size());
+  for (const auto& t : gw_syn)
+    out.push_back(at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::Contiguous)));
+  BwdOut(grad, gw_syn, gw_real, stats, metric_s, out);
+  return out;
 }
 
 }  // namespace match_loss_common

@@ -3,7 +3,7 @@
 
 #include <ATen/ATen.h>
 
-#include <vector>
+#include "common.h"
 
 namespace pydistill {
 namespace trajectory_loss_common {
@@ -21,13 +21,6 @@ inline void check_lists(const char* op, at::TensorList a, const char* na, at::Te
     TORCH_CHECK(a[i].device() == a[0].device() && b[i].device() == a[0].device(), op,
                 ": all tensors must be on one device");
   }
-}
-
-inline std::vector<at::Tensor> contiguous_all(at::TensorList ts) {
-  std::vector<at::Tensor> out;
-  out.reserve(ts.size());
-  for (const auto& t : ts) out.push_back(t.contiguous());
-  return out;
 }
 
 }  // namespace trajectory_loss_common

@@ -1,4 +1,5 @@
 """Launch helpers shared by the multi-tensor Triton launchers (match_loss, trajectory_loss)."""
+
 from __future__ import annotations
 
 import contextlib

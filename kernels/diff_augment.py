@@ -1,8 +1,8 @@
 """Triton kernels of ``diff_augment`` (fused DSA: colour + crop/cutout/flip + scale/rotate in one pass).
 
 Each image ``n`` has one row of a coefficient table (layout ``COLS`` below), built on the device by one launch
-of ``_dsa_table_kernel`` straight from the raw DSA parameter tensors (``dsa_table``): no host work per call
-besides the launch. For an output pixel ``p = (px, py)`` (column, row) the kernel computes
+of ``_diff_augment_table_kernel`` straight from the raw DSA parameter tensors (``diff_augment_table``): no host
+work per call besides the launch. For an output pixel ``p = (px, py)`` (column, row) the kernel computes
 
 * ``s = A p``: the sampling point in "pre" space (the image before the first scale/rotate stage);
 * the 4 bilinear neighbours ``q`` of ``s`` (zero outside the image), each mapped to a source pixel
@@ -15,6 +15,7 @@ The backward scatters ``L^T g`` with atomics (float32/float64 accumulator); each
 the per-image contrast-mean term in its own slot at the end of the image's table row (no atomics), and a
 finishing launch adds the fixed-order sum of those slots to the image (and casts to the gradient dtype).
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,13 +25,40 @@ from torch.library import wrap_triton
 
 # column layout of the per-image coefficient table
 COLS = (
-    "a00", "a01", "a02", "a10", "a11", "a12",  # p -> s (pre space)
-    "fx", "ox", "oy",  # q -> source pixel
-    "c00", "c01", "c02", "c10", "c11", "c12", "crop_act",  # post crop: p -> crop input coordinates
-    "k00", "k01", "k02", "k10", "k11", "k12",  # post cutout: p -> cutout coordinates
-    "fk", "kx", "ky",  # pre cutout: q -> cutout coordinates
-    "cut_act", "lo_y", "hi_y", "lo_x", "hi_x",  # cutout box (inclusive; empty when inactive)
-    "alpha", "beta", "gamma", "delta",  # colour
+    "a00",
+    "a01",
+    "a02",
+    "a10",
+    "a11",
+    "a12",  # p -> s (pre space)
+    "fx",
+    "ox",
+    "oy",  # q -> source pixel
+    "c00",
+    "c01",
+    "c02",
+    "c10",
+    "c11",
+    "c12",
+    "crop_act",  # post crop: p -> crop input coordinates
+    "k00",
+    "k01",
+    "k02",
+    "k10",
+    "k11",
+    "k12",  # post cutout: p -> cutout coordinates
+    "fk",
+    "kx",
+    "ky",  # pre cutout: q -> cutout coordinates
+    "cut_act",
+    "lo_y",
+    "hi_y",
+    "lo_x",
+    "hi_x",  # cutout box (inclusive; empty when inactive)
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",  # colour
     "mean",  # per-image mean of x (0 when the colour group is inactive or absent)
 )
 K = len(COLS)
@@ -51,11 +79,46 @@ def encode_stages(codes) -> int:
 
 
 @triton.jit
-def _dsa_table_kernel(x_ptr, tab_ptr, act_ptr, bri_ptr, sat_ptr, con_ptr, sft_ptr, cen_ptr, flp_ptr, scl_ptr, ang_ptr,
-                      s_act, c_act, s_bri, s_sat, s_con, s_sft, c_sft, s_cen, c_cen, s_flp, s_scl, c_scl, s_ang,
-                      CHW, wm1, hm1, half_h, ext_h, half_w, ext_w, tab_stride,
-                      HAS_COLOR: tl.constexpr, HAS_CUT: tl.constexpr, PRE: tl.constexpr, POST: tl.constexpr,
-                      MEAN: tl.constexpr, BLOCK: tl.constexpr):
+def _diff_augment_table_kernel(
+    x_ptr,
+    tab_ptr,
+    act_ptr,
+    bri_ptr,
+    sat_ptr,
+    con_ptr,
+    sft_ptr,
+    cen_ptr,
+    flp_ptr,
+    scl_ptr,
+    ang_ptr,
+    s_act,
+    c_act,
+    s_bri,
+    s_sat,
+    s_con,
+    s_sft,
+    c_sft,
+    s_cen,
+    c_cen,
+    s_flp,
+    s_scl,
+    c_scl,
+    s_ang,
+    CHW,
+    wm1,
+    hm1,
+    half_h,
+    ext_h,
+    half_w,
+    ext_w,
+    tab_stride,
+    HAS_COLOR: tl.constexpr,
+    HAS_CUT: tl.constexpr,
+    PRE: tl.constexpr,
+    POST: tl.constexpr,
+    MEAN: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """Row n of the coefficient table from parameter row n (or 0 where a parameter is shared: row stride 0).
 
     Mirrors ``pydistill.ops.diff_augment._kernel_table``: the pre stages (PRE, walk order from the sampling point
@@ -247,8 +310,7 @@ def _dsa_table_kernel(x_ptr, tab_ptr, act_ptr, bri_ptr, sat_ptr, con_ptr, sft_pt
 
 
 @triton.jit
-def _pixel_setup(tab, n, tab_stride, offs, H, W, HAS_CUT: tl.constexpr, CUT_PRE: tl.constexpr,
-                 CROP_POST: tl.constexpr):
+def _pixel_setup(tab, n, tab_stride, offs, H, W, HAS_CUT: tl.constexpr, CUT_PRE: tl.constexpr, CROP_POST: tl.constexpr):
     """Sampling point, bilinear base corner/fractions and post mask of a block of output pixels."""
     t = tab + n * tab_stride
     a00 = tl.load(t + 0)
@@ -278,14 +340,30 @@ def _pixel_setup(tab, n, tab_stride, offs, H, W, HAS_CUT: tl.constexpr, CUT_PRE:
         if not CUT_PRE:
             ku = tl.load(t + 16) * pxf + tl.load(t + 17) * pyf + tl.load(t + 18)
             kv = tl.load(t + 19) * pxf + tl.load(t + 20) * pyf + tl.load(t + 21)
-            incut = (kv >= tl.load(t + 26)) & (kv <= tl.load(t + 27)) & (ku >= tl.load(t + 28)) & (ku <= tl.load(t + 29))
+            incut = (
+                (kv >= tl.load(t + 26)) & (kv <= tl.load(t + 27)) & (ku >= tl.load(t + 28)) & (ku <= tl.load(t + 29))
+            )
             post = tl.where(incut, 0.0, post)
     return x0, y0, fxr, fyr, post, pmask
 
 
 @triton.jit
-def _corner(tab, n, tab_stride, x0, y0, fxr, fyr, pmask, H, W, DX: tl.constexpr, DY: tl.constexpr,
-            HAS_CUT: tl.constexpr, CUT_PRE: tl.constexpr):
+def _corner(
+    tab,
+    n,
+    tab_stride,
+    x0,
+    y0,
+    fxr,
+    fyr,
+    pmask,
+    H,
+    W,
+    DX: tl.constexpr,
+    DY: tl.constexpr,
+    HAS_CUT: tl.constexpr,
+    CUT_PRE: tl.constexpr,
+):
     """Weight (0 where invalid) and flat source index of one bilinear corner."""
     t = tab + n * tab_stride
     fx = tl.load(t + 6)
@@ -313,7 +391,9 @@ def _corner(tab, n, tab_stride, x0, y0, fxr, fyr, pmask, H, W, DX: tl.constexpr,
         if CUT_PRE:
             ku = tl.load(t + 22) * qxf + tl.load(t + 23)
             kv = qyf + tl.load(t + 24)
-            incut = (kv >= tl.load(t + 26)) & (kv <= tl.load(t + 27)) & (ku >= tl.load(t + 28)) & (ku <= tl.load(t + 29))
+            incut = (
+                (kv >= tl.load(t + 26)) & (kv <= tl.load(t + 27)) & (ku >= tl.load(t + 28)) & (ku <= tl.load(t + 29))
+            )
             valid = valid & (incut == 0)
     # Masks as multiplications (w is finite): tl.where here trips a Triton 3.6 layout bug on fp64 (H100).
     w = w * valid.to(w.dtype)
@@ -322,9 +402,20 @@ def _corner(tab, n, tab_stride, x0, y0, fxr, fyr, pmask, H, W, DX: tl.constexpr,
 
 
 @triton.jit
-def _dsa_fwd_kernel(x_ptr, tab, out_ptr, C, H, W, tab_stride,
-                    HAS_CUT: tl.constexpr, CUT_PRE: tl.constexpr, CROP_POST: tl.constexpr,
-                    C_PAD: tl.constexpr, BLOCK: tl.constexpr):
+def _diff_augment_fwd_kernel(
+    x_ptr,
+    tab,
+    out_ptr,
+    C,
+    H,
+    W,
+    tab_stride,
+    HAS_CUT: tl.constexpr,
+    CUT_PRE: tl.constexpr,
+    CROP_POST: tl.constexpr,
+    C_PAD: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     n = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     HW = H * W
@@ -336,10 +427,12 @@ def _dsa_fwd_kernel(x_ptr, tab, out_ptr, C, H, W, tab_stride,
     S = tl.zeros((C_PAD, BLOCK), dtype=dt)
     wsum = tl.zeros((BLOCK,), dtype=dt)
     for corner in tl.static_range(4):
-        w, idx, valid = _corner(tab, n, tab_stride, x0, y0, fxr, fyr, pmask, H, W, corner % 2, corner // 2,
-                                HAS_CUT, CUT_PRE)
-        v = tl.load(x_ptr + base + offs_c[:, None] * HW + idx[None, :], mask=cmask[:, None] & valid[None, :],
-                    other=0.0).to(dt)
+        w, idx, valid = _corner(
+            tab, n, tab_stride, x0, y0, fxr, fyr, pmask, H, W, corner % 2, corner // 2, HAS_CUT, CUT_PRE
+        )
+        v = tl.load(
+            x_ptr + base + offs_c[:, None] * HW + idx[None, :], mask=cmask[:, None] & valid[None, :], other=0.0
+        ).to(dt)
         S += v * w[None, :]
         wsum += w
     t = tab + n * tab_stride
@@ -351,14 +444,29 @@ def _dsa_fwd_kernel(x_ptr, tab, out_ptr, C, H, W, tab_stride,
     ssum = tl.sum(S, axis=0)
     out = alpha * S + (beta / C) * ssum[None, :] + ((gamma + delta * m) * wsum)[None, :]
     out = out * post[None, :]
-    tl.store(out_ptr + base + offs_c[:, None] * HW + offs[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=cmask[:, None] & pmask[None, :])
+    tl.store(
+        out_ptr + base + offs_c[:, None] * HW + offs[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=cmask[:, None] & pmask[None, :],
+    )
 
 
 @triton.jit
-def _dsa_bwd_kernel(g_ptr, tab, gx_ptr, C, H, W, tab_stride,
-                    HAS_CUT: tl.constexpr, CUT_PRE: tl.constexpr, CROP_POST: tl.constexpr,
-                    C_PAD: tl.constexpr, BLOCK: tl.constexpr, SLOT: tl.constexpr):
+def _diff_augment_bwd_kernel(
+    g_ptr,
+    tab,
+    gx_ptr,
+    C,
+    H,
+    W,
+    tab_stride,
+    HAS_CUT: tl.constexpr,
+    CUT_PRE: tl.constexpr,
+    CROP_POST: tl.constexpr,
+    C_PAD: tl.constexpr,
+    BLOCK: tl.constexpr,
+    SLOT: tl.constexpr,
+):
     n = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     HW = H * W
@@ -367,8 +475,9 @@ def _dsa_bwd_kernel(g_ptr, tab, gx_ptr, C, H, W, tab_stride,
     offs_c = tl.arange(0, C_PAD)
     cmask = offs_c < C
     base = n.to(tl.int64) * C * HW
-    g = tl.load(g_ptr + base + offs_c[:, None] * HW + offs[None, :], mask=cmask[:, None] & pmask[None, :],
-                other=0.0).to(dt)
+    g = tl.load(
+        g_ptr + base + offs_c[:, None] * HW + offs[None, :], mask=cmask[:, None] & pmask[None, :], other=0.0
+    ).to(dt)
     g = g * post[None, :]
     G = tl.sum(g, axis=0)
     t = tab + n * tab_stride
@@ -378,18 +487,21 @@ def _dsa_bwd_kernel(g_ptr, tab, gx_ptr, C, H, W, tab_stride,
     val = alpha * g + (beta / C) * G[None, :]
     wsum = tl.zeros((BLOCK,), dtype=dt)
     for corner in tl.static_range(4):
-        w, idx, valid = _corner(tab, n, tab_stride, x0, y0, fxr, fyr, pmask, H, W, corner % 2, corner // 2,
-                                HAS_CUT, CUT_PRE)
-        tl.atomic_add(gx_ptr + base + offs_c[:, None] * HW + idx[None, :], val * w[None, :],
-                      mask=cmask[:, None] & valid[None, :])
+        w, idx, valid = _corner(
+            tab, n, tab_stride, x0, y0, fxr, fyr, pmask, H, W, corner % 2, corner // 2, HAS_CUT, CUT_PRE
+        )
+        tl.atomic_add(
+            gx_ptr + base + offs_c[:, None] * HW + idx[None, :], val * w[None, :], mask=cmask[:, None] & valid[None, :]
+        )
         wsum += w
     partial = tl.sum(G * wsum, axis=0) * delta / (C * HW).to(dt)
     tl.store(t + SLOT + tl.program_id(1), partial)  # this program's own slot: no atomics, fixed-order sum later
 
 
 @triton.jit
-def _dsa_bwd_finish_kernel(gx_ptr, tab, out_ptr, CHW, n_slots, tab_stride, SLOT: tl.constexpr,
-                           SLOTS_PAD: tl.constexpr, BLOCK: tl.constexpr):
+def _diff_augment_bwd_finish_kernel(
+    gx_ptr, tab, out_ptr, CHW, n_slots, tab_stride, SLOT: tl.constexpr, SLOTS_PAD: tl.constexpr, BLOCK: tl.constexpr
+):
     """out[n] = gx[n] + sum of image n's contrast-mean slots (fixed order), cast to out's dtype."""
     n = tl.program_id(0)
     j = tl.arange(0, SLOTS_PAD)
@@ -416,8 +528,20 @@ _MEAN_BLOCK = 1024
 _FINISH_BLOCK = 1024
 
 
-def dsa_table(x: torch.Tensor, params, *, cut_h: int, cut_w: int, has_color: bool, has_cut: bool, pre: int,
-              post: int, mean: bool, dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
+def diff_augment_table(
+    x: torch.Tensor,
+    params,
+    *,
+    cut_h: int,
+    cut_w: int,
+    has_color: bool,
+    has_cut: bool,
+    pre: int,
+    post: int,
+    mean: bool,
+    dtype: torch.dtype,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Coefficient table [N, table_width(C, H, W)] of ``dtype`` (float32/float64) for x [N, C, H, W], one launch.
 
     params: the 9 DSA parameter tensors (active [B, 6] bool, brightness/saturation/contrast [B], shift/centre
@@ -433,13 +557,46 @@ def dsa_table(x: torch.Tensor, params, *, cut_h: int, cut_w: int, has_color: boo
     def rs(t):  # row stride; 0 broadcasts a shared (batch dim 1) parameter
         return 0 if t.shape[0] == 1 else t.stride(0)
 
-    wrap_triton(_dsa_table_kernel)[(N,)](
-        x, out, act, bri, sat, con, sft, cen, flp, scl, ang,
-        rs(act), act.stride(1), rs(bri), rs(sat), rs(con), rs(sft), sft.stride(1), rs(cen), cen.stride(1),
-        rs(flp), rs(scl), scl.stride(1), rs(ang),
-        C * H * W, float(W - 1), float(H - 1), float(cut_h // 2), float(cut_h - 1), float(cut_w // 2),
-        float(cut_w - 1), out.stride(0),
-        HAS_COLOR=has_color, HAS_CUT=has_cut, PRE=pre, POST=post, MEAN=mean, BLOCK=_MEAN_BLOCK)
+    wrap_triton(_diff_augment_table_kernel)[(N,)](
+        x,
+        out,
+        act,
+        bri,
+        sat,
+        con,
+        sft,
+        cen,
+        flp,
+        scl,
+        ang,
+        rs(act),
+        act.stride(1),
+        rs(bri),
+        rs(sat),
+        rs(con),
+        rs(sft),
+        sft.stride(1),
+        rs(cen),
+        cen.stride(1),
+        rs(flp),
+        rs(scl),
+        scl.stride(1),
+        rs(ang),
+        C * H * W,
+        float(W - 1),
+        float(H - 1),
+        float(cut_h // 2),
+        float(cut_h - 1),
+        float(cut_w // 2),
+        float(cut_w - 1),
+        out.stride(0),
+        HAS_COLOR=has_color,
+        HAS_CUT=has_cut,
+        PRE=pre,
+        POST=post,
+        MEAN=mean,
+        BLOCK=_MEAN_BLOCK,
+    )
     return out
 
 
@@ -447,8 +604,15 @@ def _tab_stride(table: torch.Tensor) -> int:
     return 0 if table.shape[0] == 1 else table.stride(0)
 
 
-def dsa_forward(x: torch.Tensor, table: torch.Tensor, *, has_cut: bool, cut_pre: bool, crop_post: bool,
-                out: torch.Tensor | None = None) -> torch.Tensor:
+def diff_augment_fwd(
+    x: torch.Tensor,
+    table: torch.Tensor,
+    *,
+    has_cut: bool,
+    cut_pre: bool,
+    crop_post: bool,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Fused DSA forward. x: [N, C, H, W] contiguous; table: [1 or N, >= K] (float32, float64 for float64 x)
     with the image mean in column ``mean``. Returns [N, C, H, W] in x's dtype (written to ``out`` when given:
     contiguous, x's shape and dtype)."""
@@ -457,29 +621,63 @@ def dsa_forward(x: torch.Tensor, table: torch.Tensor, *, has_cut: bool, cut_pre:
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
     c_pad, block = _launch_cfg(C, H * W)
     grid = (N, triton.cdiv(H * W, block))
-    wrap_triton(_dsa_fwd_kernel)[grid](x, table, out, C, H, W, _tab_stride(table), HAS_CUT=has_cut,
-                                       CUT_PRE=cut_pre, CROP_POST=crop_post, C_PAD=c_pad, BLOCK=block)
+    wrap_triton(_diff_augment_fwd_kernel)[grid](
+        x,
+        table,
+        out,
+        C,
+        H,
+        W,
+        _tab_stride(table),
+        HAS_CUT=has_cut,
+        CUT_PRE=cut_pre,
+        CROP_POST=crop_post,
+        C_PAD=c_pad,
+        BLOCK=block,
+    )
     return out
 
 
-def dsa_backward(grad: torch.Tensor, table: torch.Tensor, *, has_cut: bool, cut_pre: bool,
-                 crop_post: bool) -> torch.Tensor:
+def diff_augment_bwd(
+    grad: torch.Tensor, table: torch.Tensor, *, has_cut: bool, cut_pre: bool, crop_post: bool
+) -> torch.Tensor:
     """grad_x = L^T grad for the fused DSA map. grad: [N, C, H, W] contiguous; table: [N, table_width(C, H, W)]
-    from ``dsa_table`` (its scratch columns are overwritten). Returns grad's dtype."""
+    from ``diff_augment_table`` (its scratch columns are overwritten). Returns grad's dtype."""
     N, C, H, W = grad.shape
     c_pad, block = _launch_cfg(C, H * W)
     n_slots = triton.cdiv(H * W, block)
     if table.dim() != 2 or table.shape[0] != N or table.shape[1] < K + n_slots:
-        raise ValueError(f"table must be [{N}, >= {K + n_slots}] (dsa_table of this batch), got "
-                         f"{tuple(table.shape)}")
+        raise ValueError(
+            f"table must be [{N}, >= {K + n_slots}] (diff_augment_table of this batch), got {tuple(table.shape)}"
+        )
     acc = table.dtype
     gx = torch.zeros((N, C, H, W), dtype=acc, device=grad.device)
-    wrap_triton(_dsa_bwd_kernel)[(N, n_slots)](grad, table, gx, C, H, W, table.stride(0), HAS_CUT=has_cut,
-                                               CUT_PRE=cut_pre, CROP_POST=crop_post, C_PAD=c_pad, BLOCK=block,
-                                               SLOT=K)
+    wrap_triton(_diff_augment_bwd_kernel)[(N, n_slots)](
+        grad,
+        table,
+        gx,
+        C,
+        H,
+        W,
+        table.stride(0),
+        HAS_CUT=has_cut,
+        CUT_PRE=cut_pre,
+        CROP_POST=crop_post,
+        C_PAD=c_pad,
+        BLOCK=block,
+        SLOT=K,
+    )
     out = gx if grad.dtype == acc else torch.empty_like(grad, memory_format=torch.contiguous_format)
     chw = C * H * W
-    wrap_triton(_dsa_bwd_finish_kernel)[(N, triton.cdiv(chw, _FINISH_BLOCK))](
-        gx, table, out, chw, n_slots, table.stride(0), SLOT=K, SLOTS_PAD=max(16, triton.next_power_of_2(n_slots)),
-        BLOCK=_FINISH_BLOCK)
+    wrap_triton(_diff_augment_bwd_finish_kernel)[(N, triton.cdiv(chw, _FINISH_BLOCK))](
+        gx,
+        table,
+        out,
+        chw,
+        n_slots,
+        table.stride(0),
+        SLOT=K,
+        SLOTS_PAD=max(16, triton.next_power_of_2(n_slots)),
+        BLOCK=_FINISH_BLOCK,
+    )
     return out

@@ -9,13 +9,14 @@ program per chunk. The forward writes per-chunk partial sums, then the last prog
 (atomic counter at the head of the table) combines them per row in a fixed order (deterministic),
 writes the per-row stats ``[R, 3] = (<a,b>, |a|^2, |b|^2)`` and the loss, and resets the counter to 0.
 Tables (and the forward's scratch) are cached per device, stream, metric, dtype, pointers and shapes, so a
-training loop's repeated calls on the same storages launch with no host-side table work (see ``_CACHE``). The backward writes
-``alpha_row * b + beta_row * a`` (or ``2 g (a - b)`` for "mse") with coefficients from the stats.
+training loop's repeated calls on the same storages launch with no host-side table work (see ``_CACHE``). The
+backward writes ``alpha_row * b + beta_row * a`` (or ``2 g (a - b)`` for "mse") with coefficients from the stats.
 
 These launchers are plain Python called from the opaque ``pydistill::match_loss`` custom op (not
 ``triton_op``): the pointer table hides which tensors a kernel reads and writes, so the kernels must not
 be traced by the compiler.
 """
+
 from __future__ import annotations
 
 import collections
@@ -58,10 +59,27 @@ def _find(meta_ptr, key, T, FIELD: tl.constexpr, F: tl.constexpr, H: tl.constexp
 
 
 @triton.jit
-def _match_fwd_kernel(meta_ptr, counter_ptr, part_ptr, stats_ptr, loss_ptr, T, W, R, KMAX, n_programs,
-                      METRIC: tl.constexpr, DT: tl.constexpr, ACC: tl.constexpr, STEPS: tl.constexpr,
-                      CHUNK: tl.constexpr, BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
-                      F: tl.constexpr, H: tl.constexpr):
+def _match_loss_fwd_kernel(
+    meta_ptr,
+    counter_ptr,
+    part_ptr,
+    stats_ptr,
+    loss_ptr,
+    T,
+    W,
+    R,
+    KMAX,
+    n_programs,
+    METRIC: tl.constexpr,
+    DT: tl.constexpr,
+    ACC: tl.constexpr,
+    STEPS: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    F: tl.constexpr,
+    H: tl.constexpr,
+):
     c = tl.program_id(0).to(tl.int64)
     if c < W:
         t = _find(meta_ptr, c, T, 6, F, H, STEPS)
@@ -152,9 +170,21 @@ def _match_fwd_kernel(meta_ptr, counter_ptr, part_ptr, stats_ptr, loss_ptr, T, W
 
 
 @triton.jit
-def _match_bwd_kernel(meta_ptr, stats_ptr, grad_ptr, T, R,
-                      METRIC: tl.constexpr, DT: tl.constexpr, ACC: tl.constexpr, STEPS: tl.constexpr,
-                      CHUNK: tl.constexpr, BLOCK: tl.constexpr, F: tl.constexpr, H: tl.constexpr):
+def _match_loss_bwd_kernel(
+    meta_ptr,
+    stats_ptr,
+    grad_ptr,
+    T,
+    R,
+    METRIC: tl.constexpr,
+    DT: tl.constexpr,
+    ACC: tl.constexpr,
+    STEPS: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+    F: tl.constexpr,
+    H: tl.constexpr,
+):
     c = tl.program_id(0).to(tl.int64)
     t = _find(meta_ptr, c, T, 6, F, H, STEPS)
     base = meta_ptr + H + t * F
@@ -225,8 +255,17 @@ def _build_table(a, b, g, metric: str, backward: bool, device):
             rows, row_len = 1, n
         cpr = -(-row_len // CHUNK)
         kmax = max(kmax, cpr)
-        rows_l += [x.data_ptr(), y.data_ptr(), g[i].data_ptr() if g is not None else 0,
-                   rows, row_len, cpr, cs, seg if metric == "ours" else 0, active]
+        rows_l += [
+            x.data_ptr(),
+            y.data_ptr(),
+            g[i].data_ptr() if g is not None else 0,
+            rows,
+            row_len,
+            cpr,
+            cs,
+            seg if metric == "ours" else 0,
+            active,
+        ]
         cs += rows * cpr
         if metric == "ours" and active:
             seg += rows
@@ -278,8 +317,14 @@ def match_loss_fwd(gw_syn, gw_real, metric: str, loss=None, stats=None):
     dtype, device = a[0].dtype, a[0].device
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     T = len(a)
-    key = (device, stream_id(device), metric, False, dtype, tuple((x.data_ptr(), y.data_ptr(), x.shape)
-                                                                  for x, y in zip(a, b)))
+    key = (
+        device,
+        stream_id(device),
+        metric,
+        False,
+        dtype,
+        tuple((x.data_ptr(), y.data_ptr(), x.shape) for x, y in zip(a, b)),
+    )
 
     def build():
         table, W, kmax = _build_table(a, b, None, metric, False, device)
@@ -294,10 +339,26 @@ def match_loss_fwd(gw_syn, gw_real, metric: str, loss=None, stats=None):
     grid = max(W, 1)
     try:
         with on_device(device):  # Triton launches on the current CUDA device
-            _match_fwd_kernel[(grid,)](
-                table, counter, part, stats, loss, T, W, R, kmax, grid,
-                METRIC=METRICS[metric], DT=_TL_DTYPES[dtype], ACC=_TL_DTYPES[acc], STEPS=_steps(T),
-                CHUNK=CHUNK, BLOCK=BLOCK, BLOCK_R=BLOCK_R, F=FIELDS, H=HEADER,
+            _match_loss_fwd_kernel[(grid,)](
+                table,
+                counter,
+                part,
+                stats,
+                loss,
+                T,
+                W,
+                R,
+                kmax,
+                grid,
+                METRIC=METRICS[metric],
+                DT=_TL_DTYPES[dtype],
+                ACC=_TL_DTYPES[acc],
+                STEPS=_steps(T),
+                CHUNK=CHUNK,
+                BLOCK=BLOCK,
+                BLOCK_R=BLOCK_R,
+                F=FIELDS,
+                H=HEADER,
             )
     except BaseException:  # a launch that did not finish may leave the counter set: never reuse that table
         _CACHE.pop(key, None)
@@ -317,8 +378,14 @@ def match_loss_bwd(grad, gw_syn, gw_real, stats, metric: str, out=None):
         out = [torch.empty(t.shape, dtype=dtype, device=device) for t in a]
     # the outputs' addresses are part of the key: in a training loop the allocator usually hands back the same
     # blocks, so steady-state calls hit; a miss only costs the host build and one copy
-    key = (device, stream_id(device), metric, True, dtype, tuple((x.data_ptr(), y.data_ptr(), o.data_ptr(), x.shape)
-                                                                 for x, y, o in zip(a, b, out)))
+    key = (
+        device,
+        stream_id(device),
+        metric,
+        True,
+        dtype,
+        tuple((x.data_ptr(), y.data_ptr(), o.data_ptr(), x.shape) for x, y, o in zip(a, b, out)),
+    )
     table, W, _ = _cached(key, lambda: _build_table(a, b, out, metric, True, device))
     if W == 0:
         return out
@@ -332,9 +399,19 @@ def match_loss_bwd(grad, gw_syn, gw_real, stats, metric: str, out=None):
             stats = _PLACEHOLDERS[(device, acc)] = torch.zeros(3, dtype=acc, device=device)
     T = len(a)
     with on_device(device):  # Triton launches on the current CUDA device
-        _match_bwd_kernel[(W,)](
-            table, stats, grad, T, num_rows([t.shape for t in a], metric),
-            METRIC=METRICS[metric], DT=_TL_DTYPES[dtype], ACC=_TL_DTYPES[acc], STEPS=_steps(T),
-            CHUNK=CHUNK, BLOCK=BLOCK, F=FIELDS, H=HEADER,
+        _match_loss_bwd_kernel[(W,)](
+            table,
+            stats,
+            grad,
+            T,
+            num_rows([t.shape for t in a], metric),
+            METRIC=METRICS[metric],
+            DT=_TL_DTYPES[dtype],
+            ACC=_TL_DTYPES[acc],
+            STEPS=_steps(T),
+            CHUNK=CHUNK,
+            BLOCK=BLOCK,
+            F=FIELDS,
+            H=HEADER,
         )
     return out

@@ -1,13 +1,13 @@
 """Triton kernels of ``trajectory_loss`` (MTT's normalized parameter-matching loss) and their launchers.
 
-Forward = one launch over the whole tensor list (``_fwd_kernel``): the list is cut into chunks described by a
-pointer table (int64 rows ``[student_addr, start_addr, target_addr, length]``); program ``p`` walks chunks
-``p, p + G, ...`` and writes its two partial sums ``sum (s-t)^2`` and ``sum (a-t)^2`` (fp32, fp64 for fp64)
+Forward = one launch over the whole tensor list (``_trajectory_loss_fwd_kernel``): the list is cut into chunks
+described by a pointer table (int64 rows ``[student_addr, start_addr, target_addr, length]``); program ``p``
+walks chunks ``p, p + G, ...`` and writes its two partial sums ``sum (s-t)^2`` and ``sum (a-t)^2`` (fp32, fp64 for fp64)
 to its own slot; the last program to take a ticket (atomic counter, reset by that program) adds the ``G``
 partial pairs in a fixed order (deterministic) and writes ``loss = num / den`` (input dtype) and ``den``
 (accumulation dtype).
-Backward (``_bwd_kernel``), one launch: ``out = grad * 2 * (s - t) / den`` with ``grad`` and ``den`` read
-from device memory (no host synchronisation).
+Backward (``_trajectory_loss_bwd_kernel``), one launch: ``out = grad * 2 * (s - t) / den`` with ``grad`` and
+``den`` read from device memory (no host synchronisation).
 
 The table is built from the tensors' addresses on the host and copied with one asynchronous pinned
 host-to-device copy, cached (with the forward's scratch and counter) per device/stream/addresses/lengths,
@@ -15,6 +15,7 @@ so repeated calls on the same storages launch with no host-side table work; this
 registered as opaque custom ops rather than as
 ``triton_op`` (whose tracing would see fake tensors without addresses).
 """
+
 from __future__ import annotations
 
 import collections
@@ -31,8 +32,19 @@ _MAX_CHUNK = 1 << 16
 
 
 @triton.jit
-def _fwd_kernel(table_ptr, n_chunks, ref_ptr, partial_ptr, counter_ptr, loss_ptr, den_ptr, BLOCK: tl.constexpr,
-                ACC_FP64: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_P: tl.constexpr):
+def _trajectory_loss_fwd_kernel(
+    table_ptr,
+    n_chunks,
+    ref_ptr,
+    partial_ptr,
+    counter_ptr,
+    loss_ptr,
+    den_ptr,
+    BLOCK: tl.constexpr,
+    ACC_FP64: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     acc_t = tl.float64 if ACC_FP64 else tl.float32
@@ -81,8 +93,9 @@ def _fwd_kernel(table_ptr, n_chunks, ref_ptr, partial_ptr, counter_ptr, loss_ptr
 
 
 @triton.jit
-def _bwd_kernel(table_ptr, n_chunks, ref_ptr, grad_ptr, den_ptr, BLOCK: tl.constexpr, ACC_FP64: tl.constexpr,
-                ALIGNED: tl.constexpr):
+def _trajectory_loss_bwd_kernel(
+    table_ptr, n_chunks, ref_ptr, grad_ptr, den_ptr, BLOCK: tl.constexpr, ACC_FP64: tl.constexpr, ALIGNED: tl.constexpr
+):
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     acc_t = tl.float64 if ACC_FP64 else tl.float32
@@ -155,8 +168,10 @@ def _table(columns: list[list[torch.Tensor]], lengths: list[int], chunk: int, de
     if scratch is not None:
         _, _, max_prog = _config(sum(lengths), device)
         grid = max(1, min(out[1], max_prog))
-        out = out + (torch.empty((grid, 2), dtype=scratch, device=device),
-                     torch.zeros((1,), dtype=torch.int32, device=device))
+        out = out + (
+            torch.empty((grid, 2), dtype=scratch, device=device),
+            torch.zeros((1,), dtype=torch.int32, device=device),
+        )
     _TABLE_CACHE[key] = out
     if len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
         _TABLE_CACHE.popitem(last=False)
@@ -189,7 +204,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def fwd(student: list[torch.Tensor], start: list[torch.Tensor], target: list[torch.Tensor]):
+def trajectory_loss_fwd(student: list[torch.Tensor], start: list[torch.Tensor], target: list[torch.Tensor]):
     """Forward launcher: returns ``(loss, den)``, 0-dim, in the input dtype / the accumulation dtype."""
     s = [x.contiguous() for x in student]
     a = [x.contiguous() for x in start]
@@ -204,16 +219,26 @@ def fwd(student: list[torch.Tensor], start: list[torch.Tensor], target: list[tor
     den = _empty((), acc, device)
     try:
         with on_device(device):  # Triton launches on the current CUDA device
-            _fwd_kernel[(grid,)](table, n_chunks, s[0], partial, counter, loss, den, BLOCK=block,
-                                 ACC_FP64=acc == torch.float64, ALIGNED=aligned,
-                                 BLOCK_P=max(16, triton.next_power_of_2(grid)))
+            _trajectory_loss_fwd_kernel[(grid,)](
+                table,
+                n_chunks,
+                s[0],
+                partial,
+                counter,
+                loss,
+                den,
+                BLOCK=block,
+                ACC_FP64=acc == torch.float64,
+                ALIGNED=aligned,
+                BLOCK_P=max(16, triton.next_power_of_2(grid)),
+            )
     except BaseException:  # an unfinished launch may leave the counter set: never reuse that entry
         _TABLE_CACHE.pop(key, None)
         raise
     return loss, den
 
 
-def bwd(grad: torch.Tensor, student: list[torch.Tensor], target: list[torch.Tensor], den: torch.Tensor):
+def trajectory_loss_bwd(grad: torch.Tensor, student: list[torch.Tensor], target: list[torch.Tensor], den: torch.Tensor):
     """Backward launcher: ``[grad * 2 * (s_i - t_i) / den]``, contiguous, shapes of ``student``."""
     s = [x.contiguous() for x in student]
     t = [x.contiguous() for x in target]
@@ -227,6 +252,7 @@ def bwd(grad: torch.Tensor, student: list[torch.Tensor], target: list[torch.Tens
         raise ValueError(f"grad must hold one element (the loss gradient), got shape {tuple(grad.shape)}")
     # grad and den are read (any float dtype, one element) by the kernel itself: no host-side conversion
     with on_device(device):  # Triton launches on the current CUDA device
-        _bwd_kernel[(grid,)](table, n_chunks, s[0], grad, den, BLOCK=block,
-                             ACC_FP64=_acc_dtype(dtype) == torch.float64, ALIGNED=aligned)
+        _trajectory_loss_bwd_kernel[(grid,)](
+            table, n_chunks, s[0], grad, den, BLOCK=block, ACC_FP64=_acc_dtype(dtype) == torch.float64, ALIGNED=aligned
+        )
     return out

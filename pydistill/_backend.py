@@ -4,6 +4,7 @@ Backends: ``"reference"`` (plain PyTorch, runs anywhere), ``"cpp"`` (pydistill._
 ``"cuda"`` (pydistill._C CUDA kernels), ``"triton"`` (kernels/ Triton kernels; on the CPU only under
 ``TRITON_INTERPRET=1``). ``"auto"`` picks the fastest available for the tensors' device.
 """
+
 from __future__ import annotations
 
 import os
@@ -81,10 +82,57 @@ def plain_eager(tensors) -> bool:
     functorch transforms or tensor subclasses). The ops then run an autograd.Function with exactly the custom
     op's forward/backward, skipping the custom op's per-call wrapper cost (pytree, default filling, redispatches);
     otherwise they go through ``torch.ops.pydistill.*`` so compile, opcheck and transforms see the registered op."""
-    if (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
-            or torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active()):
+    if (
+        torch.compiler.is_compiling()
+        or torch._C._is_torch_function_mode_enabled()
+        or torch._C._len_torch_dispatch_stack()
+        or torch._C._are_functorch_transforms_active()
+    ):
         return False
     return all(type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
+
+
+def check_fake_lists(op: str, lists, dtypes) -> None:
+    """Shape/dtype/device checks of a fake kernel (``torch._check``, as extension-cpp's fake kernels do).
+
+    ``lists``: ``[(name, list of tensors), ...]``; the first list must be non-empty, every list as long as the
+    first, each tensor of the shape of the first list's tensor at its position, all of one dtype out of
+    ``dtypes`` and on one device. Raises with ``op`` and the argument named.
+    """
+    first_name, first = lists[0]
+    torch._check(len(first) > 0, lambda: f"{op}: {first_name} must be a non-empty list of tensors")
+    dtype, device = first[0].dtype, first[0].device
+    torch._check(dtype in dtypes, lambda: f"{op}: {first_name}[0] must have a dtype in {dtypes}, got {dtype}")
+    for name, tensors in lists:
+        torch._check(
+            len(tensors) == len(first),
+            lambda name=name, tensors=tensors: (
+                f"{op}: {name} must hold {len(first)} tensors (as many as {first_name}), got {len(tensors)}"
+            ),
+        )
+        for i, (t, ref) in enumerate(zip(tensors, first)):
+            torch._check(
+                t.dim() == ref.dim(),
+                lambda name=name, i=i, t=t, ref=ref: (
+                    f"{op}: {name}[{i}] must have "
+                    f"the shape of {first_name}[{i}] {tuple(ref.shape)}, got {tuple(t.shape)}"
+                ),
+            )
+            for d in range(ref.dim()):
+                torch._check(
+                    t.shape[d] == ref.shape[d],
+                    lambda name=name, i=i, t=t, ref=ref: (
+                        f"{op}: {name}[{i}] "
+                        f"must have the shape of {first_name}[{i}] {tuple(ref.shape)}, got {tuple(t.shape)}"
+                    ),
+                )
+            torch._check(
+                t.dtype == dtype,
+                lambda name=name, i=i, t=t: f"{op}: {name}[{i}] must have dtype {dtype}, got {t.dtype}",
+            )
+            torch._check(
+                t.device == device, lambda name=name, i=i, t=t: f"{op}: {name}[{i}] must be on {device}, got {t.device}"
+            )
 
 
 def require_compiled(what: str) -> None:

@@ -1,4 +1,5 @@
 """diff_augment (DSA): fused Triton kernels vs the PyTorch reference vs the original-style sequential pipeline."""
+
 import math
 import pickle
 
@@ -6,8 +7,16 @@ import pytest
 import torch
 
 import pydistill.ops
-from pydistill.ops.diff_augment import (GROUPS, DSAParams, _kernel_table, _triton_spec, diff_augment,
-                                        diff_augment_reference, diff_augment_sequential, sample_dsa_params)
+from pydistill.ops.diff_augment import (
+    GROUPS,
+    DSAParams,
+    _kernel_table,
+    _triton_spec,
+    diff_augment,
+    diff_augment_reference,
+    diff_augment_sequential,
+    sample_dsa_params,
+)
 from tests.conftest import DEVICES, TRITON_DEVICES, poison
 
 DEFAULT = "color_crop_cutout_flip_scale_rotate"
@@ -36,9 +45,12 @@ def _grads(x, params, backend, g):
 
 
 # ------------------------------------------------------------------------------------ kernel vs reference
-CASES = [(s, m) for s in GROUPS for m in ("all",)] + [(DEFAULT, "all"), (DEFAULT, "one"),
-                                                      ("flip_scale_crop_rotate_cutout", "all"),
-                                                      ("rotate_cutout_scale_crop", "all")]
+CASES = [(s, m) for s in GROUPS for m in ("all",)] + [
+    (DEFAULT, "all"),
+    (DEFAULT, "one"),
+    ("flip_scale_crop_rotate_cutout", "all"),
+    ("rotate_cutout_scale_crop", "all"),
+]
 
 
 @triton_only
@@ -67,11 +79,19 @@ def test_triton_poisoned_output(device):
     p = sample_dsa_params(3, DEFAULT, "all", True, height=11, width=13, device=device)
     flags, spec = _triton_spec(p.strategy)
     table = poison(torch.empty(3, tk.table_width(3, 11, 13)))
-    tk.dsa_table(x, p.tensors(), cut_h=p.cutout_size[0], cut_w=p.cutout_size[1], mean=True, dtype=torch.float32,
-                 out=table, **spec)
-    assert torch.isfinite(table[:, :tk.K]).all()
+    tk.diff_augment_table(
+        x,
+        p.tensors(),
+        cut_h=p.cutout_size[0],
+        cut_w=p.cutout_size[1],
+        mean=True,
+        dtype=torch.float32,
+        out=table,
+        **spec,
+    )
+    assert torch.isfinite(table[:, : tk.K]).all()
     out = poison(torch.empty_like(x))
-    tk.dsa_forward(x, table, out=out, **flags)
+    tk.diff_augment_fwd(x, table, out=out, **flags)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, diff_augment_reference(x, p), atol=2e-5, rtol=1e-5)
 
@@ -102,11 +122,22 @@ def test_gradcheck_reference(per_sample):
 
 
 @triton_only
-@pytest.mark.parametrize("device", [
-    pytest.param(d, marks=pytest.mark.xfail(d == "cuda", reason="Triton 3.6 fails to compile the fp64 backward "
-                                            "on sm_90 (arith.select layout error, seen on H100); 'auto' uses the "
-                                            "reference for fp64", strict=False))
-    for d in TRITON_DEVICES])
+@pytest.mark.parametrize(
+    "device",
+    [
+        pytest.param(
+            d,
+            marks=pytest.mark.xfail(
+                d == "cuda",
+                reason="Triton 3.6 fails to compile the fp64 backward "
+                "on sm_90 (arith.select layout error, seen on H100); 'auto' uses the "
+                "reference for fp64",
+                strict=False,
+            ),
+        )
+        for d in TRITON_DEVICES
+    ],
+)
 def test_gradcheck_triton(device):
     x = torch.randn(2, 2, 5, 6, dtype=torch.float64, device=device, requires_grad=True)
     p = sample_dsa_params(2, DEFAULT, "all", True, height=5, width=6, device=device)
@@ -186,8 +217,9 @@ def test_cpu_auto_one_shared_group_takes_the_exact_sequential_pass(group, monkey
     assert calls == []
 
 
-@pytest.mark.parametrize("strategy", ["color_crop_cutout_flip_scale", "color_rotate_crop_flip_cutout",
-                                      "scale_crop_flip_cutout"])
+@pytest.mark.parametrize(
+    "strategy", ["color_crop_cutout_flip_scale", "color_rotate_crop_flip_cutout", "scale_crop_flip_cutout"]
+)
 def test_all_with_one_resample_matches_sequential(strategy):
     # with at most one scale/rotate stage the fused map interpolates exactly as often as the original
     x = torch.randn(3, 3, 11, 13)
@@ -199,8 +231,9 @@ def test_all_with_one_resample_matches_sequential(strategy):
 def test_identity_is_exact(backend):
     device = "cpu" if backend == "reference" else TRITON_DEVICES[0]
     x = torch.randn(2, 3, 9, 11, device=device)
-    p = sample_dsa_params(2, "crop_cutout_flip_scale_rotate", "all", True, height=9, width=11, device=device,
-                          cutout=0.0)
+    p = sample_dsa_params(
+        2, "crop_cutout_flip_scale_rotate", "all", True, height=9, width=11, device=device, cutout=0.0
+    )
     p.scale.fill_(1.0)
     p.angle.zero_()
     p.shift.zero_()
@@ -309,10 +342,18 @@ def test_validation_errors():
 @triton_only
 @pytest.mark.parametrize("device", TRITON_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("strategy,mode,per_sample", [
-    (DEFAULT, "all", True), (DEFAULT, "all", False), (DEFAULT, "one", True),
-    ("flip_scale_crop_rotate_cutout", "all", True), ("rotate_cutout_scale_crop", "all", False),
-    ("cutout_flip_crop", "all", True), ("scale", "all", True)])
+@pytest.mark.parametrize(
+    "strategy,mode,per_sample",
+    [
+        (DEFAULT, "all", True),
+        (DEFAULT, "all", False),
+        (DEFAULT, "one", True),
+        ("flip_scale_crop_rotate_cutout", "all", True),
+        ("rotate_cutout_scale_crop", "all", False),
+        ("cutout_flip_crop", "all", True),
+        ("scale", "all", True),
+    ],
+)
 def test_table_kernel_matches_torch_table(device, dtype, strategy, mode, per_sample):
     """The one-launch table equals the torch specification ``_kernel_table`` (+ the per-image mean column)."""
     from pydistill.kernels import diff_augment as tk
@@ -324,12 +365,13 @@ def test_table_kernel_matches_torch_table(device, dtype, strategy, mode, per_sam
         p = _force(p, ["color"])  # exercise the mean column
     flags, spec = _triton_spec(p.strategy)
     table = poison(torch.empty(N, tk.table_width(C, H, W), dtype=dtype, device=device))
-    tk.dsa_table(x, p.tensors(), cut_h=p.cutout_size[0], cut_w=p.cutout_size[1], mean=True, dtype=dtype, out=table,
-                 **spec)
+    tk.diff_augment_table(
+        x, p.tensors(), cut_h=p.cutout_size[0], cut_w=p.cutout_size[1], mean=True, dtype=dtype, out=table, **spec
+    )
     ref, ref_flags = _kernel_table(*p.tensors(), p.strategy, *p.cutout_size, H, W, dtype)
     assert ref_flags == flags
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-12, rtol=1e-12)
-    torch.testing.assert_close(table[:, :tk.K - 1], ref.expand(N, -1), **tol)
+    torch.testing.assert_close(table[:, : tk.K - 1], ref.expand(N, -1), **tol)
     colour_on = p.active[:, 0].expand(N) if "color" in strategy else torch.zeros(N, dtype=torch.bool)
     mean = torch.where(colour_on.to(device), x.mean((1, 2, 3)), torch.zeros((), dtype=dtype, device=device))
     torch.testing.assert_close(table[:, tk.K - 1], mean, **tol)
@@ -343,8 +385,9 @@ def test_table_reads_strided_params(device):
     p = sample_dsa_params(3, DEFAULT, "all", True, height=9, width=11, device=device)
     assert not p.brightness.is_contiguous()
     q = DSAParams(p.strategy, p.height, p.width, p.cutout_size, *(t.contiguous() for t in p.tensors()))
-    torch.testing.assert_close(diff_augment(x, params=p, backend="triton"),
-                               diff_augment(x, params=q, backend="triton"), atol=0, rtol=0)
+    torch.testing.assert_close(
+        diff_augment(x, params=p, backend="triton"), diff_augment(x, params=q, backend="triton"), atol=0, rtol=0
+    )
 
 
 @triton_only
@@ -401,14 +444,29 @@ def test_param_distribution_statistics():
     assert ok(chi2_uniform(p.centre[:, 0], range(H + 1 - ch % 2)))
     assert ok(chi2_uniform(p.centre[:, 1], range(W + 1 - cw % 2)))
     # fields come from distinct columns of one draw: independent (sample correlations ~ N(0, 1/n))
-    cols = torch.stack([p.brightness, p.saturation, p.contrast, p.angle, p.scale[:, 0], p.scale[:, 1],
-                        p.shift[:, 0].float(), p.centre[:, 1].float(), p.flip.float()]).double()
+    cols = torch.stack(
+        [
+            p.brightness,
+            p.saturation,
+            p.contrast,
+            p.angle,
+            p.scale[:, 0],
+            p.scale[:, 1],
+            p.shift[:, 0].float(),
+            p.centre[:, 1].float(),
+            p.flip.float(),
+        ]
+    ).double()
     corr = torch.corrcoef(cols)
     assert (corr - torch.eye(len(cols), dtype=torch.float64)).abs().max() < 4.5 / math.sqrt(n)
     # mode "one": the group pick is uniform over the strategy's groups
     gen = torch.Generator().manual_seed(1)
-    picks = torch.stack([sample_dsa_params(1, "crop_flip_rotate_color", "one", height=8, width=8,
-                                           generator=gen).active[0].float() for _ in range(1200)])
+    picks = torch.stack(
+        [
+            sample_dsa_params(1, "crop_flip_rotate_color", "one", height=8, width=8, generator=gen).active[0].float()
+            for _ in range(1200)
+        ]
+    )
     assert (picks.sum(1) == 1).all() and picks[:, [2, 4]].sum() == 0
     k = picks.argmax(1)
     assert ok(chi2_uniform(k, [0, 1, 3, 5]))
@@ -423,3 +481,24 @@ def test_sampled_params_independent_of_the_cache():
     c = sample_dsa_params(4, DEFAULT, "all", True, height=8, width=8, generator=torch.Generator().manual_seed(2))
     assert b.active.all() and all(torch.equal(x, y) for x, y in zip(b.tensors(), c.tensors()))
     assert (b.contrast >= 0.5).all()
+
+
+def test_fake_kernels_check_shapes_and_dtypes():
+    """The fake kernels (what torch.compile and FakeTensorMode run) reject what ``_check_params`` rejects and
+    return a contiguous batch of x's shape."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    p = sample_dsa_params(2, DEFAULT, "all", True, height=8, width=8)
+    x = mode.from_tensor(torch.randn(2, 3, 8, 8))
+    ts = [mode.from_tensor(t) for t in p.tensors()]
+    static = (p.strategy, *p.cutout_size, "auto")
+    with mode:
+        for op in (torch.ops.pydistill.diff_augment, torch.ops.pydistill.diff_augment_backward):
+            assert op(x, *ts, *static).shape == (2, 3, 8, 8)
+            with pytest.raises(RuntimeError, match="4-D NCHW"):
+                op(x[0], *ts, *static)
+            with pytest.raises(RuntimeError, match=r"brightness must have shape \[1 or 3\]"):
+                op(torch.randn(3, 3, 8, 8), *ts, *static)
+            with pytest.raises(RuntimeError, match="active must be a bool tensor"):
+                op(x, ts[0].float(), *ts[1:], *static)

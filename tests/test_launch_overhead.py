@@ -6,6 +6,7 @@ bounds below are the budget of issue #2 (diff_augment forward <= 6, forward+back
 handful besides one output allocation per gradient tensor). Also checks that the cached address tables are
 never stale and that no call synchronises with the device (no ``aten._local_scalar_dense``).
 """
+
 from __future__ import annotations
 
 import collections
@@ -21,8 +22,10 @@ from pydistill.ops.match_loss import match_loss, match_loss_reference
 from pydistill.ops.trajectory_loss import trajectory_loss, trajectory_loss_reference
 from tests.conftest import TRITON_DEVICES, poison
 
-pytestmark = [pytest.mark.skipif(not TRITON_DEVICES, reason="Triton needs CUDA or TRITON_INTERPRET=1"),
-              pytest.mark.usefixtures("one_thread")]
+pytestmark = [
+    pytest.mark.skipif(not TRITON_DEVICES, reason="Triton needs CUDA or TRITON_INTERPRET=1"),
+    pytest.mark.usefixtures("one_thread"),
+]
 DEVICE = TRITON_DEVICES[0] if TRITON_DEVICES else "cpu"
 DEFAULT = "color_crop_cutout_flip_scale_rotate"
 SHAPES = [(7, 3, 3, 3), (7,), (5, 7, 3, 3), (5,), (3, 13), (4, 5, 6), (7,)]
@@ -49,7 +52,10 @@ class _Count(TorchDispatchMode):
 def _kernels():
     import triton
 
-    from pydistill.kernels import diff_augment, match_loss as ml, trajectory_loss as tl_
+    from pydistill.kernels import diff_augment
+    from pydistill.kernels import match_loss as ml
+    from pydistill.kernels import trajectory_loss as tl_
+
     for mod in (diff_augment, ml, tl_):
         for name, obj in vars(mod).items():
             if isinstance(obj, triton.runtime.jit.KernelInterface):
@@ -70,10 +76,12 @@ def counting():
 
     patched = []
     for name, k in _kernels():
+
         def run(*args, _run=k.run, _name=name, **kwargs):
             c.launches[_name] += 1
             with _disable_current_modes():
                 return _run(*args, **kwargs)
+
         k.run = run
         patched.append(k)
     _backend.plain_eager = plain_eager
@@ -104,8 +112,7 @@ def test_diff_augment_triton_budget(mode, per_sample):
         (gx,) = torch.autograd.grad(out, xs, g)
     assert both.total <= 12, both
     assert sum(both.launches.values()) == 4, both  # table + forward + scatter + finish
-    torch.testing.assert_close(gx, torch.autograd.grad(diff_augment_reference(xs, p), xs, g)[0], atol=2e-5,
-                               rtol=1e-5)
+    torch.testing.assert_close(gx, torch.autograd.grad(diff_augment_reference(xs, p), xs, g)[0], atol=2e-5, rtol=1e-5)
 
 
 def test_sample_dsa_params_budget():
@@ -153,9 +160,13 @@ def test_match_loss_cache_follows_storage():
     syn, real = _grad_lists(DEVICE)
     syn = [t.detach() for t in syn]
     for _ in range(2):  # the second call reuses the cached table: the counter must have been reset
-        loss, stats = km.match_loss_fwd(syn, real, "ours", loss=poison(torch.empty((), device=DEVICE)),
-                                        stats=poison(torch.empty((km.num_rows([t.shape for t in syn], "ours"), 3),
-                                                                   device=DEVICE)))
+        loss, stats = km.match_loss_fwd(
+            syn,
+            real,
+            "ours",
+            loss=poison(torch.empty((), device=DEVICE)),
+            stats=poison(torch.empty((km.num_rows([t.shape for t in syn], "ours"), 3), device=DEVICE)),
+        )
         torch.testing.assert_close(loss, match_loss_reference(syn, real, "ours"), atol=1e-5, rtol=1e-5)
     assert all(entry[1][0].item() == 0 for key, entry in km._CACHE.items() if key[3] is False)
     n_cached = len(km._CACHE)
@@ -163,8 +174,9 @@ def test_match_loss_cache_follows_storage():
         km.match_loss_fwd(syn, real, "ours")
     assert "aten.lift_fresh.default" not in c.ops and len(km._CACHE) == n_cached
     syn[2].mul_(-1.0)  # same address, new values: the table holds addresses only
-    torch.testing.assert_close(km.match_loss_fwd(syn, real, "ours")[0], match_loss_reference(syn, real, "ours"),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        km.match_loss_fwd(syn, real, "ours")[0], match_loss_reference(syn, real, "ours"), atol=1e-5, rtol=1e-5
+    )
     syn[2] = syn[2].clone()  # new storage: a new key (miss), never the old addresses
     real[5] = real[5] + 1.0
     with counting() as c:
@@ -173,8 +185,9 @@ def test_match_loss_cache_follows_storage():
     torch.testing.assert_close(loss, match_loss_reference(syn, real, "ours"), atol=1e-5, rtol=1e-5)
     # same addresses but another shape (a view of the same storage): another key as well
     flat = [t.reshape(-1) for t in syn]
-    torch.testing.assert_close(km.match_loss_fwd(flat, [t.reshape(-1) for t in real], "ours")[0],
-                               torch.zeros(()), atol=0, rtol=0)  # 1-D tensors contribute 0
+    torch.testing.assert_close(
+        km.match_loss_fwd(flat, [t.reshape(-1) for t in real], "ours")[0], torch.zeros(()), atol=0, rtol=0
+    )  # 1-D tensors contribute 0
 
 
 # ------------------------------------------------------------------------------------------------ trajectory_loss
@@ -205,19 +218,25 @@ def test_trajectory_loss_cache_follows_storage():
     a = torch.randn(3001, device=DEVICE)
     t = torch.randn(3001, device=DEVICE)
     for _ in range(2):  # reused table, scratch and counter: the counter must be 0 again after each launch
-        loss, den = kt.fwd([s], [a], [t])
+        loss, den = kt.trajectory_loss_fwd([s], [a], [t])
         torch.testing.assert_close(loss, trajectory_loss_reference(s, a, t), atol=1e-6, rtol=1e-5)
     assert all(entry[4].item() == 0 for entry in kt._TABLE_CACHE.values() if len(entry) == 5)
     a.add_(1.0)  # same address, new values
-    torch.testing.assert_close(kt.fwd([s], [a], [t])[0], trajectory_loss_reference(s, a, t), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        kt.trajectory_loss_fwd([s], [a], [t])[0], trajectory_loss_reference(s, a, t), atol=1e-6, rtol=1e-5
+    )
     a = a.clone()  # new storage
     a[:7] = 0.0
     n_cached = len(kt._TABLE_CACHE)
-    torch.testing.assert_close(kt.fwd([s], [a], [t])[0], trajectory_loss_reference(s, a, t), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        kt.trajectory_loss_fwd([s], [a], [t])[0], trajectory_loss_reference(s, a, t), atol=1e-6, rtol=1e-5
+    )
     assert len(kt._TABLE_CACHE) == n_cached + 1
     # a different split of the same storage (same first address, other lengths): another key
     parts = [s[:1000], s[1000:]], [a[:1000], a[1000:]], [t[:1000], t[1000:]]
-    torch.testing.assert_close(kt.fwd(*parts)[0], trajectory_loss_reference(s, a, t), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        kt.trajectory_loss_fwd(*parts)[0], trajectory_loss_reference(s, a, t), atol=1e-6, rtol=1e-5
+    )
 
 
 def test_stage_codes_follow_groups():

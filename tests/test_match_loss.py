@@ -1,4 +1,5 @@
 """Tests of pydistill.ops.match_loss (DC gradient-matching distance) on every backend available here."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -53,10 +54,19 @@ def _run(syn, real, metric, backend, scale):
 
 
 def _close(x, y, dtype, what):
-    tol = {torch.float32: (2e-5, 2e-5), torch.float64: (1e-10, 1e-10), torch.bfloat16: (2e-2, 2e-2),
-           torch.float16: (4e-3, 4e-3)}[dtype]
-    torch.testing.assert_close(x.double().cpu(), y.double().cpu(), rtol=tol[0], atol=tol[1] * max([1.0] + ([y.abs().max().item()] if y.numel() else [])),
-                               msg=lambda m: f"{what}: {m}")
+    tol = {
+        torch.float32: (2e-5, 2e-5),
+        torch.float64: (1e-10, 1e-10),
+        torch.bfloat16: (2e-2, 2e-2),
+        torch.float16: (4e-3, 4e-3),
+    }[dtype]
+    torch.testing.assert_close(
+        x.double().cpu(),
+        y.double().cpu(),
+        rtol=tol[0],
+        atol=tol[1] * max([1.0] + ([y.abs().max().item()] if y.numel() else [])),
+        msg=lambda m: f"{what}: {m}",
+    )
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -110,7 +120,11 @@ def test_zero_and_degenerate_inputs(backend, device):
     cases = [
         [(torch.zeros(3, 4), torch.zeros(3, 4)), (torch.zeros(2, 2, 2), torch.randn(2, 2, 2))],
         [(torch.randn(5), torch.randn(5)), (torch.randn(3), torch.randn(3))],
-        [(torch.randn(2, 0), torch.randn(2, 0)), (torch.randn(0, 3), torch.randn(0, 3)), (torch.randn(3, 2), torch.randn(3, 2))],
+        [
+            (torch.randn(2, 0), torch.randn(2, 0)),
+            (torch.randn(0, 3), torch.randn(0, 3)),
+            (torch.randn(3, 2), torch.randn(3, 2)),
+        ],
     ]
     for pairs in cases:
         syn = [a.to(device) for a, _ in pairs]
@@ -170,8 +184,11 @@ def test_opcheck_custom_ops(backend, device):
         utils = ("test_schema", "test_faketensor")
         if metric == "ours":
             utils += ("test_autograd_registration", "test_aot_dispatch_dynamic")
-        torch.library.opcheck(torch.ops.pydistill.match_loss_backward.default,
-                              (g, [t.detach() for t in syn], real, stats, metric, backend), test_utils=utils)
+        torch.library.opcheck(
+            torch.ops.pydistill.match_loss_backward.default,
+            (g, [t.detach() for t in syn], real, stats, metric, backend),
+            test_utils=utils,
+        )
 
 
 @pytest.mark.skipif(not HAVE["cpp"], reason="pydistill._C not built")
@@ -185,10 +202,14 @@ def test_opcheck_compiled_ops(device):
         torch.library.opcheck(torch.ops.pydistill.match_loss_bwd.default, (g, syn, real, stats, metric))
         if metric != "ours":
             continue
-        torch.library.opcheck(torch.ops.pydistill.match_loss_fwd_out.default,
-                              (syn, real, metric, torch.empty_like(loss), torch.empty_like(stats)))
-        torch.library.opcheck(torch.ops.pydistill.match_loss_bwd_out.default,
-                              (g, syn, real, stats, metric, [torch.empty_like(t) for t in syn]))
+        torch.library.opcheck(
+            torch.ops.pydistill.match_loss_fwd_out.default,
+            (syn, real, metric, torch.empty_like(loss), torch.empty_like(stats)),
+        )
+        torch.library.opcheck(
+            torch.ops.pydistill.match_loss_bwd_out.default,
+            (g, syn, real, stats, metric, [torch.empty_like(t) for t in syn]),
+        )
 
 
 @pytest.mark.parametrize("backend,device", KERNEL_CASES, ids=kids)
@@ -312,3 +333,30 @@ def test_dc_image_gradient(backend, device, metric):
     want = image_grad(lambda gs: match_loss_reference(gs, gw_real, metric))
     assert got.abs().max() > 0
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_fake_kernels_check_shapes_and_dtypes():
+    """The fake kernels (what torch.compile and FakeTensorMode run) reject mismatched lists, a wrong stats
+    buffer and an unknown metric, and return the real kernels' shapes and dtypes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    ops = [lambda *a: torch.ops.pydistill.match_loss(*a, "auto")]
+    if HAVE["cpp"]:
+        ops.append(torch.ops.pydistill.match_loss_fwd)
+    with FakeTensorMode():
+        a, b = [torch.randn(3, 4), torch.randn(3)], [torch.randn(3, 4), torch.randn(4)]
+        for op in ops:
+            with pytest.raises(RuntimeError, match=r"gw_real\[1\] must have the shape of gw_syn\[1\]"):
+                op(a, b, "ours")
+            with pytest.raises(RuntimeError, match=r"gw_real\[0\] must have dtype"):
+                op(a, [a[0].double(), a[1]], "ours")
+            with pytest.raises(RuntimeError, match="metric must be one of"):
+                op(a, a, "l2")
+            loss, stats = op(a, a, "ours")
+            assert loss.shape == () and loss.dtype == torch.float32
+            assert stats.shape == (3, 3) and stats.dtype == torch.float32
+        g = torch.tensor(1.0)
+        with pytest.raises(RuntimeError, match=r"stats must be \[3, 3\]"):
+            torch.ops.pydistill.match_loss_backward(g, a, a, torch.empty(2, 3), "ours", "auto")
+        grads = torch.ops.pydistill.match_loss_backward(g, a, a, stats, "ours", "auto")
+        assert [t.shape for t in grads] == [t.shape for t in a]

@@ -338,3 +338,23 @@ def test_opcheck_compiled_ops(device):
         torch.ops.pydistill.sum_tree_sample(tree.float(), u)
     with pytest.raises(RuntimeError, match="power of two"):
         torch.ops.pydistill.sum_tree_sample(tree[:24].contiguous(), u)
+
+
+@pytest.mark.skipif(not _HAS_OPS, reason="no compiled ops")
+def test_fake_kernels_check_shapes_and_dtypes():
+    """The fake kernels (what torch.compile and FakeTensorMode run) reject the trees and batches the compiled
+    kernels reject."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        tree, u = torch.zeros(8, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+        assert torch.ops.pydistill.sum_tree_sample(tree, u).dtype == torch.int64
+        with pytest.raises(RuntimeError, match="power of two"):
+            torch.ops.pydistill.sum_tree_sample(torch.zeros(6, dtype=torch.float64), u)
+        with pytest.raises(RuntimeError, match="u must be 1-D float64"):
+            torch.ops.pydistill.sum_tree_sample(tree, u.float())
+        idx = torch.zeros(3, dtype=torch.int64)
+        with pytest.raises(RuntimeError, match="must have the same length"):
+            torch.ops.pydistill.sum_tree_update(tree, tree.clone(), idx, torch.zeros(2, dtype=torch.float64))
+        with pytest.raises(RuntimeError, match="min_tree must have as many nodes"):
+            torch.ops.pydistill.sum_tree_update(tree, torch.zeros(16, dtype=torch.float64), idx, u)

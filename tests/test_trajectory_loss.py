@@ -1,6 +1,7 @@
 """trajectory_loss: every available backend against the PyTorch reference (forward, backward, dtypes,
 list/flat forms), gradcheck, opcheck, poisoned outputs, input errors, check=True, torch.compile and a
 tiny MTT unrolled-SGD check."""
+
 import math
 
 import pytest
@@ -50,8 +51,12 @@ def _ref_fp32(s, a, t):
 
 
 def _tol(dtype):
-    return {torch.float32: (1e-5, 1e-6), torch.float64: (1e-12, 1e-14), torch.bfloat16: (2e-2, 1e-3),
-            torch.float16: (2e-3, 1e-4)}[dtype]
+    return {
+        torch.float32: (1e-5, 1e-6),
+        torch.float64: (1e-12, 1e-14),
+        torch.bfloat16: (2e-2, 1e-3),
+        torch.float16: (2e-3, 1e-4),
+    }[dtype]
 
 
 @pytest.mark.parametrize("backend,device", CASES, ids=IDS)
@@ -257,3 +262,29 @@ def test_mtt_unrolled_sgd(backend, device):
     want = run(trajectory_loss_reference)
     for x, y in zip(got, want):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_fake_kernels_check_shapes_and_dtypes():
+    """The fake kernels (what torch.compile and FakeTensorMode run) reject mismatched lists and a wrong
+    denominator, and return the real kernels' shapes and dtypes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    ops = [lambda *a: torch.ops.pydistill.trajectory_loss(*a, "auto")]
+    if HAS_CPP:
+        ops.append(torch.ops.pydistill.trajectory_loss_fwd)
+    with FakeTensorMode():
+        s, t = [torch.randn(3, 4), torch.randn(5)], [torch.randn(3, 4), torch.randn(6)]
+        for op in ops:
+            with pytest.raises(RuntimeError, match=r"target\[1\] must have the shape of student\[1\]"):
+                op(s, s, t)
+            with pytest.raises(RuntimeError, match=r"start\[0\] must have dtype"):
+                op(s, [s[0].double(), s[1]], s)
+            loss, den = op(s, s, s)
+            assert loss.shape == () and den.shape == () and den.dtype == torch.float32
+        g = torch.tensor(1.0)
+        with pytest.raises(RuntimeError, match="den must be one element of dtype torch.float64"):
+            torch.ops.pydistill.trajectory_loss_backward(
+                g, [x.double() for x in s], [x.double() for x in s], torch.tensor(1.0), "auto"
+            )
+        grads = torch.ops.pydistill.trajectory_loss_backward(g, s, s, den, "auto")
+        assert [x.shape for x in grads] == [x.shape for x in s]

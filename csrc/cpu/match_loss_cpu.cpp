@@ -30,11 +30,9 @@
 namespace pydistill {
 namespace match_loss_cpu {
 
-using match_loss_common::acc_type;
 using match_loss_common::check_lists;
 using match_loss_common::metric_code;
 using match_loss_common::num_rows;
-
 
 constexpr int64_t kChunk = 16384;
 constexpr double kEps = 1e-6;
@@ -210,13 +208,6 @@ void backward_impl(const std::vector<Item>& items, int64_t W, int metric, acc_t 
   });
 }
 
-std::vector<at::Tensor> contiguous_all(at::TensorList ts) {
-  std::vector<at::Tensor> out;
-  out.reserve(ts.size());
-  for (const auto& t : ts) out.push_back(t.contiguous());
-  return out;
-}
-
 void fwd_out(at::TensorList gw_syn, at::TensorList gw_real, const std::string& metric_s, const at::Tensor& loss,
              const at::Tensor& stats) {
   check_lists(gw_syn, gw_real, "match_loss_fwd");
@@ -234,19 +225,9 @@ void fwd_out(at::TensorList gw_syn, at::TensorList gw_real, const std::string& m
   int64_t W = 0;
   auto items = build(a, b, nullptr, metric, /*backward=*/false, kChunk, &W);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "match_loss_fwd_cpu", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using acc_t = typename AccOf<scalar_t>::type;
     forward_impl<scalar_t, acc_t>(items, W, metric, R, loss, stats);
   });
-}
-
-std::tuple<at::Tensor, at::Tensor> fwd(at::TensorList gw_syn, at::TensorList gw_real, const std::string& metric_s) {
-  check_lists(gw_syn, gw_real, "match_loss_fwd");
-  const int metric = metric_code(metric_s);
-  const auto dtype = gw_syn[0].scalar_type();
-  auto loss = at::empty({}, gw_syn[0].options());
-  auto stats = at::empty({num_rows(gw_syn, metric), 3}, gw_syn[0].options().dtype(acc_type(dtype)));
-  fwd_out(gw_syn, gw_real, metric_s, loss, stats);
-  return {loss, stats};
 }
 
 void bwd_out(const at::Tensor& grad, at::TensorList gw_syn, at::TensorList gw_real, const at::Tensor& stats,
@@ -273,19 +254,10 @@ void bwd_out(const at::Tensor& grad, at::TensorList gw_syn, at::TensorList gw_re
   int64_t W = 0;
   auto items = build(a, b, &g, metric, /*backward=*/true, kChunk, &W);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "match_loss_bwd_cpu", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using acc_t = typename AccOf<scalar_t>::type;
     const acc_t s = static_cast<acc_t>(grad.item<double>());
     backward_impl<scalar_t, acc_t>(items, W, metric, s, R > 0 ? st.data_ptr<acc_t>() : nullptr);
   });
-}
-
-std::vector<at::Tensor> bwd(const at::Tensor& grad, at::TensorList gw_syn, at::TensorList gw_real,
-                            const at::Tensor& stats, const std::string& metric_s) {
-  std::vector<at::Tensor> out;
-  out.reserve(gw_syn.size());
-  for (const auto& t : gw_syn) out.push_back(at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::Contiguous)));
-  bwd_out(grad, gw_syn, gw_real, stats, metric_s, out);
-  return out;
 }
 
 }  // namespace match_loss_cpu
@@ -301,8 +273,8 @@ TORCH_LIBRARY_FRAGMENT(pydistill, m) {
 }
 
 TORCH_LIBRARY_IMPL(pydistill, CPU, m) {
-  m.impl("match_loss_fwd", &pydistill::match_loss_cpu::fwd);
+  m.impl("match_loss_fwd", &pydistill::match_loss_common::fwd<&pydistill::match_loss_cpu::fwd_out>);
   m.impl("match_loss_fwd_out", &pydistill::match_loss_cpu::fwd_out);
-  m.impl("match_loss_bwd", &pydistill::match_loss_cpu::bwd);
+  m.impl("match_loss_bwd", &pydistill::match_loss_common::bwd<&pydistill::match_loss_cpu::bwd_out>);
   m.impl("match_loss_bwd_out", &pydistill::match_loss_cpu::bwd_out);
 }

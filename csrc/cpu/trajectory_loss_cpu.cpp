@@ -22,19 +22,8 @@ namespace pydistill {
 namespace {
 
 using trajectory_loss_common::check_lists;
-using trajectory_loss_common::contiguous_all;
-
 
 constexpr int64_t kCpuTile = 16384;  // elements per tile (one partial-sum slot per tile)
-
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
 
 // One tile = a contiguous range of one tensor of the list.
 struct Tile {
@@ -91,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor> trajectory_loss_fwd_cpu(at::TensorList studen
   for (const auto& x : s) numels.push_back(x.numel());
   const auto tiles = make_tiles(numels);
   const auto dtype = s[0].scalar_type();
-  const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_dtype = acc_type(dtype);
   at::Tensor loss = at::empty({}, s[0].options());
   at::Tensor den_out = at::empty({}, s[0].options().dtype(acc_dtype));
 
@@ -130,7 +119,7 @@ std::vector<at::Tensor> trajectory_loss_bwd_cpu(const at::Tensor& grad, at::Tens
   TORCH_CHECK(student[0].device().is_cpu(), "trajectory_loss_bwd (CPU): tensors must be on the CPU");
   TORCH_CHECK(grad.numel() == 1 && den.numel() == 1, "trajectory_loss_bwd: grad and den must hold one element");
   const auto dtype = student[0].scalar_type();
-  const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_dtype = acc_type(dtype);
   TORCH_CHECK(den.scalar_type() == acc_dtype, "trajectory_loss_bwd: den must be ", acc_dtype, ", got ",
               den.scalar_type());
   const auto s = contiguous_all(student);

@@ -23,7 +23,6 @@
 namespace pydistill {
 namespace match_loss_cuda {
 
-using match_loss_common::acc_type;
 using match_loss_common::metric_code;
 using match_loss_common::num_rows;
 
@@ -33,7 +32,6 @@ void check_lists(at::TensorList syn, at::TensorList real, const char* op) {
   TORCH_CHECK(syn[0].device().is_cuda(), op, " (CUDA kernel): tensors must be on a CUDA device, got ",
               syn[0].device());
 }
-
 
 constexpr int64_t kChunk = 4096;
 constexpr int kThreads = 256;
@@ -269,13 +267,6 @@ at::Tensor build_meta(const std::vector<at::Tensor>& a, const std::vector<at::Te
   return host.to(a[0].device(), /*non_blocking=*/true);
 }
 
-std::vector<at::Tensor> contiguous_all(at::TensorList ts) {
-  std::vector<at::Tensor> out;
-  out.reserve(ts.size());
-  for (const auto& t : ts) out.push_back(t.contiguous());
-  return out;
-}
-
 void fwd_out(at::TensorList gw_syn, at::TensorList gw_real, const std::string& metric_s, const at::Tensor& loss,
              const at::Tensor& stats) {
   check_lists(gw_syn, gw_real, "match_loss_fwd");
@@ -300,7 +291,7 @@ void fwd_out(at::TensorList gw_syn, at::TensorList gw_real, const std::string& m
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int T = static_cast<int>(a.size());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "match_loss_fwd_cuda", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using acc_t = typename AccOf<scalar_t>::type;
     auto launch = [&](auto kernel) {
       kernel<<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(
           meta.data_ptr<int64_t>(), T, W, R, part.data_ptr<acc_t>(), stats.data_ptr<acc_t>(),
@@ -311,16 +302,6 @@ void fwd_out(at::TensorList gw_syn, at::TensorList gw_real, const std::string& m
     else launch(fwd_kernel<scalar_t, acc_t, 2>);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-}
-
-std::tuple<at::Tensor, at::Tensor> fwd(at::TensorList gw_syn, at::TensorList gw_real, const std::string& metric_s) {
-  check_lists(gw_syn, gw_real, "match_loss_fwd");
-  const int metric = metric_code(metric_s);
-  const auto dtype = gw_syn[0].scalar_type();
-  auto loss = at::empty({}, gw_syn[0].options());
-  auto stats = at::empty({num_rows(gw_syn, metric), 3}, gw_syn[0].options().dtype(acc_type(dtype)));
-  fwd_out(gw_syn, gw_real, metric_s, loss, stats);
-  return {loss, stats};
 }
 
 void bwd_out(const at::Tensor& grad, at::TensorList gw_syn, at::TensorList gw_real, const at::Tensor& stats,
@@ -354,7 +335,7 @@ void bwd_out(const at::Tensor& grad, at::TensorList gw_syn, at::TensorList gw_re
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int T = static_cast<int>(a.size());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "match_loss_bwd_cuda", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using acc_t = typename AccOf<scalar_t>::type;
     const acc_t* sp = R > 0 ? st.data_ptr<acc_t>() : nullptr;
     auto launch = [&](auto kernel) {
       kernel<<<static_cast<unsigned>(W), kThreads, 0, stream>>>(meta.data_ptr<int64_t>(), T, sp,
@@ -367,22 +348,12 @@ void bwd_out(const at::Tensor& grad, at::TensorList gw_syn, at::TensorList gw_re
   });
 }
 
-std::vector<at::Tensor> bwd(const at::Tensor& grad, at::TensorList gw_syn, at::TensorList gw_real,
-                            const at::Tensor& stats, const std::string& metric_s) {
-  std::vector<at::Tensor> out;
-  out.reserve(gw_syn.size());
-  for (const auto& t : gw_syn)
-    out.push_back(at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::Contiguous)));
-  bwd_out(grad, gw_syn, gw_real, stats, metric_s, out);
-  return out;
-}
-
 }  // namespace match_loss_cuda
 }  // namespace pydistill
 
 TORCH_LIBRARY_IMPL(pydistill, CUDA, m) {
-  m.impl("match_loss_fwd", &pydistill::match_loss_cuda::fwd);
+  m.impl("match_loss_fwd", &pydistill::match_loss_common::fwd<&pydistill::match_loss_cuda::fwd_out>);
   m.impl("match_loss_fwd_out", &pydistill::match_loss_cuda::fwd_out);
-  m.impl("match_loss_bwd", &pydistill::match_loss_cuda::bwd);
+  m.impl("match_loss_bwd", &pydistill::match_loss_common::bwd<&pydistill::match_loss_cuda::bwd_out>);
   m.impl("match_loss_bwd_out", &pydistill::match_loss_cuda::bwd_out);
 }

@@ -28,8 +28,6 @@ namespace pydistill {
 namespace {
 
 using trajectory_loss_common::check_lists;
-using trajectory_loss_common::contiguous_all;
-
 
 constexpr int kThreads = 256;
 constexpr int kUnroll = 4;
@@ -47,15 +45,6 @@ struct Entry {
 
 struct InlineTable {
   Entry e[kMaxInline];
-};
-
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
 };
 
 template <typename T>
@@ -293,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor> trajectory_loss_fwd_cuda(at::TensorList stude
   const auto a = contiguous_all(start);
   const auto t = contiguous_all(target);
   const auto dtype = s[0].scalar_type();
-  const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_dtype = acc_type(dtype);
   at::Tensor loss = at::empty({}, s[0].options());
   at::Tensor den = at::empty({}, s[0].options().dtype(acc_dtype));
   std::vector<Entry> entries(s.size());
@@ -338,7 +327,7 @@ std::vector<at::Tensor> trajectory_loss_bwd_cuda(const at::Tensor& grad, at::Ten
               "trajectory_loss_bwd: grad and den must be on the device of student");
   const c10::cuda::CUDAGuard guard(student[0].device());
   const auto dtype = student[0].scalar_type();
-  const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_dtype = acc_type(dtype);
   TORCH_CHECK(den.scalar_type() == acc_dtype, "trajectory_loss_bwd: den must be ", acc_dtype, ", got ",
               den.scalar_type());
   const auto s = contiguous_all(student);

@@ -9,6 +9,7 @@
 
 Every op takes ``backend="auto"`` ("reference", "cpp", "cuda", "triton"); see ``pydistill.backends()``.
 """
+
 from pydistill.ops.diff_augment import (
     DEFAULT_STRATEGY,
     DSAParams,

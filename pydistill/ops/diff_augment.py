@@ -24,6 +24,7 @@ rotate interpolates once instead of twice.
 
 Every 2-vector parameter is ordered (vertical, horizontal) = (H axis, W axis).
 """
+
 from __future__ import annotations
 
 import collections
@@ -37,16 +38,39 @@ import torch.nn.functional as F
 
 from pydistill import _backend
 
-__all__ = ["DSAParams", "sample_dsa_params", "diff_augment", "diff_augment_reference", "diff_augment_sequential",
-           "GROUPS", "DEFAULT_STRATEGY", "DEFAULT_RATIOS"]
+__all__ = [
+    "DSAParams",
+    "sample_dsa_params",
+    "diff_augment",
+    "diff_augment_reference",
+    "diff_augment_sequential",
+    "GROUPS",
+    "DEFAULT_STRATEGY",
+    "DEFAULT_RATIOS",
+]
 
 GROUPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
-DEFAULT_RATIOS = {"brightness": 1.0, "saturation": 2.0, "contrast": 0.5, "crop": 0.125, "cutout": 0.5,
-                  "flip": 0.5, "scale": 1.2, "rotate": 15.0}
-_RATIO_RANGES = {"brightness": (0.0, math.inf), "saturation": (0.0, math.inf), "contrast": (0.0, math.inf),
-                 "crop": (0.0, 1.0), "cutout": (0.0, 1.0), "flip": (0.0, 1.0), "scale": (1.0, math.inf),
-                 "rotate": (0.0, 180.0)}
+DEFAULT_RATIOS = {
+    "brightness": 1.0,
+    "saturation": 2.0,
+    "contrast": 0.5,
+    "crop": 0.125,
+    "cutout": 0.5,
+    "flip": 0.5,
+    "scale": 1.2,
+    "rotate": 15.0,
+}
+_RATIO_RANGES = {
+    "brightness": (0.0, math.inf),
+    "saturation": (0.0, math.inf),
+    "contrast": (0.0, math.inf),
+    "crop": (0.0, 1.0),
+    "cutout": (0.0, 1.0),
+    "flip": (0.0, 1.0),
+    "scale": (1.0, math.inf),
+    "rotate": (0.0, 180.0),
+}
 _MODES = ("one", "all")
 _RESAMPLE = ("scale", "rotate")
 _G = {g: i for i, g in enumerate(GROUPS)}
@@ -128,9 +152,18 @@ def _check_ratios(ratios: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def sample_dsa_params(batch_size: int, strategy: str = DEFAULT_STRATEGY, mode: str = "one", per_sample: bool = False,
-                      *, height: int, width: int, device=None, generator: torch.Generator | None = None,
-                      **ratios: float) -> DSAParams:
+def sample_dsa_params(
+    batch_size: int,
+    strategy: str = DEFAULT_STRATEGY,
+    mode: str = "one",
+    per_sample: bool = False,
+    *,
+    height: int,
+    width: int,
+    device=None,
+    generator: torch.Generator | None = None,
+    **ratios: float,
+) -> DSAParams:
     """Draw DSA parameters on ``device`` without a host sync.
 
     ``per_sample=False`` draws one set shared by the batch (leading dim 1, siamese use); ``True`` draws
@@ -153,8 +186,10 @@ def sample_dsa_params(batch_size: int, strategy: str = DEFAULT_STRATEGY, mode: s
         if isinstance(v, bool) or not isinstance(v, int) or v < 2:
             raise ValueError(f"{name} must be an int >= 2, got {v!r}")
     if mode == "all" and "color" in groups and groups[0] != "color":
-        raise ValueError(f"strategy={strategy!r}: in mode='all' 'color' must be the first group (the fused op "
-                         "applies colour before the geometric groups)")
+        raise ValueError(
+            f"strategy={strategy!r}: in mode='all' 'color' must be the first group (the fused op "
+            "applies colour before the geometric groups)"
+        )
     r = _check_ratios(ratios)
     device = torch.device(device) if device is not None else torch.device("cpu")
     if generator is not None:
@@ -176,9 +211,21 @@ def sample_dsa_params(batch_size: int, strategy: str = DEFAULT_STRATEGY, mode: s
         active = ints.narrow(0, 0, 1).narrow(1, 11, 1) == pos
     else:
         active = pos >= 0
-    return DSAParams("_".join(groups), H, W, cut, active, f.select(1, 0), f.select(1, 1), f.select(1, 2),
-                     ints.narrow(1, 7, 2), ints.narrow(1, 9, 2), u.select(1, 3) < r["flip"], f.narrow(1, 4, 2),
-                     f.select(1, 6))
+    return DSAParams(
+        "_".join(groups),
+        H,
+        W,
+        cut,
+        active,
+        f.select(1, 0),
+        f.select(1, 1),
+        f.select(1, 2),
+        ints.narrow(1, 7, 2),
+        ints.narrow(1, 9, 2),
+        u.select(1, 3) < r["flip"],
+        f.narrow(1, 4, 2),
+        f.select(1, 6),
+    )
 
 
 _SAMPLE_CACHE: "collections.OrderedDict[tuple, tuple[torch.Tensor, ...]]" = collections.OrderedDict()
@@ -201,15 +248,32 @@ def _sample_constants(device: torch.device, H: int, W: int, ratios: tuple, group
     m = (int(H * r["crop"] + 0.5), int(W * r["crop"] + 0.5))  # max crop shift per axis
     cut = (int(H * r["cutout"] + 0.5), int(W * r["cutout"] + 0.5))
     n_centre = (H + 1 - cut[0] % 2, W + 1 - cut[1] % 2)  # centres 0..n-1 keep the box's centre on the image
-    scl = [r["brightness"], r["saturation"], 1.0, 1.0, r["scale"] - lo, r["scale"] - lo, rot,
-           2 * m[0] + 1, 2 * m[1] + 1, n_centre[0], n_centre[1], float(len(groups) if mode == "one" else 0)]
+    scl = [
+        r["brightness"],
+        r["saturation"],
+        1.0,
+        1.0,
+        r["scale"] - lo,
+        r["scale"] - lo,
+        rot,
+        2 * m[0] + 1,
+        2 * m[1] + 1,
+        n_centre[0],
+        n_centre[1],
+        float(len(groups) if mode == "one" else 0),
+    ]
     off = [-0.5 * r["brightness"], 0.0, r["contrast"], 0.0, lo, lo, -0.5 * rot, 0.0, 0.0, 0.0, 0.0, 0.0]
     pos = [groups.index(g) if g in groups else -1 for g in GROUPS]
     big = 2**62  # columns that are not integer fields: no clamp (their values are unused)
     cap = [big] * 7 + [2 * m[0], 2 * m[1], n_centre[0] - 1, n_centre[1] - 1, max(len(groups) - 1, 0)]
     sub = [0] * 7 + [m[0], m[1], 0, 0, 0]
-    out = (torch.tensor(scl, device=device), torch.tensor(off, device=device), torch.tensor(cap, device=device),
-           torch.tensor(sub, device=device), torch.tensor([pos], device=device))
+    out = (
+        torch.tensor(scl, device=device),
+        torch.tensor(off, device=device),
+        torch.tensor(cap, device=device),
+        torch.tensor(sub, device=device),
+        torch.tensor([pos], device=device),
+    )
     _SAMPLE_CACHE[key] = out
     if len(_SAMPLE_CACHE) > 64:
         _SAMPLE_CACHE.popitem(last=False)
@@ -227,14 +291,21 @@ def _check_x(x) -> None:
     if x.shape[2] < 2 or x.shape[3] < 2:
         raise ValueError(f"x must have height and width >= 2, got {tuple(x.shape[2:])}")
     if x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"x must hold at least one image with at least one channel (N, C >= 1), got shape "
-                         f"{tuple(x.shape)}")
+        raise ValueError(
+            f"x must hold at least one image with at least one channel (N, C >= 1), got shape {tuple(x.shape)}"
+        )
 
 
 _FIELD_SPECS = {  # name: (trailing shape, kind)
-    "active": ((len(GROUPS),), "bool"), "brightness": ((), "float"), "saturation": ((), "float"),
-    "contrast": ((), "float"), "shift": ((2,), "int"), "centre": ((2,), "int"), "flip": ((), "bool"),
-    "scale": ((2,), "float"), "angle": ((), "float"),
+    "active": ((len(GROUPS),), "bool"),
+    "brightness": ((), "float"),
+    "saturation": ((), "float"),
+    "contrast": ((), "float"),
+    "shift": ((2,), "int"),
+    "centre": ((2,), "int"),
+    "flip": ((), "bool"),
+    "scale": ((2,), "float"),
+    "angle": ((), "float"),
 }
 
 
@@ -251,10 +322,15 @@ def _check_params(params, x: torch.Tensor) -> None:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"params.{name} must be a tensor, got {type(t).__name__}")
         if t.dim() != 1 + len(tail) or tuple(t.shape[1:]) != tail or t.shape[0] not in (1, N):
-            raise ValueError(f"params.{name} must have shape [1 or {N}, {', '.join(map(str, tail))}] "
-                             f"(batch dim 1 or x's batch size), got {tuple(t.shape)}".replace(", ]", "]"))
-        ok = {"bool": t.dtype == torch.bool, "int": not t.is_floating_point() and t.dtype != torch.bool,
-              "float": t.is_floating_point()}[kind]
+            raise ValueError(
+                f"params.{name} must have shape [1 or {N}, {', '.join(map(str, tail))}] "
+                f"(batch dim 1 or x's batch size), got {tuple(t.shape)}".replace(", ]", "]")
+            )
+        ok = {
+            "bool": t.dtype == torch.bool,
+            "int": not t.is_floating_point() and t.dtype != torch.bool,
+            "float": t.is_floating_point(),
+        }[kind]
         if not ok:
             raise TypeError(f"params.{name} must be a {kind} tensor, got {t.dtype}")
         if t.device != x.device:
@@ -303,8 +379,9 @@ def _bilinear(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return out
 
 
-def _reference_impl(x, active, brightness, saturation, contrast, shift, centre, flip, scale, angle, strategy,
-                    cut_h, cut_w):
+def _reference_impl(
+    x, active, brightness, saturation, contrast, shift, centre, flip, scale, angle, strategy, cut_h, cut_w
+):
     N, C, H, W = x.shape
     groups = _parse_strategy(strategy)
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -390,8 +467,12 @@ def diff_augment_sequential(x: torch.Tensor, params: DSAParams) -> torch.Tensor:
     shift, centre = _rows(params.shift, N), _rows(params.centre, N)
 
     def crop(x):
-        gb, gi, gj = torch.meshgrid(torch.arange(N, device=x.device), torch.arange(H, device=x.device),
-                                    torch.arange(W, device=x.device), indexing="ij")
+        gb, gi, gj = torch.meshgrid(
+            torch.arange(N, device=x.device),
+            torch.arange(H, device=x.device),
+            torch.arange(W, device=x.device),
+            indexing="ij",
+        )
         gi = torch.clamp(gi + shift[:, 0].view(N, 1, 1) + 1, 0, H + 1)
         gj = torch.clamp(gj + shift[:, 1].view(N, 1, 1) + 1, 0, W + 1)
         xp = F.pad(x, [1, 1, 1, 1])
@@ -399,8 +480,12 @@ def diff_augment_sequential(x: torch.Tensor, params: DSAParams) -> torch.Tensor:
 
     def cutout(x):
         ch, cw = params.cutout_size
-        gb, gi, gj = torch.meshgrid(torch.arange(N, device=x.device), torch.arange(ch, device=x.device),
-                                    torch.arange(cw, device=x.device), indexing="ij")
+        gb, gi, gj = torch.meshgrid(
+            torch.arange(N, device=x.device),
+            torch.arange(ch, device=x.device),
+            torch.arange(cw, device=x.device),
+            indexing="ij",
+        )
         gi = torch.clamp(gi + centre[:, 0].view(N, 1, 1) - ch // 2, 0, H - 1)
         gj = torch.clamp(gj + centre[:, 1].view(N, 1, 1) - cw // 2, 0, W - 1)
         mask = torch.ones((N, H, W), dtype=x.dtype, device=x.device)
@@ -420,8 +505,9 @@ def diff_augment_sequential(x: torch.Tensor, params: DSAParams) -> torch.Tensor:
     def rotate(x):
         a = _rows(params.angle, N)
         z = torch.zeros_like(a)
-        theta = torch.stack([torch.stack([torch.cos(a), torch.sin(-a), z], 1),
-                             torch.stack([torch.sin(a), torch.cos(a), z], 1)], 1)
+        theta = torch.stack(
+            [torch.stack([torch.cos(a), torch.sin(-a), z], 1), torch.stack([torch.sin(a), torch.cos(a), z], 1)], 1
+        )
         return resample(x, theta)
 
     def color(x):
@@ -431,8 +517,14 @@ def diff_augment_sequential(x: torch.Tensor, params: DSAParams) -> torch.Tensor:
         m = x.mean(dim=[1, 2, 3], keepdim=True)
         return (x - m) * col(params.contrast) + m
 
-    fns = {"color": color, "crop": crop, "cutout": cutout, "scale": scale, "rotate": rotate,
-           "flip": lambda x: torch.where(_rows(params.flip, N).view(N, 1, 1, 1), x.flip(3), x)}
+    fns = {
+        "color": color,
+        "crop": crop,
+        "cutout": cutout,
+        "scale": scale,
+        "rotate": rotate,
+        "flip": lambda x: torch.where(_rows(params.flip, N).view(N, 1, 1, 1), x.flip(3), x),
+    }
     for g in groups:
         if shared:
             if not bool(act[0, _G[g]]):
@@ -444,10 +536,11 @@ def diff_augment_sequential(x: torch.Tensor, params: DSAParams) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------- kernel table
-def _kernel_table(active, brightness, saturation, contrast, shift, centre, flip, scale, angle, strategy, cut_h,
-                  cut_w, H, W, dtype):
+def _kernel_table(
+    active, brightness, saturation, contrast, shift, centre, flip, scale, angle, strategy, cut_h, cut_w, H, W, dtype
+):
     """Per-image coefficients of the fused kernel (the first 34 columns of ``pydistill.kernels.diff_augment.COLS``)
-    with plain torch ops: the readable specification of ``_dsa_table_kernel``, which tests compare it with."""
+    with plain torch ops: the readable specification of ``_diff_augment_table_kernel``, which tests compare it with."""
     groups = _parse_strategy(strategy)
     pre, post = _split(groups)
     ts = (active, brightness, saturation, contrast, shift, centre, flip, scale, angle)
@@ -520,9 +613,15 @@ def _kernel_table(active, brightness, saturation, contrast, shift, centre, flip,
     lo_y, lo_x = torch.where(empty, one, lo_y), torch.where(empty, one, lo_x)
     hi_y = torch.where(empty, zero, lo_y + cut_h - 1)
     hi_x = torch.where(empty, zero, lo_x + cut_w - 1)
-    cols = [T[:, :2, :].reshape(B, 6), torch.stack([fx, ox, oy], 1), crop_aff, crop_act.view(B, 1), cut_aff,
-            torch.stack([fk, kx, ky, cut_act, lo_y, hi_y, lo_x, hi_x], 1),
-            torch.stack(colour, 1)]
+    cols = [
+        T[:, :2, :].reshape(B, 6),
+        torch.stack([fx, ox, oy], 1),
+        crop_aff,
+        crop_act.view(B, 1),
+        cut_aff,
+        torch.stack([fk, kx, ky, cut_act, lo_y, hi_y, lo_x, hi_x], 1),
+        torch.stack(colour, 1),
+    ]
     table = torch.cat(cols, 1).contiguous()
     flags = {"has_cut": "cutout" in groups, "cut_pre": "cutout" in pre, "crop_post": "crop" in post}
     return table, flags
@@ -535,9 +634,12 @@ def _triton_spec(strategy: str) -> tuple[dict, dict]:
     groups = _parse_strategy(strategy)
     pre, post = _split(groups)
     flags = {"has_cut": "cutout" in groups, "cut_pre": "cutout" in pre, "crop_post": "crop" in post}
-    table = {"has_color": "color" in groups, "has_cut": "cutout" in groups,
-             "pre": _tk.encode_stages([_STAGE[g] for g in reversed(pre)]),
-             "post": _tk.encode_stages([_STAGE[g] for g in reversed(post)])}
+    table = {
+        "has_color": "color" in groups,
+        "has_cut": "cutout" in groups,
+        "pre": _tk.encode_stages([_STAGE[g] for g in reversed(pre)]),
+        "post": _tk.encode_stages([_STAGE[g] for g in reversed(post)]),
+    }
     return flags, table
 
 
@@ -548,28 +650,54 @@ if _backend.has_triton():
 
         from pydistill.kernels import diff_augment as _tk
 
-        _STAGE = {"crop": _tk.STAGE_CROP, "cutout": _tk.STAGE_CUTOUT, "flip": _tk.STAGE_FLIP,
-                  "scale": _tk.STAGE_SCALE, "rotate": _tk.STAGE_ROTATE}
+        _STAGE = {
+            "crop": _tk.STAGE_CROP,
+            "cutout": _tk.STAGE_CUTOUT,
+            "flip": _tk.STAGE_FLIP,
+            "scale": _tk.STAGE_SCALE,
+            "rotate": _tk.STAGE_ROTATE,
+        }
 
         @triton_op("pydistill::diff_augment_triton_table", mutates_args={})
-        def _triton_table_op(x: torch.Tensor, active: torch.Tensor, brightness: torch.Tensor,
-                             saturation: torch.Tensor, contrast: torch.Tensor, shift: torch.Tensor,
-                             centre: torch.Tensor, flip: torch.Tensor, scale: torch.Tensor, angle: torch.Tensor,
-                             strategy: str, cut_h: int, cut_w: int, mean: bool) -> torch.Tensor:
+        def _triton_table_op(
+            x: torch.Tensor,
+            active: torch.Tensor,
+            brightness: torch.Tensor,
+            saturation: torch.Tensor,
+            contrast: torch.Tensor,
+            shift: torch.Tensor,
+            centre: torch.Tensor,
+            flip: torch.Tensor,
+            scale: torch.Tensor,
+            angle: torch.Tensor,
+            strategy: str,
+            cut_h: int,
+            cut_w: int,
+            mean: bool,
+        ) -> torch.Tensor:
             acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-            return _tk.dsa_table(x, (active, brightness, saturation, contrast, shift, centre, flip, scale, angle),
-                                 cut_h=cut_h, cut_w=cut_w, mean=mean, dtype=acc, **_triton_spec(strategy)[1])
+            return _tk.diff_augment_table(
+                x,
+                (active, brightness, saturation, contrast, shift, centre, flip, scale, angle),
+                cut_h=cut_h,
+                cut_w=cut_w,
+                mean=mean,
+                dtype=acc,
+                **_triton_spec(strategy)[1],
+            )
 
         @triton_op("pydistill::diff_augment_triton_fwd", mutates_args={})
-        def _triton_fwd(x: torch.Tensor, table: torch.Tensor, has_cut: bool, cut_pre: bool,
-                        crop_post: bool) -> torch.Tensor:
-            return _tk.dsa_forward(x, table, has_cut=has_cut, cut_pre=cut_pre, crop_post=crop_post)
+        def _triton_fwd(
+            x: torch.Tensor, table: torch.Tensor, has_cut: bool, cut_pre: bool, crop_post: bool
+        ) -> torch.Tensor:
+            return _tk.diff_augment_fwd(x, table, has_cut=has_cut, cut_pre=cut_pre, crop_post=crop_post)
 
         @triton_op("pydistill::diff_augment_triton_bwd", mutates_args={})
-        def _triton_bwd(grad: torch.Tensor, table: torch.Tensor, has_cut: bool, cut_pre: bool,
-                        crop_post: bool) -> torch.Tensor:
+        def _triton_bwd(
+            grad: torch.Tensor, table: torch.Tensor, has_cut: bool, cut_pre: bool, crop_post: bool
+        ) -> torch.Tensor:
             # the table's scratch columns are overwritten: work on a private copy (the eager path passes its own)
-            return _tk.dsa_backward(grad, table.clone(), has_cut=has_cut, cut_pre=cut_pre, crop_post=crop_post)
+            return _tk.diff_augment_bwd(grad, table.clone(), has_cut=has_cut, cut_pre=cut_pre, crop_post=crop_post)
 
         _HAS_TRITON_OPS = True
     except ImportError:  # pragma: no cover - triton present but unusable
@@ -579,7 +707,9 @@ if _backend.has_triton():
 def _triton_table(x, tensors, strategy, cut_h, cut_w, mean: bool):
     """The coefficient table [N, width] (one launch, no host sync) from the raw parameter tensors."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return _tk.dsa_table(x, tensors, cut_h=cut_h, cut_w=cut_w, mean=mean, dtype=acc, **_triton_spec(strategy)[1])
+    return _tk.diff_augment_table(
+        x, tensors, cut_h=cut_h, cut_w=cut_w, mean=mean, dtype=acc, **_triton_spec(strategy)[1]
+    )
 
 
 def _triton_forward(x, tensors, strategy, cut_h, cut_w, direct: bool = False):
@@ -589,7 +719,7 @@ def _triton_forward(x, tensors, strategy, cut_h, cut_w, direct: bool = False):
     flags = _triton_spec(strategy)[0]
     if direct:
         table = _triton_table(x, tensors, strategy, cut_h, cut_w, True)
-        return _tk.dsa_forward(x, table, **flags), table, flags
+        return _tk.diff_augment_fwd(x, table, **flags), table, flags
     table = torch.ops.pydistill.diff_augment_triton_table(x, *tensors, strategy, cut_h, cut_w, True)
     return torch.ops.pydistill.diff_augment_triton_fwd(x, table, **flags)
 
@@ -598,7 +728,7 @@ def _triton_backward(grad, tensors, strategy, cut_h, cut_w):
     grad = grad.contiguous()
     flags = _triton_spec(strategy)[0]
     table = _triton_table(grad, tensors, strategy, cut_h, cut_w, False)  # fresh, so scratch use is private
-    return _tk.dsa_backward(grad, table, **flags)
+    return _tk.diff_augment_bwd(grad, table, **flags)
 
 
 def _reference_backward(grad, tensors, strategy, cut_h, cut_w):
@@ -609,27 +739,76 @@ def _reference_backward(grad, tensors, strategy, cut_h, cut_w):
 
 # --------------------------------------------------------------------------------------------- custom op
 @torch.library.custom_op("pydistill::diff_augment", mutates_args=())
-def _diff_augment_op(x: torch.Tensor, active: torch.Tensor, brightness: torch.Tensor, saturation: torch.Tensor,
-                     contrast: torch.Tensor, shift: torch.Tensor, centre: torch.Tensor, flip: torch.Tensor,
-                     scale: torch.Tensor, angle: torch.Tensor, strategy: str, cut_h: int, cut_w: int,
-                     backend: str) -> torch.Tensor:
+def _diff_augment_op(
+    x: torch.Tensor,
+    active: torch.Tensor,
+    brightness: torch.Tensor,
+    saturation: torch.Tensor,
+    contrast: torch.Tensor,
+    shift: torch.Tensor,
+    centre: torch.Tensor,
+    flip: torch.Tensor,
+    scale: torch.Tensor,
+    angle: torch.Tensor,
+    strategy: str,
+    cut_h: int,
+    cut_w: int,
+    backend: str,
+) -> torch.Tensor:
     tensors = (active, brightness, saturation, contrast, shift, centre, flip, scale, angle)
     if backend == "triton":
         return _triton_forward(x, tensors, strategy, cut_h, cut_w)
     return _reference_impl(x, *tensors, strategy, cut_h, cut_w).contiguous()
 
 
+def _check_fake(op: str, name: str, x, tensors) -> None:
+    """Fake-kernel checks (``torch._check``) of a batch ``x`` [N, C, H, W] (floating) and the DSA parameter
+    tensors (``DSAParams._TENSORS`` order): the shapes, dtype kinds and device ``_check_params`` requires."""
+    torch._check(x.dim() == 4, lambda: f"{op}: {name} must be a 4-D NCHW batch, got shape {tuple(x.shape)}")
+    torch._check(x.is_floating_point(), lambda: f"{op}: {name} must be a floating tensor, got {x.dtype}")
+    N = x.shape[0]
+    for field, t in zip(DSAParams._TENSORS, tensors):
+        tail, kind = _FIELD_SPECS[field]
+        torch._check(
+            t.dim() == 1 + len(tail) and tuple(t.shape[1:]) == tail and (t.shape[0] == 1 or t.shape[0] == N),
+            lambda field=field, t=t, tail=tail: (
+                f"{op}: {field} must have shape [1 or {N}{''.join(f', {d}' for d in tail)}], got {tuple(t.shape)}"
+            ),
+        )
+        ok = {
+            "bool": t.dtype == torch.bool,
+            "int": not t.is_floating_point() and t.dtype != torch.bool,
+            "float": t.is_floating_point(),
+        }[kind]
+        torch._check(ok, lambda field=field, t=t, kind=kind: f"{op}: {field} must be a {kind} tensor, got {t.dtype}")
+        torch._check(
+            t.device == x.device, lambda field=field, t=t: f"{op}: {field} is on {t.device} but {name} is on {x.device}"
+        )
+
+
 @_diff_augment_op.register_fake
-def _(x, active, brightness, saturation, contrast, shift, centre, flip, scale, angle, strategy, cut_h, cut_w,
-      backend):
+def _(x, active, brightness, saturation, contrast, shift, centre, flip, scale, angle, strategy, cut_h, cut_w, backend):
+    _check_fake("diff_augment", "x", x, (active, brightness, saturation, contrast, shift, centre, flip, scale, angle))
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("pydistill::diff_augment_backward", mutates_args=())
-def _diff_augment_backward_op(grad: torch.Tensor, active: torch.Tensor, brightness: torch.Tensor,
-                              saturation: torch.Tensor, contrast: torch.Tensor, shift: torch.Tensor,
-                              centre: torch.Tensor, flip: torch.Tensor, scale: torch.Tensor, angle: torch.Tensor,
-                              strategy: str, cut_h: int, cut_w: int, backend: str) -> torch.Tensor:
+def _diff_augment_backward_op(
+    grad: torch.Tensor,
+    active: torch.Tensor,
+    brightness: torch.Tensor,
+    saturation: torch.Tensor,
+    contrast: torch.Tensor,
+    shift: torch.Tensor,
+    centre: torch.Tensor,
+    flip: torch.Tensor,
+    scale: torch.Tensor,
+    angle: torch.Tensor,
+    strategy: str,
+    cut_h: int,
+    cut_w: int,
+    backend: str,
+) -> torch.Tensor:
     """grad_x = L^T grad of the (affine in x) DSA map."""
     tensors = (active, brightness, saturation, contrast, shift, centre, flip, scale, angle)
     if backend == "triton":
@@ -638,8 +817,15 @@ def _diff_augment_backward_op(grad: torch.Tensor, active: torch.Tensor, brightne
 
 
 @_diff_augment_backward_op.register_fake
-def _(grad, active, brightness, saturation, contrast, shift, centre, flip, scale, angle, strategy, cut_h, cut_w,
-      backend):
+def _(
+    grad, active, brightness, saturation, contrast, shift, centre, flip, scale, angle, strategy, cut_h, cut_w, backend
+):
+    _check_fake(
+        "diff_augment_backward",
+        "grad",
+        grad,
+        (active, brightness, saturation, contrast, shift, centre, flip, scale, angle),
+    )
     return torch.empty_like(grad, memory_format=torch.contiguous_format)
 
 
@@ -697,7 +883,7 @@ class _EagerDiffAugment(torch.autograd.Function):
         elif torch.is_grad_enabled():  # create_graph=True: the registered op (same double-backward behaviour)
             gx = torch.ops.pydistill.diff_augment_backward(grad, *tensors, *ctx.static)
         elif backend == "triton":
-            gx = _tk.dsa_backward(grad.contiguous(), ctx.table, **ctx.flags)
+            gx = _tk.diff_augment_bwd(grad.contiguous(), ctx.table, **ctx.flags)
         else:
             gx = _reference_backward(grad, tensors, strategy, cut_h, cut_w)
         return (gx,) + (None,) * (4 + len(tensors))
@@ -710,9 +896,18 @@ def _resolve(backend: str, device_type: str) -> str:
     return _backend.resolve(backend, torch.device(device_type), available=("triton", "reference"))
 
 
-def diff_augment(x: torch.Tensor, strategy: str = DEFAULT_STRATEGY, *, params: DSAParams | None = None,
-                 mode: str = "one", per_sample: bool = False, generator: torch.Generator | None = None,
-                 return_params: bool = False, backend: str = "auto", ratios: Mapping[str, float] | None = None):
+def diff_augment(
+    x: torch.Tensor,
+    strategy: str = DEFAULT_STRATEGY,
+    *,
+    params: DSAParams | None = None,
+    mode: str = "one",
+    per_sample: bool = False,
+    generator: torch.Generator | None = None,
+    return_params: bool = False,
+    backend: str = "auto",
+    ratios: Mapping[str, float] | None = None,
+):
     """Differentiable Siamese Augmentation of x [N, C, H, W] (float), differentiable w.r.t. x.
 
     Without ``params``, draws them on x's device (``sample_dsa_params(N, strategy, mode, per_sample, ...)``
@@ -731,13 +926,17 @@ def diff_augment(x: torch.Tensor, strategy: str = DEFAULT_STRATEGY, *, params: D
             raise TypeError(f"per_sample must be a bool, got {type(per_sample).__name__}")
         if ratios is not None and not isinstance(ratios, Mapping):
             raise TypeError(f"ratios must be a mapping such as {{'scale': 1.2}}, got {type(ratios).__name__}")
-        params = sample_dsa_params(N, strategy, mode, per_sample, height=H, width=W, device=x.device,
-                                   generator=generator, **dict(ratios or {}))
+        params = sample_dsa_params(
+            N, strategy, mode, per_sample, height=H, width=W, device=x.device, generator=generator, **dict(ratios or {})
+        )
     else:
         _check_params(params, x)
     be = _resolve(backend, x.device.type)
-    if backend == "auto" and be == "triton" and (x.dtype == torch.float64
-                                                 or torch.are_deterministic_algorithms_enabled()):
+    if (
+        backend == "auto"
+        and be == "triton"
+        and (x.dtype == torch.float64 or torch.are_deterministic_algorithms_enabled())
+    ):
         # deterministic mode: the Triton backward scatters with atomics, the reference does not.
         # fp64 is for checking, not speed; Triton 3.6 fails to compile the fp64 backward on sm_90 (layout bug).
         be = "reference"
@@ -745,16 +944,22 @@ def diff_augment(x: torch.Tensor, strategy: str = DEFAULT_STRATEGY, *, params: D
         raise RuntimeError("backend='triton': the Triton kernels of diff_augment could not be loaded")
     tensors = params.tensors()
     eager = _backend.plain_eager((x, *tensors))
-    if (eager and backend == "auto" and be == "reference" and x.device.type == "cpu" and params.active.shape[0] == 1
-            and int(params.active.sum()) <= 1):
+    if (
+        eager
+        and backend == "auto"
+        and be == "reference"
+        and x.device.type == "cpu"
+        and params.active.shape[0] == 1
+        and int(params.active.sum()) <= 1
+    ):
         # CPU, one shared group (mode "one", the DC/DSA/DM default): the separate pass of that group alone is
         # exact (see diff_augment_sequential) and 3-5x faster on a CPU than the fused all-groups reference
         # (benchmarks/results/2026-11-23-cpu-ops.md). Reading `active` is free on the CPU (no device sync).
         out = diff_augment_sequential(x, params)
     elif eager:
-        out = _EagerDiffAugment.apply(x, params.strategy, params.cutout_size[0], params.cutout_size[1], be,
-                                      *tensors)
+        out = _EagerDiffAugment.apply(x, params.strategy, params.cutout_size[0], params.cutout_size[1], be, *tensors)
     else:
-        out = torch.ops.pydistill.diff_augment(x, *tensors, params.strategy, params.cutout_size[0],
-                                               params.cutout_size[1], be)
+        out = torch.ops.pydistill.diff_augment(
+            x, *tensors, params.strategy, params.cutout_size[0], params.cutout_size[1], be
+        )
     return (out, params) if return_params else out

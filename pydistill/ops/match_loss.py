@@ -14,6 +14,7 @@ when ``gw_syn`` comes from ``torch.autograd.grad(..., create_graph=True)`` the g
 synthetic images. Compiled backends run the whole list in one kernel launch per direction, accumulating in
 fp32 (fp64 for fp64 inputs), without host synchronisation.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,8 +38,9 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1)
 
 
-def match_loss_reference(gw_syn: Sequence[torch.Tensor], gw_real: Sequence[torch.Tensor],
-                         metric: str = "ours") -> torch.Tensor:
+def match_loss_reference(
+    gw_syn: Sequence[torch.Tensor], gw_real: Sequence[torch.Tensor], metric: str = "ours"
+) -> torch.Tensor:
     """Plain PyTorch ``match_loss`` (per-layer loop, differentiable, computed in the input dtype).
 
     Args: ``gw_syn``, ``gw_real``: lists of same-shape gradient tensors; ``metric``: "ours", "mse" or "cos".
@@ -91,8 +93,10 @@ def _reference_fwd(gw_syn, gw_real, metric: str):
         parts = [torch.stack([(a * b).sum(), (a * a).sum(), (b * b).sum()]) for a, b in pairs]
         stats = torch.stack(parts).sum(0, keepdim=True)
     else:
-        parts = [torch.stack([(a * b).sum(-1), (a * a).sum(-1), (b * b).sum(-1)], dim=-1)
-                 for a, b in ((_rows(x).to(acc), _rows(y).to(acc)) for x, y in zip(gw_syn, gw_real) if x.dim() >= 2)]
+        parts = [
+            torch.stack([(a * b).sum(-1), (a * a).sum(-1), (b * b).sum(-1)], dim=-1)
+            for a, b in ((_rows(x).to(acc), _rows(y).to(acc)) for x, y in zip(gw_syn, gw_real) if x.dim() >= 2)
+        ]
         stats = torch.cat(parts) if parts else torch.empty((0, 3), dtype=acc, device=dev)
     dist = 1 - stats[:, 0] / (stats[:, 1].sqrt() * stats[:, 2].sqrt() + EPS)
     return dist.sum().to(gw_syn[0].dtype), stats
@@ -115,7 +119,7 @@ def _reference_bwd(grad, gw_syn, gw_real, stats, metric: str):
             out.append(torch.zeros(a.shape, dtype=a.dtype, device=a.device))
         else:
             n = a.shape[0]
-            al, be = alpha[row:row + n, None], beta[row:row + n, None]
+            al, be = alpha[row : row + n, None], beta[row : row + n, None]
             g = al * _rows(b).to(acc) + be * _rows(a).to(acc)
             out.append(g.to(a.dtype).reshape(a.shape))
             row += n
@@ -135,9 +139,16 @@ def _check(gw_syn, gw_real, metric) -> None:
         raise TypeError(f"gw_syn[0] must be a torch.Tensor, got {type(gw_syn[0]).__name__}")
     dtype, device = gw_syn[0].dtype, gw_syn[0].device
     # One pass; the messages are built only on failure (this runs on every training step).
-    for i, (a, b) in enumerate(zip(gw_syn, gw_real)):
-        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == dtype
-                and b.dtype == dtype and a.device == device and b.device == device and a.shape == b.shape):
+    for a, b in zip(gw_syn, gw_real):
+        if not (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.dtype == dtype
+            and b.dtype == dtype
+            and a.device == device
+            and b.device == device
+            and a.shape == b.shape
+        ):
             _explain(gw_syn, gw_real, metric)
     if len(gw_syn) != len(gw_real) or not isinstance(metric, str) or metric not in METRICS or dtype not in _DTYPES:
         _explain(gw_syn, gw_real, metric)
@@ -158,8 +169,7 @@ def _explain(gw_syn, gw_real, metric) -> None:
         raise TypeError(f"gw_syn[0] must be float32/float64/float16/bfloat16, got {dtype}")
     for i, (a, b) in enumerate(zip(gw_syn, gw_real)):
         if a.shape != b.shape:
-            raise ValueError(f"gw_real[{i}] must have the shape of gw_syn[{i}] {tuple(a.shape)}, "
-                             f"got {tuple(b.shape)}")
+            raise ValueError(f"gw_real[{i}] must have the shape of gw_syn[{i}] {tuple(a.shape)}, got {tuple(b.shape)}")
         for name, t in ((f"gw_syn[{i}]", a), (f"gw_real[{i}]", b)):
             if t.dtype != dtype:
                 raise TypeError(f"{name} must have dtype {dtype} (the dtype of gw_syn[0]), got {t.dtype}")
@@ -204,29 +214,63 @@ def _bwd_impl(grad, gw_syn, gw_real, stats, metric: str, backend: str):
 
 
 @torch.library.custom_op("pydistill::match_loss", mutates_args=())
-def _match_loss_op(gw_syn: list[torch.Tensor], gw_real: list[torch.Tensor], metric: str,
-                   backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _match_loss_op(
+    gw_syn: list[torch.Tensor], gw_real: list[torch.Tensor], metric: str, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss [] in input dtype, stats [R, 3] fp32/fp64 per-row (<a,b>, |a|^2, |b|^2), used by the backward)."""
     loss, stats = _fwd(gw_syn, gw_real, metric, backend)
     return loss, stats
 
 
-@_match_loss_op.register_fake
-def _(gw_syn, gw_real, metric, backend):
+def _check_fake_fwd(op: str, gw_syn, gw_real, metric) -> None:
+    """Fake-kernel checks of a forward: the lists as ``_check`` requires them and a known metric."""
+    _backend.check_fake_lists(op, [("gw_syn", gw_syn), ("gw_real", gw_real)], _DTYPES)
+    torch._check(metric in METRICS, lambda: f"{op}: metric must be one of {METRICS}, got {metric!r}")
+
+
+def _check_fake_bwd(op: str, grad, gw_syn, gw_real, stats, metric) -> None:
+    """Fake-kernel checks of a backward: the forward's, a one-element grad and stats [R, 3] in the acc dtype."""
+    _check_fake_fwd(op, gw_syn, gw_real, metric)
+    torch._check(grad.numel() == 1, lambda: f"{op}: grad must hold one element, got shape {tuple(grad.shape)}")
+    rows, acc = _num_rows(gw_syn, metric), _acc(gw_syn[0].dtype)
+    torch._check(
+        stats.dim() == 2 and stats.shape[0] == rows and stats.shape[1] == 3 and stats.dtype == acc,
+        lambda: f"{op}: stats must be [{rows}, 3] of dtype {acc}, got {tuple(stats.shape)} {stats.dtype}",
+    )
+
+
+def _fake_fwd(op: str, gw_syn, gw_real, metric):
+    _check_fake_fwd(op, gw_syn, gw_real, metric)
     a = gw_syn[0]
     return a.new_empty(()), a.new_empty((_num_rows(gw_syn, metric), 3), dtype=_acc(a.dtype))
 
 
+def _fake_bwd(op: str, grad, gw_syn, gw_real, stats, metric):
+    _check_fake_bwd(op, grad, gw_syn, gw_real, stats, metric)
+    return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in gw_syn]
+
+
+@_match_loss_op.register_fake
+def _(gw_syn, gw_real, metric, backend):
+    return _fake_fwd("match_loss", gw_syn, gw_real, metric)
+
+
 @torch.library.custom_op("pydistill::match_loss_backward", mutates_args=())
-def _match_loss_backward_op(grad: torch.Tensor, gw_syn: list[torch.Tensor], gw_real: list[torch.Tensor],
-                            stats: torch.Tensor, metric: str, backend: str) -> list[torch.Tensor]:
+def _match_loss_backward_op(
+    grad: torch.Tensor,
+    gw_syn: list[torch.Tensor],
+    gw_real: list[torch.Tensor],
+    stats: torch.Tensor,
+    metric: str,
+    backend: str,
+) -> list[torch.Tensor]:
     """Gradient of match_loss w.r.t. each tensor of ``gw_syn`` (contiguous, same shapes and dtype)."""
     return list(_bwd(grad, gw_syn, gw_real, stats, metric, backend))
 
 
 @_match_loss_backward_op.register_fake
 def _(grad, gw_syn, gw_real, stats, metric, backend):
-    return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in gw_syn]
+    return _fake_bwd("match_loss_backward", grad, gw_syn, gw_real, stats, metric)
 
 
 def _setup_context(ctx, inputs, output):
@@ -241,7 +285,8 @@ def _backward(ctx, grad_loss, grad_stats):
     saved = ctx.saved_tensors
     n = ctx.n
     grads = torch.ops.pydistill.match_loss_backward(
-        grad_loss, list(saved[:n]), list(saved[n:2 * n]), saved[2 * n], ctx.metric, ctx.backend)
+        grad_loss, list(saved[:n]), list(saved[n : 2 * n]), saved[2 * n], ctx.metric, ctx.backend
+    )
     return list(grads), [None] * n, None, None
 
 
@@ -253,20 +298,31 @@ if _backend.has_compiled() and hasattr(torch.ops.pydistill, "match_loss_fwd"):
 
     @torch.library.register_fake("pydistill::match_loss_fwd")
     def _(gw_syn, gw_real, metric):
-        a = gw_syn[0]
-        return a.new_empty(()), a.new_empty((_num_rows(gw_syn, metric), 3), dtype=_acc(a.dtype))
+        return _fake_fwd("match_loss_fwd", gw_syn, gw_real, metric)
 
     @torch.library.register_fake("pydistill::match_loss_fwd_out")
     def _(gw_syn, gw_real, metric, loss, stats):
-        return None
+        op = "match_loss_fwd_out"
+        _check_fake_fwd(op, gw_syn, gw_real, metric)
+        dtype, rows, acc = gw_syn[0].dtype, _num_rows(gw_syn, metric), _acc(gw_syn[0].dtype)
+        torch._check(
+            loss.dim() == 0 and loss.dtype == dtype,
+            lambda: f"{op}: loss must be a 0-dim tensor of dtype {dtype}, got {tuple(loss.shape)} {loss.dtype}",
+        )
+        torch._check(
+            stats.dim() == 2 and stats.shape[0] == rows and stats.shape[1] == 3 and stats.dtype == acc,
+            lambda: f"{op}: stats must be [{rows}, 3] of dtype {acc}, got {tuple(stats.shape)} {stats.dtype}",
+        )
 
     @torch.library.register_fake("pydistill::match_loss_bwd")
     def _(grad, gw_syn, gw_real, stats, metric):
-        return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in gw_syn]
+        return _fake_bwd("match_loss_bwd", grad, gw_syn, gw_real, stats, metric)
 
     @torch.library.register_fake("pydistill::match_loss_bwd_out")
     def _(grad, gw_syn, gw_real, stats, metric, grad_syn):
-        return None
+        op = "match_loss_bwd_out"
+        _check_fake_bwd(op, grad, gw_syn, gw_real, stats, metric)
+        _backend.check_fake_lists(op, [("gw_syn", gw_syn), ("grad_syn", grad_syn)], _DTYPES)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -288,10 +344,10 @@ class _EagerMatchLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_stats):
         n = ctx.n
-        if grad_loss is None or not any(ctx.needs_input_grad[3:3 + n]):
+        if grad_loss is None or not any(ctx.needs_input_grad[3 : 3 + n]):
             return (None,) * (3 + 2 * n)
         saved = ctx.saved_tensors
-        syn, real, stats = list(saved[:n]), list(saved[n:2 * n]), saved[2 * n]
+        syn, real, stats = list(saved[:n]), list(saved[n : 2 * n]), saved[2 * n]
         if torch.is_grad_enabled():  # create_graph=True: the registered op (same double-backward behaviour)
             grads = torch.ops.pydistill.match_loss_backward(grad_loss, syn, real, stats, ctx.metric, ctx.backend)
         else:
@@ -302,8 +358,9 @@ class _EagerMatchLoss(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------------------
 # Public function
 # ----------------------------------------------------------------------------------------------------------
-def match_loss(gw_syn: Sequence[torch.Tensor], gw_real: Sequence[torch.Tensor], metric: str = "ours",
-               backend: str = "auto") -> torch.Tensor:
+def match_loss(
+    gw_syn: Sequence[torch.Tensor], gw_real: Sequence[torch.Tensor], metric: str = "ours", backend: str = "auto"
+) -> torch.Tensor:
     """DC gradient-matching distance between two lists of gradients.
 
     Args:

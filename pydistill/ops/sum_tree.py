@@ -93,12 +93,50 @@ _HAS_OPS = _compiled_ops_present()
 
 if _HAS_OPS:
 
+    def _check_fake_tree(op: str, name: str, tree) -> None:
+        """A tree as the compiled kernels take it: 1-D float64 with 2 * P nodes, P a power of two."""
+        torch._check(
+            tree.dim() == 1 and tree.dtype == torch.float64,
+            lambda: f"{op}: {name} must be a 1-D float64 tensor, got {tree.dtype} of shape {tuple(tree.shape)}",
+        )
+        n = tree.shape[0]
+        torch._check(n >= 2, lambda: f"{op}: {name} must hold 2 * P nodes with P a power of two, got {n}")
+        if isinstance(n, int):  # the power of two is checked on concrete sizes (no bit ops on symbolic ones)
+            torch._check(n & (n - 1) == 0, lambda: f"{op}: {name} must hold 2 * P nodes with P a power of two, got {n}")
+
     @torch.library.register_fake("pydistill::sum_tree_update")
     def _sum_tree_update_fake(tree, min_tree, indices, priorities):
+        op = "sum_tree_update"
+        _check_fake_tree(op, "tree", tree)
+        _check_fake_tree(op, "min_tree", min_tree)
+        torch._check(
+            min_tree.shape[0] == tree.shape[0] and min_tree.device == tree.device,
+            lambda: f"{op}: min_tree must have as many nodes as tree ({tree.shape[0]}) on its device",
+        )
+        torch._check(
+            indices.dim() == 1 and indices.dtype == torch.int64,
+            lambda: f"{op}: indices must be 1-D int64, got {indices.dtype} of shape {tuple(indices.shape)}",
+        )
+        torch._check(
+            priorities.dim() == 1 and priorities.dtype == torch.float64,
+            lambda: f"{op}: priorities must be 1-D float64, got {priorities.dtype} of shape {tuple(priorities.shape)}",
+        )
+        torch._check(
+            indices.shape[0] == priorities.shape[0],
+            lambda: (
+                f"{op}: indices ({indices.shape[0]}) and priorities ({priorities.shape[0]}) must have the same length"
+            ),
+        )
         return None
 
     @torch.library.register_fake("pydistill::sum_tree_sample")
     def _sum_tree_sample_fake(tree, u):
+        op = "sum_tree_sample"
+        _check_fake_tree(op, "tree", tree)
+        torch._check(
+            u.dim() == 1 and u.dtype == torch.float64,
+            lambda: f"{op}: u must be 1-D float64, got {u.dtype} of shape {tuple(u.shape)}",
+        )
         return u.new_empty(u.shape, dtype=torch.int64)
 
 

@@ -15,6 +15,7 @@ A zero denominator (``start == target``) gives ``inf`` (or ``nan`` when the nume
 non-finite gradient, exactly like the plain formula; the function never synchronises with the device to
 look. Pass ``check=True`` to raise a ``ValueError`` instead (this reads the denominator back: one sync).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,7 @@ TensorOrList = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # Preference order for backend="auto": CUDA kernel on GPUs, C++ kernel on the CPU (measured faster than
-# the reference: see benchmarks/bench_trajectory_loss.py), Triton on GPUs when _C lacks CUDA.
+# the reference: see benchmarks/ops/bench_trajectory_loss.py), Triton on GPUs when _C lacks CUDA.
 _AVAILABLE = ("cuda", "cpp", "triton", "reference")
 
 
@@ -132,16 +133,34 @@ def _impl(backend: str, device: torch.device) -> str:
     return _resolve(backend, device)
 
 
+def _fake_fwd(op: str, student, start, target):
+    """Fake forward (shapes, dtypes and devices checked with ``torch._check``): (loss [], den [] acc dtype)."""
+    _backend.check_fake_lists(op, [("student", student), ("start", start), ("target", target)], _FLOAT_DTYPES)
+    s0 = student[0]
+    return s0.new_empty(()), s0.new_empty((), dtype=_acc_dtype(s0.dtype))
+
+
+def _fake_bwd(op: str, grad, student, target, den):
+    """Fake backward (checked like ``_fake_fwd``, plus one-element grad and den): one tensor per student."""
+    _backend.check_fake_lists(op, [("student", student), ("target", target)], _FLOAT_DTYPES)
+    acc = _acc_dtype(student[0].dtype)
+    torch._check(grad.numel() == 1, lambda: f"{op}: grad must hold one element, got shape {tuple(grad.shape)}")
+    torch._check(
+        den.numel() == 1 and den.dtype == acc,
+        lambda: f"{op}: den must be one element of dtype {acc}, got {tuple(den.shape)} {den.dtype}",
+    )
+    return [x.new_empty(x.shape) for x in student]
+
+
 if _has_compiled_op():
 
     @torch.library.register_fake("pydistill::trajectory_loss_fwd")
     def _fwd_fake(student, start, target):
-        s0 = student[0]
-        return s0.new_empty(()), s0.new_empty((), dtype=_acc_dtype(s0.dtype))
+        return _fake_fwd("trajectory_loss_fwd", student, start, target)
 
     @torch.library.register_fake("pydistill::trajectory_loss_bwd")
     def _bwd_fake(grad, student, target, den):
-        return [x.new_empty(x.shape) for x in student]
+        return _fake_bwd("trajectory_loss_bwd", grad, student, target, den)
 
 
 @torch.library.custom_op("pydistill::trajectory_loss_triton_fwd", mutates_args=())
@@ -150,13 +169,12 @@ def _triton_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from pydistill.kernels import trajectory_loss as tk
 
-    return tk.fwd(student, start, target)
+    return tk.trajectory_loss_fwd(student, start, target)
 
 
 @_triton_fwd.register_fake
 def _(student, start, target):
-    s0 = student[0]
-    return s0.new_empty(()), s0.new_empty((), dtype=_acc_dtype(s0.dtype))
+    return _fake_fwd("trajectory_loss_triton_fwd", student, start, target)
 
 
 @torch.library.custom_op("pydistill::trajectory_loss_triton_bwd", mutates_args=())
@@ -165,12 +183,12 @@ def _triton_bwd(
 ) -> list[torch.Tensor]:
     from pydistill.kernels import trajectory_loss as tk
 
-    return tk.bwd(grad, student, target, den)
+    return tk.trajectory_loss_bwd(grad, student, target, den)
 
 
 @_triton_bwd.register_fake
 def _(grad, student, target, den):
-    return [x.new_empty(x.shape) for x in student]
+    return _fake_bwd("trajectory_loss_triton_bwd", grad, student, target, den)
 
 
 def _fwd_impl(impl: str, student, start, target):
@@ -180,7 +198,7 @@ def _fwd_impl(impl: str, student, start, target):
     if impl == "triton":
         from pydistill.kernels import trajectory_loss as tk
 
-        return tk.fwd(student, start, target)
+        return tk.trajectory_loss_fwd(student, start, target)
     return torch.ops.pydistill.trajectory_loss_fwd(student, start, target)
 
 
@@ -190,7 +208,7 @@ def _bwd_impl(impl: str, grad, student, target, den):
     if impl == "triton":
         from pydistill.kernels import trajectory_loss as tk
 
-        return tk.bwd(grad, student, target, den)
+        return tk.trajectory_loss_bwd(grad, student, target, den)
     return torch.ops.pydistill.trajectory_loss_bwd(grad, student, target, den)
 
 
@@ -204,8 +222,7 @@ def _trajectory_loss_op(
 
 @_trajectory_loss_op.register_fake
 def _(student, start, target, backend):
-    s0 = student[0]
-    return s0.new_empty(()), s0.new_empty((), dtype=_acc_dtype(s0.dtype))
+    return _fake_fwd("trajectory_loss", student, start, target)
 
 
 @torch.library.custom_op("pydistill::trajectory_loss_backward", mutates_args=())
@@ -218,7 +235,7 @@ def _trajectory_loss_backward_op(
 
 @_trajectory_loss_backward_op.register_fake
 def _(grad, student, target, den, backend):
-    return [x.new_empty(x.shape) for x in student]
+    return _fake_bwd("trajectory_loss_backward", grad, student, target, den)
 
 
 def _setup_context(ctx, inputs, output):
@@ -312,4 +329,3 @@ def trajectory_loss(
                 "differ and be finite (the loss would be inf/nan)"
             )
     return loss
-

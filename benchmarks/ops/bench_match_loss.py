@@ -13,8 +13,9 @@ cached address tables stay warm, and on a GPU host-bound costs show); "new stora
 allocated gradient lists with the Triton table cache emptied beforehand, untimed: the cache-miss cost a first
 call, or a loop that reallocates its gradients, pays).
 
-    python benchmarks/bench_match_loss.py [--device cpu] [--quick]
+    python benchmarks/ops/bench_match_loss.py [--device cpu] [--quick]
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: common.py
 
 from common import try_row  # noqa: E402
 
@@ -100,16 +101,23 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
             rows.append(try_row(OP, case, "baseline", fb(ref), device, bytes_moved=moved))
             compiled = torch.compile(ref)
             rows.append(try_row(OP, case, "compile", fb(compiled), device, bytes_moved=moved))
-            impls = [b for b in (["cpp"] if device == "cpu" else ["cuda", "triton"])
-                     if have.get(b) and not (b == "triton" and device == "cpu")]
+            impls = [
+                b
+                for b in (["cpp"] if device == "cpu" else ["cuda", "triton"])
+                if have.get(b) and not (b == "triton" and device == "cpu")
+            ]
             ours = {b: (lambda s, r, m=metric, b=b: match_loss(s, r, m, backend=b)) for b in impls}
             for impl in impls:
                 rows.append(try_row(OP, case, impl, fb(ours[impl]), device, bytes_moved=moved))
             # Throughput: back-to-back calls on the same tensors, one sync.
             tp_case = f"{case}, {calls} calls 1 sync"
             for impl, fn in [("baseline", ref)] + list(ours.items()):
-                rows.append(try_row(OP, tp_case, impl, fb(fn), device, bytes_moved=moved, calls=calls,
-                                    repeats=1 if quick else 3))
+                rows.append(
+                    try_row(
+                        OP, tp_case, impl, fb(fn), device, bytes_moved=moved, calls=calls, repeats=1 if quick else 3
+                    )
+                )
+
             # First call with new storage: fresh gradient lists and an empty table cache before each timed call.
             def fresh():
                 drop_table_caches()
@@ -122,8 +130,11 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
                 return step
 
             for impl, fn in [("baseline", ref)] + list(ours.items()):
-                rows.append(try_row(OP, f"{case} new storage", impl, fb_new(fn), device, bytes_moved=moved,
-                                    setup=fresh, iters=10))
+                rows.append(
+                    try_row(
+                        OP, f"{case} new storage", impl, fb_new(fn), device, bytes_moved=moved, setup=fresh, iters=10
+                    )
+                )
             # Forward alone (syn still requires grad: autograd bookkeeping included), 2N reads: separates
             # the forward's per-call host overhead from the backward's.
             fwd_case = f"{case} fwd only"

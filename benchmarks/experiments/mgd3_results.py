@@ -1,6 +1,6 @@
 """MGD3: mode-guided vs unguided diffusion sampling vs random real images, IPC 1 and 10 (digits, MNIST, ...).
 
-    python benchmarks/mgd3_results.py [--dataset digits] [--model models/digits-ddpm] [--train-steps 1500]
+    python benchmarks/experiments/mgd3_results.py [--dataset digits] [--model models/digits-ddpm] [--train-steps 1500]
         [--device cpu] [--ipcs 1,10] [--num-eval 5] [--gen-seeds 1] [--eval-epochs 300] [--lambdas 0.1,1]
         [--t-stops 0.5,0.8]
 
@@ -26,7 +26,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: common.py
 
 from common import RESULTS, environment  # noqa: E402
 

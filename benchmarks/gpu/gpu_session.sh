@@ -2,9 +2,9 @@
 # One GPU-machine session: build the extension there, run the op tests and the launch-overhead counts on CUDA (real
 # Triton, no interpreter; one process per file, in parallel), then the op benchmarks (per call, throughput,
 # new-storage and draw+augment rows). Logs and results go to $OUT (or ./gpu_out).
-#   bash benchmarks/gpu_session.sh [tests|bench|all]
+#   bash benchmarks/gpu/gpu_session.sh [tests|bench|all]
 # The tests that call compiled CPU ops with bad input are deselected: on the GPU image (torch 2.11) any C++ exception
-# thrown from a CPU op of an extension crashes the process (benchmarks/gpu_probe_throw.py reproduces it).
+# thrown from a CPU op of an extension crashes the process (benchmarks/gpu/gpu_probe_throw.py reproduces it).
 set -uo pipefail
 OUT="${OUT:-$PWD/gpu_out}"; mkdir -p "$OUT"
 what="${1:-all}"
@@ -25,11 +25,11 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   wait
   grep -h "^FAILED" "$OUT"/t_*.log | head -n 20
   # the cached-table ticket kernels under real concurrency: many calls, several streams, evictions, no syncs
-  timeout 300 python3 benchmarks/gpu_stress_ticket.py > "$OUT/stress_ticket.log" 2>&1; echo "stress_ticket rc=$?"
+  timeout 300 python3 benchmarks/gpu/gpu_stress_ticket.py > "$OUT/stress_ticket.log" 2>&1; echo "stress_ticket rc=$?"
   tail -n 5 "$OUT/stress_ticket.log"
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
-  python3 benchmarks/run_all.py --device cuda --tag ops > "$OUT/bench.log" 2>&1; echo "bench rc=$?"
+  python3 benchmarks/ops/run_all.py --device cuda --tag ops > "$OUT/bench.log" 2>&1; echo "bench rc=$?"
   cp benchmarks/results/*.md benchmarks/results/*.json "$OUT/" 2>/dev/null
   grep -E "^\|" "$OUT/bench.log" | tail -n 80
 fi

@@ -10,8 +10,9 @@ synchronisation, time per call; cached address tables stay warm, and on a GPU ho
 "<case> new storage" group (every timed call on freshly allocated parameters with the Triton table cache
 emptied beforehand, untimed: the cache-miss cost of a first call or of a loop that reallocates its tensors).
 
-    python benchmarks/bench_trajectory_loss.py [--device cpu] [--quick]
+    python benchmarks/ops/bench_trajectory_loss.py [--device cpu] [--quick]
 """
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: common.py
 
 from common import try_row  # noqa: E402
 
@@ -84,8 +85,11 @@ def run(device: str, quick: bool) -> list[dict]:
     have = backends()
     cases = [("flat 0.32M", [(320_010,)]), ("list ConvNet (0.32M)", convnet_shapes())]
     if not quick:
-        cases += [("flat 2.5M", [(2_500_000,)]), ("flat 11.2M", [(11_173_962,)]),
-                  ("list ResNet-18 (11.2M)", resnet18_shapes())]
+        cases += [
+            ("flat 2.5M", [(2_500_000,)]),
+            ("flat 11.2M", [(11_173_962,)]),
+            ("list ResNet-18 (11.2M)", resnet18_shapes()),
+        ]
     compiled_ref = torch.compile(trajectory_loss_reference)
     rows = []
     for case, shapes in cases:
@@ -102,8 +106,10 @@ def run(device: str, quick: bool) -> list[dict]:
 
             return go
 
-        impls = [("baseline", step(lambda *x: baseline(*(([y] if flat else y) for y in x)))),
-                 ("compiled reference", step(compiled_ref))]
+        impls = [
+            ("baseline", step(lambda *x: baseline(*(([y] if flat else y) for y in x)))),
+            ("compiled reference", step(compiled_ref)),
+        ]
         dev_type = torch.device(device).type
         for b in ("cpp", "cuda", "triton"):
             if not have.get(b):
@@ -121,8 +127,16 @@ def run(device: str, quick: bool) -> list[dict]:
         for impl, fn in impls:
             if impl == "compiled reference":
                 continue
-            row = try_row(OP, f"{case}, {calls} calls 1 sync", impl, fn, device, bytes_moved=nbytes, calls=calls,
-                          repeats=1 if quick else 3)
+            row = try_row(
+                OP,
+                f"{case}, {calls} calls 1 sync",
+                impl,
+                fn,
+                device,
+                bytes_moved=nbytes,
+                calls=calls,
+                repeats=1 if quick else 3,
+            )
             row["n"] = n
             rows.append(row)
 
@@ -132,24 +146,40 @@ def run(device: str, quick: bool) -> list[dict]:
             return [c[0] for c in new] if flat else new
 
         new_impls = [("baseline", lambda *x: baseline(*(([y] if flat else y) for y in x)))]
-        new_impls += [(impl, lambda *x, b=impl: trajectory_loss(*x, backend=b)) for impl, _ in impls
-                      if impl in ("cpp", "cuda", "triton")]
+        new_impls += [
+            (impl, lambda *x, b=impl: trajectory_loss(*x, backend=b))
+            for impl, _ in impls
+            if impl in ("cpp", "cuda", "triton")
+        ]
         for impl, fn in new_impls:
+
             def go(st, a_, t_, fn=fn):
                 torch.autograd.grad(fn(st, a_, t_), st)
 
-            row = try_row(OP, f"{case} new storage", impl, go, device, bytes_moved=nbytes, setup=fresh,
-                          iters=10 if dev_type == "cpu" else 50)
+            row = try_row(
+                OP,
+                f"{case} new storage",
+                impl,
+                go,
+                device,
+                bytes_moved=nbytes,
+                setup=fresh,
+                iters=10 if dev_type == "cpu" else 50,
+            )
             row["n"] = n
             rows.append(row)
         # Forward alone (inputs still require grad, so the autograd bookkeeping is included): separates
         # per-call host overhead of the forward from the backward's. bytes_moved = the forward's 3N reads.
         fwd_impls = [("baseline", lambda: baseline(*(([y] if flat else y) for y in args)))]
-        fwd_impls += [(impl, lambda b=impl: trajectory_loss(*args, backend=b)) for impl, _ in impls
-                      if impl in ("cpp", "cuda", "triton")]
+        fwd_impls += [
+            (impl, lambda b=impl: trajectory_loss(*args, backend=b))
+            for impl, _ in impls
+            if impl in ("cpp", "cuda", "triton")
+        ]
         for impl, fn in fwd_impls:
-            row = try_row(OP, f"{case} fwd only", impl, fn, device, bytes_moved=nbytes // 2,
-                          iters=10 if dev_type == "cpu" else 50)
+            row = try_row(
+                OP, f"{case} fwd only", impl, fn, device, bytes_moved=nbytes // 2, iters=10 if dev_type == "cpu" else 50
+            )
             row["n"] = n
             rows.append(row)
     return rows

@@ -10,7 +10,7 @@ Rows:
   the plain unroll, ``pydistill-recompute`` the exact constant-activation-memory unroll. Peak memory: CUDA max
   allocated on a GPU; on the CPU the peak RSS increase of a forked child running one iteration.
 
-    python benchmarks/bench_methods.py --device cpu --quick
+    python benchmarks/experiments/bench_methods.py --device cpu --quick
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: common.py
 
 from common import add_speedups, format_table, measure, record, set_threads  # noqa: E402
 

@@ -1,11 +1,13 @@
 """GPU stress test of the last-program ticket pattern (match_loss / trajectory_loss Triton forwards).
 
-Run on the GPU box from the repo root:  python benchmarks/gpu_stress_ticket.py   (ITERS=2000 by default; gpu_session.sh runs it)
-CPU smoke test (tiny):                  TRITON_INTERPRET=1 SMALL=1 ITERS=6 python benchmarks/gpu_stress_ticket.py
+Run on the GPU box from the repo root:  python benchmarks/gpu/gpu_stress_ticket.py
+                                        (ITERS=2000 by default; gpu_session.sh runs it)
+CPU smoke test (tiny):                  TRITON_INTERPRET=1 SMALL=1 ITERS=6 python benchmarks/gpu/gpu_stress_ticket.py
 Checks, for many back-to-back calls with no sync in between, on several streams, with > cache-size distinct
 shape sets (so entries are evicted and rebuilt): every loss/stats equals a float64 reference, repeated calls
 on the same inputs are bitwise equal (determinism), and every cached ticket counter is 0 afterwards.
 """
+
 import os
 import random
 
@@ -26,8 +28,9 @@ def shapes():
     for _ in range(random.randint(1, 3 if SMALL else 6)):
         r = random.random()
         if SMALL:
-            out.append(random.choice([(random.randint(1, 9),), (random.randint(1, 5), random.randint(1, 70)),
-                                      (3, 2, 3, 3)]))
+            out.append(
+                random.choice([(random.randint(1, 9),), (random.randint(1, 5), random.randint(1, 70)), (3, 2, 3, 3)])
+            )
         elif r < 0.2:
             out.append((random.randint(1, 5000),))
         elif r < 0.45:  # many 1-chunk rows: tens of thousands of tiny programs all racing for tickets
@@ -75,7 +78,7 @@ if DEV == "cuda":
         s.wait_stream(torch.cuda.current_stream())
     noise = torch.randn(4096, 4096, device=DEV)
 results = []
-for it in range(ITERS):
+for _it in range(ITERS):
     p = random.randrange(n_pools)
     what = random.choice(["ours", "mse", "cos", "traj"])
     s = random.choice(streams)
@@ -84,7 +87,7 @@ for it in range(ITERS):
         if DEV == "cuda" and random.random() < 0.05:
             noise @ noise  # perturb scheduling / SM occupancy
         a, b, st, ta, tt, _ = pools[p]
-        out = kt.fwd(st, ta, tt)[0] if what == "traj" else km.match_loss_fwd(a, b, what)[0]
+        out = kt.trajectory_loss_fwd(st, ta, tt)[0] if what == "traj" else km.match_loss_fwd(a, b, what)[0]
     results.append((p, what, out))
 if DEV == "cuda":
     torch.cuda.synchronize()
@@ -105,7 +108,7 @@ for k, v in km._CACHE.items():
     if not k[3] and int(v[1][0]) != 0:  # forward entries: (table, counter view, W, kmax, part, R)
         bad += 1
         print("match_loss counter left at", int(v[1][0]))
-for k, v in kt._TABLE_CACHE.items():
+for v in kt._TABLE_CACHE.values():
     if len(v) == 5 and int(v[4][0]) != 0:  # forward entries: (table, n_chunks, aligned, partial, counter)
         bad += 1
         print("trajectory counter left at", int(v[4][0]))

@@ -7,6 +7,7 @@ one host sync), and ``torchrl`` (TorchRL's C++ SumSegmentTreeFp64 + MinSegmentTr
 torchrl imports. The baseline (and torchrl) always run on the CPU; on a GPU run its speedups
 compare a CPU research loop with the device kernels, as a user switching would see it.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: common.py
 
 from common import try_row  # noqa: E402
 

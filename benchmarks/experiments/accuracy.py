@@ -24,7 +24,7 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
+RESULTS = os.path.join(os.path.dirname(HERE), "results")
 
 # Published ConvNet accuracies (IPC -> %), from the papers (see REFERENCE.md); None where not published.
 PUBLISHED = {

@@ -26,6 +26,7 @@ Sampling is timed too (these rows draw inside every call, both sides):
 Throughput rows ("N calls, 1 sync"): N back-to-back calls and one synchronisation, time per call; on a GPU
 host-bound overheads show there (the per-call rows synchronise after each call).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -36,12 +37,19 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: common.py
 from common import try_row  # noqa: E402
 
 from pydistill import _backend  # noqa: E402
-from pydistill.ops.diff_augment import (DEFAULT_RATIOS, GROUPS, DSAParams, diff_augment,  # noqa: E402
-                                        diff_augment_reference, diff_augment_sequential, sample_dsa_params)
+from pydistill.ops.diff_augment import (  # noqa: E402
+    DEFAULT_RATIOS,
+    GROUPS,
+    DSAParams,
+    diff_augment,
+    diff_augment_reference,
+    diff_augment_sequential,
+    sample_dsa_params,
+)
 
 OP = "diff_augment"
 STRATEGY = "color_crop_cutout_flip_scale_rotate"
@@ -87,8 +95,11 @@ def research_draw(N: int, strategy: str, mode: str, seed: int, H: int, W: int, d
     out = {}
     for g in groups:
         if g == "color":
-            out[g] = ((rand(N, 1, 1, 1) - 0.5) * r["brightness"], rand(N, 1, 1, 1) * r["saturation"],
-                      rand(N, 1, 1, 1) + r["contrast"])
+            out[g] = (
+                (rand(N, 1, 1, 1) - 0.5) * r["brightness"],
+                rand(N, 1, 1, 1) * r["saturation"],
+                rand(N, 1, 1, 1) + r["contrast"],
+            )
         elif g == "crop":
             m = (int(H * r["crop"] + 0.5), int(W * r["crop"] + 0.5))
             out[g] = (randint(-m[0], m[0] + 1, N, 1, 1), randint(-m[1], m[1] + 1, N, 1, 1))
@@ -121,15 +132,17 @@ def research_apply(x: torch.Tensor, draws: dict, r=DEFAULT_RATIOS) -> torch.Tens
             m = x.mean(dim=[1, 2, 3], keepdim=True)
             x = (x - m) * c + m
         elif g == "crop":
-            gb, gi, gj = torch.meshgrid(torch.arange(N, device=dev), torch.arange(H, device=dev),
-                                        torch.arange(W, device=dev), indexing="ij")
+            gb, gi, gj = torch.meshgrid(
+                torch.arange(N, device=dev), torch.arange(H, device=dev), torch.arange(W, device=dev), indexing="ij"
+            )
             gi = torch.clamp(gi + d[0] + 1, 0, H + 1)
             gj = torch.clamp(gj + d[1] + 1, 0, W + 1)
             x = F.pad(x, [1, 1, 1, 1]).permute(0, 2, 3, 1)[gb, gi, gj].permute(0, 3, 1, 2)
         elif g == "cutout":
             ch, cw = int(H * r["cutout"] + 0.5), int(W * r["cutout"] + 0.5)
-            gb, gi, gj = torch.meshgrid(torch.arange(N, device=dev), torch.arange(ch, device=dev),
-                                        torch.arange(cw, device=dev), indexing="ij")
+            gb, gi, gj = torch.meshgrid(
+                torch.arange(N, device=dev), torch.arange(ch, device=dev), torch.arange(cw, device=dev), indexing="ij"
+            )
             gi = torch.clamp(gi + d[0] - ch // 2, 0, H - 1)
             gj = torch.clamp(gj + d[1] - cw // 2, 0, W - 1)
             mask = torch.ones(N, H, W, dtype=x.dtype, device=dev)
@@ -157,13 +170,22 @@ def research_dsa(x: torch.Tensor, strategy: str, mode: str, seed: int) -> torch.
 
 def research_as_params(draws: dict, strategy: str, N: int, H: int, W: int, device) -> DSAParams:
     """The same draws as a DSAParams (groups that were not drawn are inactive, with neutral values)."""
+
     def col(t):
         return t.reshape(N)
 
     z = torch.zeros(N, device=device)
     z2 = torch.zeros(N, 2, dtype=torch.long, device=device)
-    f = dict(brightness=z, saturation=z + 1, contrast=z + 1, shift=z2, centre=z2, flip=z.bool(),
-             scale=torch.ones(N, 2, device=device), angle=z)
+    f = dict(
+        brightness=z,
+        saturation=z + 1,
+        contrast=z + 1,
+        shift=z2,
+        centre=z2,
+        flip=z.bool(),
+        scale=torch.ones(N, 2, device=device),
+        angle=z,
+    )
     if "color" in draws:
         f["brightness"], f["saturation"], f["contrast"] = (col(t) for t in draws["color"])
     if "crop" in draws:
@@ -190,8 +212,10 @@ def check_research_baseline(device, strategy: str = STRATEGY) -> None:
         got = research_apply(x, draws)
         want = diff_augment_sequential(x, research_as_params(draws, strategy, 5, 9, 11, device))
         if not torch.allclose(got, want, atol=1e-5, rtol=1e-5):
-            raise AssertionError(f"research_dsa baseline disagrees with diff_augment_sequential on {g!r} "
-                                 f"(seed {seed}): max err {(got - want).abs().max().item():.3g}")
+            raise AssertionError(
+                f"research_dsa baseline disagrees with diff_augment_sequential on {g!r} "
+                f"(seed {seed}): max err {(got - want).abs().max().item():.3g}"
+            )
 
 
 def _fwd_bwd(fn, x, g):
@@ -210,8 +234,9 @@ def _kornia_fn(per_sample: bool):
     same = not per_sample
     aug = torch.nn.Sequential(
         K.ColorJiggle(0.5, (0.5, 1.5), (0.0, 2.0), p=1.0, same_on_batch=same),
-        K.RandomAffine(degrees=15.0, translate=(0.125, 0.125), scale=(1 / 1.2, 1.2), p=1.0, same_on_batch=same,
-                       align_corners=True),
+        K.RandomAffine(
+            degrees=15.0, translate=(0.125, 0.125), scale=(1 / 1.2, 1.2), p=1.0, same_on_batch=same, align_corners=True
+        ),
         K.RandomHorizontalFlip(p=0.5, same_on_batch=same),
         K.RandomErasing(scale=(0.25, 0.25), ratio=(1.0, 1.0), p=1.0, same_on_batch=same),
     )
@@ -249,8 +274,10 @@ def run(device: str, quick: bool) -> list[dict]:
                 p = sample_dsa_params(N, STRATEGY, mode, per_sample, height=H, width=W, device=dev, generator=gen)
                 if mode == "one":  # fix the group so every run times the same (resampling) transform
                     p.active = (torch.arange(len(GROUPS), device=dev) == GROUPS.index("rotate")).view(1, -1)
-                case = f"{N}x{C}x{H}x{W} {mode}{'(rotate)' if mode == 'one' else ''} " \
-                       f"{'per-sample' if per_sample else 'shared'} fwd+bwd"
+                case = (
+                    f"{N}x{C}x{H}x{W} {mode}{'(rotate)' if mode == 'one' else ''} "
+                    f"{'per-sample' if per_sample else 'shared'} fwd+bwd"
+                )
                 impls = [
                     ("baseline", lambda t, p=p: diff_augment_sequential(t, p)),
                     ("reference", lambda t, p=p: diff_augment_reference(t, p)),
@@ -271,8 +298,9 @@ def run(device: str, quick: bool) -> list[dict]:
                 xg = x.detach().requires_grad_()
                 for impl, fn in impls:  # the baseline and what diff_augment runs here (triton, else reference)
                     if impl in ("baseline", "triton") or (impl == "reference" and not have_triton):
-                        row = try_row(OP, fwd_case, impl, lambda fn=fn: fn(xg), device, bytes_moved=nbytes // 2,
-                                      **timing)
+                        row = try_row(
+                            OP, fwd_case, impl, lambda fn=fn: fn(xg), device, bytes_moved=nbytes // 2, **timing
+                        )
                         if row is not None:
                             rows.append(row)
                 # Throughput of the first (smallest) shape's shared cases: many calls, one sync.
@@ -280,8 +308,18 @@ def run(device: str, quick: bool) -> list[dict]:
                     tp_case = f"{case}, {calls} calls 1 sync"
                     for impl, fn in impls:
                         if impl in ("baseline", "reference", "triton"):
-                            rows.append(try_row(OP, tp_case, impl, _fwd_bwd(fn, x, g), device, bytes_moved=nbytes,
-                                                calls=calls, repeats=1 if quick else 3))
+                            rows.append(
+                                try_row(
+                                    OP,
+                                    tp_case,
+                                    impl,
+                                    _fwd_bwd(fn, x, g),
+                                    device,
+                                    bytes_moved=nbytes,
+                                    calls=calls,
+                                    repeats=1 if quick else 3,
+                                )
+                            )
     rows += _draw_rows(dev, quick, timing, calls)
     return rows
 
@@ -297,6 +335,7 @@ def _draw_rows(dev: torch.device, quick: bool, timing: dict, calls: int) -> list
     g_syn = torch.randn(N_syn, C, H, W, device=dev)
     seeds = itertools.count(1)  # the research code seeds each siamese pair from the clock; a counter here
     for mode in ("one", "all"):
+
         def baseline(mode=mode):
             xs = syn.detach().requires_grad_()
             seed = next(seeds)
@@ -320,15 +359,22 @@ def _draw_rows(dev: torch.device, quick: bool, timing: dict, calls: int) -> list
         kind = "per-sample" if per_sample else "shared"
         case = f"sample_dsa_params {N_real} one {kind}"
         # the research code draws per-sample parameters unseeded, siamese ones from a fresh seed
-        fns = (("baseline", lambda ps=per_sample: research_draw(N_real, STRATEGY, "one", -1 if ps else next(seeds),
-                                                                H, W, dev)),
-               ("sample_dsa_params", lambda ps=per_sample: sample_dsa_params(N_real, STRATEGY, "one", ps,
-                                                                             height=H, width=W, device=dev)))
+        fns = (
+            (
+                "baseline",
+                lambda ps=per_sample: research_draw(N_real, STRATEGY, "one", -1 if ps else next(seeds), H, W, dev),
+            ),
+            (
+                "sample_dsa_params",
+                lambda ps=per_sample: sample_dsa_params(N_real, STRATEGY, "one", ps, height=H, width=W, device=dev),
+            ),
+        )
         for impl, fn in fns:
             rows.append(try_row(OP, case, impl, fn, device))
         for impl, fn in fns:
-            rows.append(try_row(OP, f"{case}, {calls} calls 1 sync", impl, fn, device, calls=calls,
-                                repeats=1 if quick else 3))
+            rows.append(
+                try_row(OP, f"{case}, {calls} calls 1 sync", impl, fn, device, calls=calls, repeats=1 if quick else 3)
+            )
     return rows
 
 

@@ -41,14 +41,14 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from pydistill.data import load_dataset  # noqa: E402
 from pydistill.evaluate import test_accuracy  # noqa: E402
 from pydistill.kd import kd_loss  # noqa: E402
 from pydistill.methods.ssdkd import SSDKD, Config, _build_network, train_teacher  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
 
 PRESETS = {
     # dataset: teacher arch, teacher kwargs, teacher epochs, teacher lr, teacher batch

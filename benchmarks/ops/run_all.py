@@ -1,10 +1,11 @@
 """Run every op benchmark side by side and record the table.
 
-    python benchmarks/run_all.py --device cuda [--quick] [--ops match_loss,sum_tree] [--threads 1] [--tag ops]
+    python benchmarks/ops/run_all.py --device cuda [--quick] [--ops match_loss,sum_tree] [--threads 1] [--tag ops]
 
 Records ``benchmarks/results/<date>-<device>[-<tag>].{json,md}`` (tag defaults to "quick" with --quick) with
 device, versions, CPU thread count and date; ``--note`` adds a line of context (e.g. a shared, loaded CPU).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,7 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: common.py
 
 from common import add_speedups, format_table, record, set_threads  # noqa: E402
 
