@@ -19,7 +19,7 @@ import types
 import typing
 from typing import Any
 
-__all__ = ["parse_overrides", "make_config", "iterations_field", "FIELD_FLAGS", "check_values"]
+__all__ = ["parse_overrides", "make_config", "iterations_field", "FIELD_FLAGS", "check_values", "check_network"]
 
 _NONE = ("none", "null")
 _TRUE = ("1", "true", "yes", "on", "y", "t")
@@ -199,3 +199,21 @@ def make_config(method_cls, dataset_name: str, ipc: int, *, iterations: int | No
     cfg = dataclasses.replace(cfg, **changes) if changes else cfg
     check_values(cfg)
     return cfg
+
+
+def check_network(cfg, dataset) -> None:
+    """When ``cfg`` names a network of :data:`pydistill.models.NETWORKS` in ``model`` with a ``model_kwargs``
+    dict, build it once for ``dataset`` so that bad kwargs (``{"width": "abc"}``) fail now, naming the field,
+    instead of deep inside the first iteration."""
+    from pydistill.models import NETWORKS, get_network
+
+    model, kwargs = getattr(cfg, "model", None), getattr(cfg, "model_kwargs", None)
+    if not isinstance(model, str) or model not in NETWORKS or not kwargs:
+        return
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"model_kwargs must be a JSON object, got {kwargs!r}")
+    try:
+        get_network(model, dataset.channel, dataset.num_classes, dataset.im_size, **kwargs)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"model_kwargs={json.dumps(kwargs)}: cannot build network {model!r} with them ({exc})") \
+            from None

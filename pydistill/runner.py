@@ -198,8 +198,8 @@ def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs,
                                                               for k, v in scalars.items()})]
         bad += [f"state {p!r}" for p in _nonfinite_paths(method.state_dict())]
         if bad:
-            kept = (f"the last finite checkpoint (iteration {saved['iteration']}) is kept in {ckpt_path}"
-                    if saved["iteration"] is not None else "no checkpoint had been written yet")
+            kept = (f"The last finite checkpoint (iteration {saved['iteration']}) is kept in {ckpt_path}"
+                    if saved["iteration"] is not None else "No checkpoint had been written yet")
             raise DivergedError(f"the run diverged at iteration {it}: non-finite {', '.join(bad[:4])}"
                                 f"{' ...' if len(bad) > 4 else ''}; likely cause: {_divergence_hint(method)}. "
                                 f"{kept}; no synthetic set was written")

@@ -395,6 +395,9 @@ def _deferring_handler(signum, frame):
         raise StopSignal(signum, f"{signal.Signals(signum).name} received twice: stopped at once (the last "
                                  "checkpoint is kept)")
     _STOP["signum"] = signum
+    with contextlib.suppress(Exception):
+        print(f"\n{signal.Signals(signum).name}: stopping after the current step and saving a checkpoint "
+              "(send it again to stop at once)", file=sys.stderr, flush=True)
 
 
 def _raising_handler(signum, frame):
