@@ -55,8 +55,8 @@ def _eval_kwargs(args, dataset_name: str) -> dict:
 
 
 def check_ipc(dataset, ipc: int, allow_repeat: bool = False) -> None:
-    """Refuse ``ipc`` above the smallest class of ``dataset``'s training split (real images would repeat),
-    naming the class sizes; with ``allow_repeat`` print a warning instead."""
+    """Refuse ``ipc`` above the smallest class of ``dataset``'s training split (its real images would repeat,
+    and a huge ``ipc`` would look like a hang), naming the class sizes; with ``allow_repeat`` warn instead."""
     import torch
 
     if ipc < 1:
@@ -71,7 +71,8 @@ def check_ipc(dataset, ipc: int, allow_repeat: bool = False) -> None:
     if not allow_repeat:
         raise ValueError(f"{text}: their real images would repeat. Use --ipc <= {min(counts)}, or --allow-repeat "
                          "to accept repeated images")
-    print(f"pydistill: warning: {text}; images of those classes repeat (--allow-repeat)", file=sys.stderr)
+    print(f"pydistill: warning: {text}; their real images are reused (repeated in a real-image initialisation, "
+          "all of them taken by `random`) as --allow-repeat asks", file=sys.stderr)
 
 
 def _cmd_distill(args) -> int:
