@@ -96,7 +96,7 @@ def _cmd_distill(args) -> int:
         method = cls(dataset, args.ipc, config=cfg, device=device, seed=args.seed)
     except (TypeError, RuntimeError) as exc:  # a value the Config accepted but the method cannot use
         raise ValueError(f"method {args.method!r} cannot start with this configuration ({exc}); check the --set "
-                         "values") from None
+                         "values") from exc
     metrics = run_distillation(method, args.out, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
                                eval_kwargs=_eval_kwargs(args, dataset.name), progress=not args.no_progress,
                                final_eval=not args.no_eval)

@@ -29,13 +29,18 @@ class DivergedError(ValueError):
     """The run produced a non-finite loss, image or learning rate; the last finite checkpoint is kept."""
 
 
-def _nonfinite_paths(obj, prefix: str = "") -> list[str]:
-    """Dotted paths of the floating tensors / floats holding NaN or inf in a nested state (dicts, lists)."""
+def _flatten(obj, prefix: str = "", out: dict | None = None) -> dict:
+    """``{dotted path: leaf}`` of a nested state (dicts, lists, tuples)."""
+    out = {} if out is None else out
     if isinstance(obj, dict):
-        return [p for k, v in obj.items() for p in _nonfinite_paths(v, f"{prefix}{k}.")]
-    if isinstance(obj, (list, tuple)):
-        return [p for i, v in enumerate(obj) for p in _nonfinite_paths(v, f"{prefix}{i}.")]
-    return [prefix[:-1]] if nonfinite_names({"x": obj}) else []
+        for k, v in obj.items():
+            _flatten(v, f"{prefix}{k}.", out)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _flatten(v, f"{prefix}{i}.", out)
+    else:
+        out[prefix[:-1]] = obj
+    return out
 
 
 def _divergence_hint(method) -> str:
@@ -196,7 +201,7 @@ def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs,
         bad = [f"loss/scalar {k!r}" for k in nonfinite_names({k: (float(v) if isinstance(v, torch.Tensor) and
                                                                   v.numel() == 1 else v)
                                                               for k, v in scalars.items()})]
-        bad += [f"state {p!r}" for p in _nonfinite_paths(method.state_dict())]
+        bad += [f"state {p!r}" for p in nonfinite_names(_flatten(method.state_dict()))]
         if bad:
             kept = (f"The last finite checkpoint (iteration {saved['iteration']}) is kept in {ckpt_path}"
                     if saved["iteration"] is not None else "No checkpoint had been written yet")

@@ -462,14 +462,18 @@ def raise_if_stop_requested(save=None, message: str = "") -> None:
 
 
 def nonfinite_names(named: dict) -> list[str]:
-    """Names of the floating tensors / floats in ``named`` that hold NaN or inf."""
-    bad = []
+    """Names of the floating tensors / floats in ``named`` that hold NaN or inf (one host sync per device)."""
+    bad, by_device = [], {}
     for name, v in named.items():
         if isinstance(v, torch.Tensor):
-            if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v.detach()).all()):
-                bad.append(name)
+            if v.is_floating_point() and v.numel():
+                by_device.setdefault(v.device, []).append((name, v))
         elif isinstance(v, float) and not math.isfinite(v):
             bad.append(name)
+    for items in by_device.values():
+        with torch.no_grad():
+            ok = torch.stack([torch.isfinite(v).all() for _, v in items]).cpu().tolist()
+        bad += [name for (name, _), good in zip(items, ok) if not good]
     return bad
 
 

@@ -290,6 +290,21 @@ def test_edited_header_is_refused(tmp_path, run_cli):
     assert rc == 2 and "edited or damaged" in err, err
 
 
+def test_version_1_set_still_loads_with_a_warning(tmp_path):
+    """Files written before the checksum covered the metadata (version 1) are not lost: they load, warned."""
+    from safetensors.torch import save
+
+    from pydistill import synthetic
+
+    tensors = {"images": torch.zeros(2, 1, 8, 8), "labels": torch.tensor([0, 1])}
+    meta = {"format": "pydistill.SyntheticSet", "version": "1", "sha256": synthetic._digest(tensors),
+            "meta": json.dumps({"dataset": "digits"})}
+    path = tmp_path / "v1.safetensors"
+    path.write_bytes(save(tensors, metadata=meta))
+    with pytest.warns(UserWarning, match="not covered by the checksum"):
+        assert SyntheticSet.load(path).meta == {"dataset": "digits"}
+
+
 def test_evaluate_refuses_other_dataset_unless_forced(tmp_path, run_cli):
     from pydistill.data import load_dataset
 
