@@ -33,6 +33,8 @@ DISTRIBUTED_COMMANDS = ("distill", "evaluate", "baseline", "experts")
 # Extension commands whose --out (a folder or a file) is checked writable and locked (RunLock) before any work.
 # `distill` locks in pydistill.runner; `evaluate`/`baseline --out` (one JSON written at the end) are checked only.
 LOCKED_OUTPUTS = {"experts": "dir", "train-diffusion": "dir", "teacher": "file"}
+
+
 # ------------------------------------------------------------------------------------------------------------
 # commands
 # ------------------------------------------------------------------------------------------------------------
@@ -90,7 +92,9 @@ def _cmd_distill(args) -> int:
     extra = {name: getattr(args, name) for name in FIELD_FLAGS}
     dataset = load_dataset(args.dataset, args.data_root, zca=args.zca, device=device)
     cfg = make_config(cls, dataset.name, args.ipc, iterations=args.iterations, overrides=overrides, extra=extra)
-    check_ipc(dataset, args.ipc, args.allow_repeat)
+    # a method drawing no real images (class attribute uses_real_images = False, or init="noise") cannot repeat any
+    if getattr(cls, "uses_real_images", True) and getattr(cfg, "init", "real") != "noise":
+        check_ipc(dataset, args.ipc, args.allow_repeat)
     check_network(cfg, dataset)
     try:
         method = cls(dataset, args.ipc, config=cfg, device=device, seed=args.seed)

@@ -356,6 +356,8 @@ def test_ipc_above_class_size_is_refused_or_warned(tmp_path, run_cli):
     rc, err = run_cli(*base, "--ipc", "141", "--allow-repeat", "--out", tmp_path / "b")
     assert rc == 0 and "warning" in err and "--allow-repeat" in err, err
     assert len(SyntheticSet.load(tmp_path / "b" / "synthetic.safetensors")) == 140 + 9 * 141  # random: capped
+    rc, err = run_cli(*DM, "--ipc", "141", "--iterations", "1", "--set", "init=noise", "--out", tmp_path / "c")
+    assert rc == 0 and "warning" not in err, err  # noise images: nothing real to repeat
 
 
 def test_set_and_flag_precedence_is_one_rule(tmp_path, run_cli):
