@@ -5,159 +5,49 @@ Global options (before or after the command): ``--deterministic`` (bit-reproduci
 ``distill``, ``evaluate``, ``baseline`` and ``experts`` split their work over the processes (see
 :mod:`pydistill.distributed`); rank 0 prints and writes the files.
 
+Exit codes: 0 success, 2 a clear one-line error (bad input, locked or unwritable ``--out``, diverged run), 130 /
+143 stopped by SIGINT / SIGTERM (the line printed says what was kept and how to resume). ``--set`` and the
+dedicated flags follow one precedence rule (:mod:`pydistill.config_overrides`).
+
 Modules may contribute subcommands with ``register_cli(subparsers)``: they add a parser and call
 ``parser.set_defaults(func=fn)``, where ``fn(args)`` runs the command and returns an exit code (or None).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import os
 import sys
-import types
-import typing
-from typing import Any
+
+from pydistill.config_overrides import FIELD_FLAGS, make_config, parse_overrides
 
 __all__ = ["main", "build_parser", "parse_overrides", "make_config", "EXTENSION_MODULES", "QUICK_EVAL_EPOCHS",
-           "DISTRIBUTED_COMMANDS"]
+           "DISTRIBUTED_COMMANDS", "LOCKED_OUTPUTS", "check_ipc"]
 
 EXTENSION_MODULES = ("pydistill.methods.mtt", "pydistill.methods.ssdkd", "pydistill.diffusion.train")
 # Default evaluation epochs for small datasets (a CPU run finishes in minutes); others use the published 1000/300.
 QUICK_EVAL_EPOCHS = {"digits": 300}
 # Commands that split their work across torchrun processes; the others refuse to run with WORLD_SIZE > 1.
 DISTRIBUTED_COMMANDS = ("distill", "evaluate", "baseline", "experts")
-_NONE = ("none", "null")
-_TRUE = ("1", "true", "yes", "on", "y", "t")
-_FALSE = ("0", "false", "no", "off", "n", "f")
-
-
-# ------------------------------------------------------------------------------------------------------------
-# --set key=value parsing
-# ------------------------------------------------------------------------------------------------------------
-def _convert(text: str, tp, key: str):
-    origin = typing.get_origin(tp)
-    if tp is Any or tp is object:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return text
-    if origin in (typing.Union, types.UnionType):
-        members = typing.get_args(tp)
-        if type(None) in members and text.lower() in _NONE:
-            return None
-        errors = []
-        for m in (m for m in members if m is not type(None)):
-            try:
-                return _convert(text, m, key)
-            except ValueError as exc:
-                errors.append(str(exc))
-        raise ValueError(f"--set {key}={text!r}: not a valid {tp} ({'; '.join(errors)})")
-    if tp is type(None):
-        if text.lower() in _NONE:
-            return None
-        raise ValueError(f"--set {key}={text!r}: expected none")
-    if tp is bool:
-        if text.lower() in _TRUE:
-            return True
-        if text.lower() in _FALSE:
-            return False
-        raise ValueError(f"--set {key}={text!r}: expected a boolean (true/false)")
-    if tp is int:
-        try:
-            return int(text)
-        except ValueError:
-            f = float(text)  # accept 1e3
-            if f.is_integer():
-                return int(f)
-            raise ValueError(f"--set {key}={text!r}: expected an integer") from None
-    if tp is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"--set {key}={text!r}: expected a number") from None
-    if tp is str:
-        return text
-    container = origin or tp
-    if container in (list, tuple, dict):
-        try:
-            val = json.loads(text)
-        except json.JSONDecodeError:
-            if container is dict:
-                raise ValueError(f"--set {key}={text!r}: expected a JSON object, e.g. '{{\"width\": 64}}'") from None
-            args = typing.get_args(tp)
-            elem = args[0] if args and args[0] is not Ellipsis else Any
-            val = [_convert(v.strip(), elem, key) for v in text.split(",") if v.strip()]
-        if container is dict and not isinstance(val, dict):
-            raise ValueError(f"--set {key}={text!r}: expected a JSON object")
-        return tuple(val) if container is tuple else val
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_overrides(config_cls, items: list[str]) -> dict:
-    """``["lr_img=0.1", "init=noise"]`` -> ``{"lr_img": 0.1, "init": "noise"}``, typed from ``config_cls``'s fields."""
-    if not items:
-        return {}
-    if config_cls is None or not dataclasses.is_dataclass(config_cls):
-        raise ValueError("--set needs a method with a dataclass Config")
-    hints = typing.get_type_hints(config_cls)
-    names = [f.name for f in dataclasses.fields(config_cls)]
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        key, text = item.split("=", 1)
-        key = key.strip().replace("-", "_")
-        if key not in names:
-            raise ValueError(f"--set {key}: {config_cls.__module__}.{config_cls.__qualname__} has no field {key!r}; "
-                             f"fields: {', '.join(names)}")
-        out[key] = _convert(text.strip(), hints.get(key, Any), key)
-    return out
-
-
-def _iterations_field(cls, config_cls) -> str | None:
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    for cand in (getattr(cls, "iterations_field", None), "iterations", "rounds"):
-        if cand and cand in names:
-            return cand
-    return None
-
-
-def make_config(method_cls, dataset_name: str, ipc: int, *, iterations: int | None = None,
-                overrides: dict | None = None, extra: dict | None = None):
-    """The method's default Config for (dataset, ipc) with ``iterations``, ``extra`` and ``overrides`` applied."""
-    from pydistill.methods.base import default_config
-
-    config_cls = getattr(method_cls, "Config", None)
-    cfg = default_config(config_cls, dataset_name, ipc)
-    changes = {}
-    if iterations is not None:
-        if iterations < 0:
-            raise ValueError(f"--iterations must be >= 0, got {iterations}")
-        field = _iterations_field(method_cls, config_cls)
-        if field is None:
-            raise ValueError(f"--iterations: {config_cls.__qualname__} of method {method_cls.name!r} has no "
-                             "iteration-count field; use --set")
-        changes[field] = iterations
-    names = {f.name for f in dataclasses.fields(config_cls)} if dataclasses.is_dataclass(config_cls) else set()
-    for key, val in (extra or {}).items():
-        if val is None:
-            continue
-        if key not in names:
-            raise ValueError(f"--{key} does not apply to method {method_cls.name!r} (its Config has no {key!r} field)")
-        changes[key] = val
-    changes.update(overrides or {})
-    return dataclasses.replace(cfg, **changes) if changes else cfg
+# Extension commands whose --out (a folder or a file) is checked writable and locked (RunLock) before any work.
+# `distill` locks in pydistill.runner; `evaluate`/`baseline --out` (one JSON written at the end) are checked only.
+LOCKED_OUTPUTS = {"experts": "dir", "train-diffusion": "dir", "teacher": "file"}
 
 
 # ------------------------------------------------------------------------------------------------------------
 # commands
 # ------------------------------------------------------------------------------------------------------------
+def _check_eval_args(args) -> None:
+    """Evaluation flags that cannot be right, rejected before any work."""
+    if args.eval_epochs is not None and args.eval_epochs < 1:
+        raise ValueError(f"--eval-epochs must be >= 1, got {args.eval_epochs}")
+    if args.num_eval < 1:
+        raise ValueError(f"--num-eval (num_eval, networks per model) must be >= 1, got {args.num_eval}")
+
+
 def _eval_kwargs(args, dataset_name: str) -> dict:
+    _check_eval_args(args)
     epochs = args.eval_epochs if args.eval_epochs is not None else QUICK_EVAL_EPOCHS.get(dataset_name)
     models = tuple(m.strip() for m in args.eval_models.split(",") if m.strip())
     if not models:
@@ -166,19 +56,51 @@ def _eval_kwargs(args, dataset_name: str) -> dict:
             "seed": args.seed}
 
 
+def check_ipc(dataset, ipc: int, allow_repeat: bool = False) -> None:
+    """Refuse ``ipc`` above the smallest class of ``dataset``'s training split (its real images would repeat,
+    and a huge ``ipc`` would look like a hang), naming the class sizes; with ``allow_repeat`` warn instead."""
+    import torch
+
+    if ipc < 1:
+        raise ValueError(f"--ipc must be >= 1, got {ipc}")
+    counts = torch.bincount(dataset.y_train.cpu(), minlength=dataset.num_classes).tolist()
+    small = {c: n for c, n in enumerate(counts) if n < ipc}
+    if not small:
+        return
+    sizes = ", ".join(f"class {c}: {n}" for c, n in list(small.items())[:10]) + (" ..." if len(small) > 10 else "")
+    text = (f"--ipc {ipc} is above the size of {len(small)} class(es) of {dataset.name!r} ({sizes}; smallest "
+            f"{min(counts)})")
+    if not allow_repeat:
+        raise ValueError(f"{text}: their real images would repeat. Use --ipc <= {min(counts)}, or --allow-repeat "
+                         "to accept repeated images")
+    print(f"pydistill: warning: {text}; their real images are reused (repeated in a real-image initialisation, "
+          "all of them taken by `random`) as --allow-repeat asks", file=sys.stderr)
+
+
 def _cmd_distill(args) -> int:
+    from pydistill.config_overrides import check_network
     from pydistill.data import load_dataset
     from pydistill.methods import get_method
     from pydistill.runner import run_distillation
-    from pydistill.utils import resolve_device
+    from pydistill.utils import ensure_writable_dir, resolve_device
 
+    _check_eval_args(args)
+    ensure_writable_dir(args.out, "--out")
     device = resolve_device(args.device)
     cls = get_method(args.method)
     overrides = parse_overrides(getattr(cls, "Config", None), args.set)
-    extra = {"buffers": args.buffers, "teacher": args.teacher, "model": args.model}
+    extra = {name: getattr(args, name) for name in FIELD_FLAGS}
     dataset = load_dataset(args.dataset, args.data_root, zca=args.zca, device=device)
     cfg = make_config(cls, dataset.name, args.ipc, iterations=args.iterations, overrides=overrides, extra=extra)
-    method = cls(dataset, args.ipc, config=cfg, device=device, seed=args.seed)
+    # a method drawing no real images (class attribute uses_real_images = False, or init="noise") cannot repeat any
+    if getattr(cls, "uses_real_images", True) and getattr(cfg, "init", "real") != "noise":
+        check_ipc(dataset, args.ipc, args.allow_repeat)
+    check_network(cfg, dataset)
+    try:
+        method = cls(dataset, args.ipc, config=cfg, device=device, seed=args.seed)
+    except (TypeError, RuntimeError) as exc:  # a value the Config accepted but the method cannot use
+        raise ValueError(f"method {args.method!r} cannot start with this configuration ({exc}); check the --set "
+                         "values") from exc
     metrics = run_distillation(method, args.out, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
                                eval_kwargs=_eval_kwargs(args, dataset.name), progress=not args.no_progress,
                                final_eval=not args.no_eval)
@@ -186,7 +108,7 @@ def _cmd_distill(args) -> int:
     from pydistill.distributed import is_main
 
     if is_main():
-            print(f"wrote {args.out}/synthetic.safetensors, grid.png, curves.png, metrics.json "
+        print(f"wrote {args.out}/synthetic.safetensors, grid.png, curves.png, metrics.json "
               f"({metrics['wall_time_s']:.1f} s distillation, {metrics['eval_time_s']:.1f} s evaluation)")
     return 0
 
@@ -204,15 +126,22 @@ def _cmd_evaluate(args) -> int:
     from pydistill.data import load_dataset
     from pydistill.evaluate import evaluate
     from pydistill.synthetic import SyntheticSet
-    from pydistill.utils import atomic_write_text, resolve_device
+    from pydistill.utils import atomic_write_text, ensure_writable_file, resolve_device
 
+    _check_eval_args(args)
+    if args.out is not None:
+        ensure_writable_file(args.out, "--out")
     device = resolve_device(args.device)
     syn = SyntheticSet.load(args.synthetic, device=device)
-    name = args.dataset or syn.meta.get("dataset")
+    recorded = syn.meta.get("dataset")
+    name = args.dataset or recorded
     if not name:
         raise ValueError(f"{args.synthetic} does not record its dataset; pass --dataset")
     zca = args.zca if args.zca is not None else bool(syn.meta.get("zca", False))
     dataset = load_dataset(name, args.data_root, zca=zca, device=device)
+    if recorded and dataset.name != recorded and not args.force:
+        raise ValueError(f"--dataset {args.dataset!r} ({dataset.name}) differs from the dataset {recorded!r} recorded "
+                         f"in {args.synthetic}; pass --force to evaluate on it anyway")
     res = evaluate(syn, dataset, device=device, progress=not args.no_progress, resume_dir=_resume_dir(args),
                    **_eval_kwargs(args, dataset.name))
     _print_accuracies(res)
@@ -226,10 +155,15 @@ def _cmd_evaluate(args) -> int:
 def _cmd_baseline(args) -> int:
     from pydistill.data import load_dataset
     from pydistill.evaluate import evaluate_baseline
-    from pydistill.utils import atomic_write_text, resolve_device
+    from pydistill.utils import atomic_write_text, ensure_writable_file, resolve_device
 
+    _check_eval_args(args)
+    if args.out is not None:
+        ensure_writable_file(args.out, "--out")
     device = resolve_device(args.device)
     dataset = load_dataset(args.dataset, args.data_root, zca=args.zca, device=device)
+    if args.kind == "random":
+        check_ipc(dataset, args.ipc)
     res = evaluate_baseline(dataset, args.kind, args.ipc if args.kind == "random" else None, device=device,
                             progress=not args.no_progress, resume_dir=_resume_dir(args),
                             **_eval_kwargs(args, dataset.name))
@@ -279,16 +213,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--method", required=True, choices=sorted(METHODS))
     p.add_argument("--ipc", type=int, default=10, help="images per class")
     p.add_argument("--out", required=True, help="run folder (checkpoint, synthetic set, figures, metrics)")
-    p.add_argument("--iterations", type=int, default=None, help="outer iterations (default: the method's)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="outer iterations (default: the method's); alias of --set iterations=N (rounds for ssdkd)")
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=None, help="evaluate every N iterations (default: at the end)")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     p.add_argument("--zca", action="store_true", help="ZCA-whiten the dataset (MTT/KIP style)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field of the method's Config (repeatable)")
-    p.add_argument("--buffers", default=None, help="mtt: expert trajectories (from `pydistill experts`)")
-    p.add_argument("--teacher", default=None, help="ssdkd: teacher checkpoint (from `pydistill teacher`)")
-    p.add_argument("--model", default=None, help="mgd3: diffusion model (from `pydistill train-diffusion`)")
+                   help="override a field of the method's Config (repeatable); a field also given by a dedicated "
+                        "flag (--iterations, --buffers, ...) must get the same value, else it is an error")
+    for name, text in FIELD_FLAGS.items():  # aliases of --set FIELD=VALUE
+        p.add_argument(f"--{name}", default=None, help=text)
+    p.add_argument("--allow-repeat", action="store_true",
+                   help="accept --ipc above a class's size (its real images repeat); refused otherwise")
     _add_common(p, dataset_required=True)
     p.set_defaults(func=_cmd_distill)
 
@@ -297,6 +234,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--out", default=None, help="write the accuracies to this JSON file")
     p.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None,
                    help="ZCA-whiten the dataset (default: as recorded in the file)")
+    p.add_argument("--force", action="store_true",
+                   help="evaluate on --dataset even when it differs from the dataset recorded in the file")
     _add_resume(p)
     _add_common(p)
     p.set_defaults(func=_cmd_evaluate)
@@ -363,6 +302,27 @@ def _setup_run(args) -> bool:
     return started
 
 
+_RESUME_HINT = ("what was finished is kept (checkpoints and per-network/per-expert records are written atomically); "
+                "rerun the same command to resume")
+
+
+def _output_lock(args):
+    """For the commands of LOCKED_OUTPUTS: check ``--out`` writable, then hold its RunLock (rank 0 only)."""
+    import contextlib
+
+    from pydistill import distributed as pdist
+    from pydistill.utils import RunLock, ensure_writable_dir, ensure_writable_file
+
+    kind = LOCKED_OUTPUTS.get(args.command)
+    if kind is None or not hasattr(args, "out") or not pdist.is_main():
+        return contextlib.nullcontext()
+    if kind == "dir":
+        ensure_writable_dir(args.out, "--out")
+    else:
+        ensure_writable_file(args.out, "--out")
+    return RunLock(args.out, is_dir=kind == "dir", command=f"pydistill {args.command}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, skipped = build_parser()
     args = parser.parse_args(argv)
@@ -372,11 +332,22 @@ def main(argv: list[str] | None = None) -> int:
             print("\nunavailable subcommand modules: " + "; ".join(f"{m} ({r})" for m, r in skipped.items()),
                   file=sys.stderr)
         return 2
+    from pydistill.utils import StopSignal, stop_signals_raise
+
     started = False
     try:
-        started = _setup_run(args)
-        rc = args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
+        with stop_signals_raise():  # SIGTERM like SIGINT; loops with checkpoints defer both (utils.deferred_stop)
+            started = _setup_run(args)
+            with _output_lock(args):
+                rc = args.func(args)
+    except StopSignal as exc:
+        print(f"pydistill {args.command}: {exc.message}" + ("" if "resume" in exc.message else f"; {_RESUME_HINT}"),
+              file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"pydistill {args.command}: interrupted (SIGINT); {_RESUME_HINT}", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ImportError) as exc:
         if os.environ.get("PYDISTILL_DEBUG") == "1":
             raise
         print(f"pydistill {args.command}: error: {exc}", file=sys.stderr)

@@ -2,9 +2,14 @@
 
 Outputs in ``out_dir``: ``checkpoint.pt`` (rewritten every ``checkpoint_every`` iterations),
 ``synthetic.safetensors``, ``grid.png`` (one row per class), ``curves.png``, ``metrics.json``.
+
+Reliability: the folder is checked writable and locked (:class:`pydistill.utils.RunLock`) before any work;
+SIGINT/SIGTERM finish the current iteration, checkpoint and raise :class:`pydistill.utils.StopSignal`; a
+non-finite loss or state stops the run with :class:`DivergedError` before anything non-finite is written.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -13,10 +18,37 @@ from pathlib import Path
 import torch
 
 from pydistill import distributed as pdist
-from pydistill.utils import (CorruptCheckpointError, atomic_write_text, get_rng_state, load_checked, peak_memory_mb,
-                             save_checked, set_rng_state, to_jsonable)
+from pydistill.utils import (CorruptCheckpointError, RunLock, atomic_write_text, deferred_stop, ensure_writable_dir,
+                             get_rng_state, load_checked, nonfinite_names, peak_memory_mb, raise_if_stop_requested,
+                             save_checked, set_rng_state, stop_requested, to_jsonable)
 
-__all__ = ["run_distillation", "CHECKPOINT", "run_signature"]
+__all__ = ["run_distillation", "CHECKPOINT", "run_signature", "DivergedError"]
+
+
+class DivergedError(ValueError):
+    """The run produced a non-finite loss, image or learning rate; the last finite checkpoint is kept."""
+
+
+def _flatten(obj, prefix: str = "", out: dict | None = None) -> dict:
+    """``{dotted path: leaf}`` of a nested state (dicts, lists, tuples)."""
+    out = {} if out is None else out
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten(v, f"{prefix}{k}.", out)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _flatten(v, f"{prefix}{i}.", out)
+    else:
+        out[prefix[:-1]] = obj
+    return out
+
+
+def _divergence_hint(method) -> str:
+    cfg = method.config_dict() if hasattr(method, "config_dict") else {}
+    lrs = {k: v for k, v in cfg.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+           and (k.startswith("lr") or "_lr" in k or k.endswith("lr"))}
+    text = ", ".join(f"{k}={v:g}" for k, v in lrs.items())
+    return f"a learning rate too high for this setting ({text})" if text else "a learning rate too high"
 
 CHECKPOINT = "checkpoint.pt"
 _FORMAT = "pydistill-checkpoint-v2"  # v2: written by utils.save_checked (with a SHA-256 of its contents)
@@ -91,9 +123,6 @@ def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: in
     Under ``torch.distributed`` (see :mod:`pydistill.distributed`) every rank calls this: the method shards its
     work, rank 0's state is broadcast at the start, and only rank 0 writes files.
     """
-    from pydistill.evaluate import evaluate
-    from pydistill.plotting import save_curves, save_grid
-
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
     if eval_every is not None and (isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0):
@@ -102,8 +131,22 @@ def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: in
         raise ValueError(f"method {getattr(method, 'name', type(method).__name__)!r} does not split its work across "
                          f"processes (world size {pdist.get_world_size()}); run it in one process (without torchrun)")
     eval_kwargs = dict(eval_kwargs or {})
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_writable_dir(out_dir, "out_dir") if pdist.is_main() else Path(out_dir)
+    lock = RunLock(out, command="run_distillation") if pdist.is_main() else None
+    if lock is not None:
+        lock.acquire()  # a second run on this folder refuses, naming this process
+    try:
+        return _run_locked(method, out, checkpoint_every=checkpoint_every, eval_every=eval_every,
+                           eval_kwargs=eval_kwargs, progress=progress, final_eval=final_eval)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs, progress, final_eval) -> dict:
+    from pydistill.evaluate import evaluate
+    from pydistill.plotting import save_curves, save_grid
+
     ckpt_path = out / CHECKPOINT
     sig = run_signature(method)
     n_iter = int(method.num_iterations)
@@ -135,9 +178,12 @@ def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: in
         if not pdist.is_main():
             method.load_state_dict(state)
 
+    saved = {"iteration": start if resumed_from is not None else None}
+
     def save_ckpt(iteration):
         if not pdist.is_main():
             return
+        saved["iteration"] = iteration
         save_checked({"format": _FORMAT, "signature": sig, "iteration": iteration, "method": method.state_dict(),
                      "rng": get_rng_state(), "log": log, "wall_time_s": elapsed}, ckpt_path)
 
@@ -150,37 +196,68 @@ def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: in
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_iter, initial=start, desc=f"{sig['method']} {sig['dataset']} ipc={sig['ipc']}")
+
+    def check_finite(it, scalars):
+        bad = [f"loss/scalar {k!r}" for k in nonfinite_names({k: (float(v) if isinstance(v, torch.Tensor) and
+                                                                  v.numel() == 1 else v)
+                                                              for k, v in scalars.items()})]
+        bad += [f"state {p!r}" for p in nonfinite_names(_flatten(method.state_dict()))]
+        if bad:
+            kept = (f"The last finite checkpoint (iteration {saved['iteration']}) is kept in {ckpt_path}"
+                    if saved["iteration"] is not None else "No checkpoint had been written yet")
+            raise DivergedError(f"the run diverged at iteration {it}: non-finite {', '.join(bad[:4])}"
+                                f"{' ...' if len(bad) > 4 else ''}; likely cause: {_divergence_hint(method)}. "
+                                f"{kept}; no synthetic set was written")
+
+    def stop_message(iteration):
+        return (f"stopped after iteration {iteration}/{n_iter}; checkpoint saved to {ckpt_path}. Rerun the same "
+                "command to resume")
+
     t0 = time.perf_counter()
-    for it in range(start, n_iter):
-        scalars = method.step(it) or {}
-        entry = {"iteration": it}
-        for k, v in scalars.items():
-            entry[k] = float(v) if isinstance(v, (int, float, torch.Tensor)) and not isinstance(v, bool) else v
-        log.append(entry)
-        if eval_every and (it + 1) % eval_every == 0 and it + 1 < n_iter:
+    single = pdist.get_world_size() == 1  # (ranks would have to agree on when to stop: not deferred there)
+    try:
+        # SIGINT/SIGTERM: finish this iteration, checkpoint it, then StopSignal (130/143 from the CLI)
+        with deferred_stop() if single else contextlib.nullcontext():
+            for it in range(start, n_iter):
+                scalars = method.step(it) or {}
+                check_finite(it, scalars)  # before anything of this iteration is logged or saved
+                entry = {"iteration": it}
+                for k, v in scalars.items():
+                    entry[k] = float(v) if isinstance(v, (int, float, torch.Tensor)) and not isinstance(v, bool) else v
+                log.append(entry)
+                if eval_every and (it + 1) % eval_every == 0 and it + 1 < n_iter:
+                    elapsed += time.perf_counter() - t0
+                    res = eval_now(False)
+                    first = next(iter(res.values()))
+                    log.append({"iteration": it + 1, "eval_acc": first["mean"], "eval_std": first["std"],
+                                "eval_model": next(iter(res))})
+                    t0 = time.perf_counter()
+                    if bar is not None:
+                        bar.write(f"iteration {it + 1}: test accuracy {100 * first['mean']:.2f} +- "
+                                  f"{100 * first['std']:.2f}")
+                if bar is not None:
+                    bar.set_postfix(_fmt(scalars))
+                    bar.update(1)
+                stopping = single and stop_requested() is not None
+                if (it + 1) % checkpoint_every == 0 or it + 1 == n_iter or stopping:
+                    elapsed += time.perf_counter() - t0
+                    save_ckpt(it + 1)
+                    t0 = time.perf_counter()
+                if stopping:
+                    raise_if_stop_requested(None, stop_message(it + 1))
             elapsed += time.perf_counter() - t0
-            res = eval_now(False)
-            first = next(iter(res.values()))
-            log.append({"iteration": it + 1, "eval_acc": first["mean"], "eval_std": first["std"],
-                        "eval_model": next(iter(res))})
-            t0 = time.perf_counter()
-            if bar is not None:
-                bar.write(f"iteration {it + 1}: test accuracy {100 * first['mean']:.2f} +- {100 * first['std']:.2f}")
+    finally:
         if bar is not None:
-            bar.set_postfix(_fmt(scalars))
-            bar.update(1)
-        if (it + 1) % checkpoint_every == 0 or it + 1 == n_iter:
-            elapsed += time.perf_counter() - t0
-            save_ckpt(it + 1)
-            t0 = time.perf_counter()
-    elapsed += time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
+            bar.close()
     if n_iter == 0 and not ckpt_path.exists():
         save_ckpt(0)
 
     # ---- outputs (rank 0 writes)
     syn = _as_synthetic(method, method.synthetic_set())
+    bad = nonfinite_names({"images": syn.images, "labels": syn.labels, "lr": syn.lr})
+    if bad:
+        raise DivergedError(f"the synthetic set holds non-finite {', '.join(bad)}; likely cause: "
+                            f"{_divergence_hint(method)}. It was not written")
     main = pdist.is_main()
     ds = method.dataset
     meta = dict(syn.meta)

@@ -13,21 +13,25 @@ from pydistill.utils import atomic_write_bytes, to_jsonable
 __all__ = ["SyntheticSet", "CorruptFileError"]
 
 _FORMAT = "pydistill.SyntheticSet"
-_VERSION = "1"
+_VERSION = "2"  # 2: the SHA-256 covers the metadata JSON too (1: tensors only; still read, with a warning)
 
 
 class CorruptFileError(ValueError):
     """A synthetic-set file is truncated, corrupt, or not a pydistill synthetic set."""
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over every tensor's name, dtype, shape and raw bytes, in name order."""
+def _digest(tensors: dict[str, torch.Tensor], meta_json: str | None = None) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and raw bytes, in name order, then (version 2) the
+    metadata JSON string exactly as stored (None: version 1, tensors only)."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         if t.numel():
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    if meta_json is not None:
+        b = meta_json.encode("utf-8")
+        h.update(f"meta|{len(b)}|".encode() + b)
     return h.hexdigest()
 
 
@@ -118,17 +122,20 @@ class SyntheticSet:
         return out
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write a ``.safetensors`` file atomically; meta as JSON and a SHA-256 of the tensors in its metadata."""
+        """Write a ``.safetensors`` file atomically; meta as JSON and a SHA-256 of the tensors and that JSON in
+        its metadata."""
         from safetensors.torch import save
 
         tensors = self._tensors()
-        metadata = {"format": _FORMAT, "version": _VERSION, "sha256": _digest(tensors),
-                    "meta": json.dumps(to_jsonable(self.meta), sort_keys=True)}
+        meta_json = json.dumps(to_jsonable(self.meta), sort_keys=True)
+        metadata = {"format": _FORMAT, "version": _VERSION, "sha256": _digest(tensors, meta_json), "meta": meta_json}
         atomic_write_bytes(path, save(tensors, metadata=metadata))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device="cpu") -> "SyntheticSet":
-        """Read a file written by :meth:`save`, verifying its SHA-256; raises CorruptFileError when it fails."""
+        """Read a file written by :meth:`save`, verifying its SHA-256 (tensors and metadata); raises CorruptFileError
+        when it fails. Safetensors parsing executes no code. A version-1 file (checksum over the tensors only)
+        loads with a warning that its metadata is unchecked."""
         from safetensors.torch import load
 
         path = os.fspath(path)
@@ -145,10 +152,16 @@ class SyntheticSet:
         if "images" not in tensors or "labels" not in tensors:
             raise CorruptFileError(f"{path} lacks the 'images' or 'labels' tensor")
         expected = metadata.get("sha256")
-        actual = _digest(tensors)
+        legacy = metadata.get("version") == "1"
+        actual = _digest(tensors, None if legacy else metadata.get("meta", ""))
         if expected != actual:
-            raise CorruptFileError(f"{path} is corrupt: SHA-256 of its tensors is {actual}, the file records "
-                                   f"{expected}")
+            raise CorruptFileError(f"{path} is corrupt: SHA-256 of its tensors and metadata is {actual}, the file "
+                                   f"records {expected} (edited or damaged)")
+        if legacy:
+            import warnings
+
+            warnings.warn(f"{path} was written by an older pydistill (format version 1): its metadata is not covered "
+                          "by the checksum; re-save it to protect it", stacklevel=2)
         try:
             meta = json.loads(metadata.get("meta", "{}"))
         except json.JSONDecodeError as exc:

@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic file writes, seeding, RNG state capture/restore, devices, memory."""
+"""Small shared helpers: atomic file writes, checked safe loading, run-folder locks, graceful stop signals,
+seeding, RNG state capture/restore, devices, memory."""
 from __future__ import annotations
 
 import contextlib
@@ -6,11 +7,16 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import resource
+import signal
+import socket
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,16 @@ __all__ = [
     "state_digest",
     "load_checked",
     "CorruptCheckpointError",
+    "RunLock",
+    "FolderLockedError",
+    "StopSignal",
+    "deferred_stop",
+    "stop_requested",
+    "raise_if_stop_requested",
+    "stop_signals_raise",
+    "ensure_writable_dir",
+    "ensure_writable_file",
+    "nonfinite_names",
     "enable_determinism",
     "atomic_target",
     "seed_everything",
@@ -140,32 +156,76 @@ def state_digest(obj: Any) -> str:
     return h.hexdigest()
 
 
+_TRAILER_TAG = b"pydistill-sha256:"  # zip comment of a file from save_checked: tag + 64 hex digits of the rest
+_TRAILER_LEN = len(_TRAILER_TAG) + 64
+
+
+def _seal(data: bytes) -> bytes:
+    """``torch.save`` bytes (a zip whose end record has an empty comment) -> the same zip with the SHA-256 of
+    ``data`` as its comment; still a plain ``torch.load``-able file."""
+    if len(data) < 22 or data[-22:-18] != b"PK\x05\x06" or data[-2:] != b"\x00\x00":
+        raise RuntimeError("torch.save did not write a zip archive with an empty comment; cannot seal it")
+    comment = _TRAILER_TAG + hashlib.sha256(data).hexdigest().encode()
+    return data[:-2] + len(comment).to_bytes(2, "little") + comment
+
+
+def _unseal(data: bytes, path) -> bytes | None:
+    """The original ``torch.save`` bytes of a sealed file, verified against its SHA-256 (raises
+    :class:`CorruptCheckpointError` on a mismatch); None when ``data`` carries no seal (an older file)."""
+    n = _TRAILER_LEN
+    if len(data) < n + 22 or data[-n:-64] != _TRAILER_TAG or data[-n - 2:-n] != n.to_bytes(2, "little"):
+        if len(data) >= 22 and data[-22:-18] == b"PK\x05\x06" and data[-2:] == b"\x00\x00":
+            return None  # an unsealed zip (written before seals existed): its contents digest still applies
+        raise CorruptCheckpointError(f"{path} is truncated or corrupt (its zip end record / SHA-256 seal is "
+                                     "missing or damaged); delete it to start over")
+    original = data[:-n - 2] + b"\x00\x00"
+    expected = data[-64:].decode("ascii", "replace")
+    actual = hashlib.sha256(original).hexdigest()
+    if actual != expected:
+        raise CorruptCheckpointError(f"{path} is corrupt: SHA-256 of its bytes is {actual}, the file records "
+                                     f"{expected}; delete it to start over")
+    return original
+
+
 def save_checked(obj: dict, path: str | os.PathLike) -> None:
     """``torch.save`` of the dict ``obj`` plus a ``"sha256"`` entry (:func:`state_digest` of the rest), atomically.
 
-    The file stays a plain ``torch.load``-able dict; :func:`load_checked` verifies the digest.
+    The zip's comment also records the SHA-256 of the file's bytes, so :func:`load_checked` verifies the file
+    before deserialising anything. The file stays a plain ``torch.load``-able dict. ``obj`` must hold only
+    tensors, containers and plain scalars/strings (what ``torch.load(weights_only=True)`` reads back).
     """
     if not isinstance(obj, dict):
         raise TypeError(f"obj must be a dict, got {type(obj).__name__}")
     if _DIGEST_KEY in obj:
         raise ValueError(f"obj must not have a {_DIGEST_KEY!r} key (it is added by save_checked)")
-    atomic_save({**obj, _DIGEST_KEY: state_digest(obj)}, path)
+    buf = io.BytesIO()
+    torch.save({**obj, _DIGEST_KEY: state_digest(obj)}, buf)
+    atomic_write_bytes(path, _seal(buf.getvalue()))
 
 
-def load_checked(path: str | os.PathLike, map_location="cpu", weights_only: bool = False) -> dict:
-    """Load a file written by :func:`save_checked` and verify its digest; returns the dict without ``"sha256"``.
+def load_checked(path: str | os.PathLike, map_location="cpu", weights_only: bool = True) -> dict:
+    """Load a file written by :func:`save_checked`, never executing code from it; returns the dict without
+    ``"sha256"``.
 
-    Raises :class:`CorruptCheckpointError` naming the file when it is truncated, altered or lacks the digest,
-    FileNotFoundError when it does not exist. ``weights_only=False`` unpickles arbitrary objects: load only
-    files you wrote.
+    Order: the SHA-256 of the raw bytes is verified first (files from older versions carry none and skip this
+    step), then ``torch.load(weights_only=True)`` deserialises (tensors, containers and scalars only: a pickled
+    object that would run code is refused), then the digest of the contents is verified. ``weights_only`` is
+    accepted for compatibility and ignored: loading is always restricted. Raises :class:`CorruptCheckpointError`
+    naming the file when it is truncated, altered, holds objects other than the above or lacks the digest;
+    FileNotFoundError when it does not exist.
     """
+    del weights_only  # always restricted (kept so older call sites work)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    data = path.read_bytes()
+    original = _unseal(data, path)
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=weights_only)
-    except Exception as exc:  # noqa: BLE001 - torch raises various errors on a damaged zip / pickle
-        raise CorruptCheckpointError(f"{path} is truncated or corrupt (torch.load failed: {exc}); delete it to "
+        obj = torch.load(io.BytesIO(data if original is None else original), map_location=map_location,
+                         weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises various errors on a damaged zip / refused pickle
+        raise CorruptCheckpointError(f"{path} is truncated, corrupt or holds objects a checkpoint cannot hold "
+                                     f"(torch.load(weights_only=True) failed: {str(exc)[:300]}); delete it to "
                                      "start over") from exc
     if not isinstance(obj, dict) or _DIGEST_KEY not in obj:
         raise CorruptCheckpointError(f"{path} has no {_DIGEST_KEY!r} integrity entry (not written by "
@@ -177,6 +237,244 @@ def load_checked(path: str | os.PathLike, map_location="cpu", weights_only: bool
         raise CorruptCheckpointError(f"{path} is corrupt: digest of its contents is {actual}, the file records "
                                      f"{expected}; delete it to start over")
     return obj
+
+
+# ------------------------------------------------------------------------------------------------------------
+# run-folder locks
+# ------------------------------------------------------------------------------------------------------------
+class FolderLockedError(ValueError):
+    """Another live process holds the lock of an output folder or file."""
+
+
+_HELD_LOCKS: dict[str, list] = {}  # real path of the lock file -> [fd, depth] (re-entrant within a process)
+_LOCKS_GUARD = threading.Lock()
+
+
+class RunLock:
+    """Exclusive lock on an output folder (``LOCK_NAME`` inside it) or file (``<file>.lock`` beside it).
+
+    An advisory ``fcntl.flock`` on the lock file: the kernel releases it when the owner dies (even by SIGKILL),
+    so a lock left by a dead process is taken over without any guessing. The file records the owner's pid,
+    host, command and start time, named in the :class:`FolderLockedError` a second run gets. Re-entrant
+    within a process. Use as a context manager or with :meth:`acquire` / :meth:`release`.
+    """
+
+    LOCK_NAME = ".pydistill.lock"
+
+    def __init__(self, target: str | os.PathLike, *, is_dir: bool = True, command: str = ""):
+        target = Path(target)
+        self.path = (target / self.LOCK_NAME) if is_dir else target.with_name(target.name + ".lock")
+        self.target = target
+        self.command = command or " ".join(sys.argv)
+
+    def _owner(self) -> str:
+        try:
+            info = json.loads(self.path.read_text())
+            return (f"pid {info.get('pid')} on host {info.get('host')!r} (started {info.get('started')}, "
+                    f"command: {info.get('command')})")
+        except (OSError, ValueError):
+            return "another process (its lock file is unreadable)"
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        key = os.path.realpath(self.path)
+        with _LOCKS_GUARD:
+            if key in _HELD_LOCKS:
+                _HELD_LOCKS[key][1] += 1
+                return self
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            for _ in range(10):  # the lock file may be replaced between open and flock by a releasing owner
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    os.close(fd)
+                    raise FolderLockedError(f"{self.target} is in use by {self._owner()}; wait for that run to "
+                                            "finish or choose another output path") from None
+                try:
+                    same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    break
+                os.close(fd)
+            else:  # pragma: no cover - a pathological race
+                raise FolderLockedError(f"could not lock {self.path}: it keeps being replaced")
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            os.ftruncate(fd, 0)
+            os.write(fd, (json.dumps(info) + "\n").encode())
+            _HELD_LOCKS[key] = [fd, 1]
+        return self
+
+    def release(self) -> None:
+        key = os.path.realpath(self.path)
+        with _LOCKS_GUARD:
+            entry = _HELD_LOCKS.get(key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del _HELD_LOCKS[key]
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)  # unlink while still locked: a waiter that opened it re-checks the inode
+            os.close(entry[0])
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _check_writable(directory: Path, what: str) -> None:
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".pydistill-write-test.", dir=directory)
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot write in {str(directory)!r} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def ensure_writable_dir(path, what: str = "--out") -> Path:
+    """Create the folder ``path`` if needed and check a file can be written in it, before any work.
+
+    Raises ValueError naming ``what`` for an empty path, a path naming an existing file, or an unwritable
+    folder."""
+    if path is None or not str(path).strip():
+        raise ValueError(f"{what} must name a folder, got {str(path)!r}")
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{what}={str(p)!r} is an existing file; it must name a folder (new or existing)")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot create folder {str(p)!r} ({exc.strerror or exc})") from None
+    _check_writable(p, what)
+    return p
+
+
+def ensure_writable_file(path, what: str = "--out") -> Path:
+    """Check that the file ``path`` can be (re)written: not empty, not a folder, its folder writable.
+    Creates the parent folder if needed. Raises ValueError naming ``what``."""
+    if path is None or not str(path).strip():
+        raise ValueError(f"{what} must name a file, got {str(path)!r}")
+    p = Path(path)
+    if p.is_dir() or str(path).endswith(os.sep):
+        raise ValueError(f"{what}={str(p)!r} is a folder; it must name a file to write")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot create folder {str(p.parent)!r} ({exc.strerror or exc})") from None
+    _check_writable(p.parent, what)
+    return p
+
+
+# ------------------------------------------------------------------------------------------------------------
+# graceful stop on SIGINT / SIGTERM
+# ------------------------------------------------------------------------------------------------------------
+class StopSignal(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the work; ``exit_code`` is 128 + the signal number (130, 143). ``message``:
+    one line saying what was saved and how to resume."""
+
+    def __init__(self, signum: int, message: str = ""):
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        self.message = message or f"interrupted by {signal.Signals(self.signum).name}"
+        super().__init__(self.message)
+
+
+_STOP = {"signum": None, "depth": 0}
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _deferring_handler(signum, frame):
+    if _STOP["signum"] is not None:  # a second signal: stop now
+        raise StopSignal(signum, f"{signal.Signals(signum).name} received twice: stopped at once (the last "
+                                 "checkpoint is kept)")
+    _STOP["signum"] = signum
+    with contextlib.suppress(Exception):
+        print(f"\n{signal.Signals(signum).name}: stopping after the current step and saving a checkpoint "
+              "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+
+def _raising_handler(signum, frame):
+    raise StopSignal(signum)
+
+
+@contextlib.contextmanager
+def deferred_stop():
+    """Inside, the first SIGINT/SIGTERM only sets a flag (:func:`stop_requested`) that the loop polls after
+    each step, so it can finish the step, checkpoint and raise :class:`StopSignal`; a second signal raises at
+    once. Also usable as a decorator. Outside the main thread it does nothing (Python delivers signals there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
+    if _STOP["depth"] == 0:
+        _STOP["signum"] = None
+    _STOP["depth"] += 1
+    for s in _STOP_SIGNALS:
+        signal.signal(s, _deferring_handler)
+    try:
+        yield
+    finally:
+        _STOP["depth"] -= 1
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        if _STOP["depth"] == 0:
+            _STOP["signum"] = None
+
+
+@contextlib.contextmanager
+def stop_signals_raise():
+    """Inside, SIGTERM (like SIGINT) raises :class:`StopSignal` at once (exit code 143 instead of a silent
+    death), for work that keeps its own per-item records (evaluation networks, experts). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
+    for s in _STOP_SIGNALS:
+        signal.signal(s, _raising_handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def stop_requested() -> int | None:
+    """The signal number received inside :func:`deferred_stop`, or None."""
+    return _STOP["signum"]
+
+
+def raise_if_stop_requested(save=None, message: str = "") -> None:
+    """When a stop was requested: call ``save()`` (write the checkpoint), then raise :class:`StopSignal` with
+    ``message`` (one line: where the work is kept, how to resume)."""
+    signum = _STOP["signum"]
+    if signum is None:
+        return
+    if save is not None:
+        save()
+    raise StopSignal(signum, f"{signal.Signals(signum).name}: {message}" if message else "")
+
+
+def nonfinite_names(named: dict) -> list[str]:
+    """Names of the floating tensors / floats in ``named`` that hold NaN or inf (one host sync per device)."""
+    bad, by_device = [], {}
+    for name, v in named.items():
+        if isinstance(v, torch.Tensor):
+            if v.is_floating_point() and v.numel():
+                by_device.setdefault(v.device, []).append((name, v))
+        elif isinstance(v, float) and not math.isfinite(v):
+            bad.append(name)
+    for items in by_device.values():
+        with torch.no_grad():
+            ok = torch.stack([torch.isfinite(v).all() for _, v in items]).cpu().tolist()
+        bad += [name for (name, _), good in zip(items, ok) if not good]
+    return bad
 
 
 def enable_determinism(num_threads: int | None = 1) -> None:

@@ -253,7 +253,7 @@ def load_diffusion_model(path, *, device="cpu", dtype: torch.dtype = torch.float
         raise FileNotFoundError(missing_model_message(root))
     diffusers = _import_diffusers()
     device = torch.device(device)
-    kw = {"local_files_only": True}
+    kw = {"local_files_only": True, "use_safetensors": True}  # never unpickle .bin weights (they can run code)
     try:
         import accelerate  # noqa: F401
     except ImportError:

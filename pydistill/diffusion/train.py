@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from pydistill.diffusion.loading import META_FILE, _import_diffusers
+from pydistill.utils import deferred_stop
 
 __all__ = ["train_diffusion", "default_unet_config", "register_cli", "DEFAULT_STEPS"]
 
@@ -78,6 +79,7 @@ def _save_dir_atomic(save_fn, dest: Path) -> None:
         shutil.rmtree(old)
 
 
+@deferred_stop()  # SIGINT/SIGTERM: finish the optimizer step, save the state, raise utils.StopSignal
 def train_diffusion(
     dataset: str = "digits",
     out: str | os.PathLike = "models/digits-ddpm",
@@ -106,7 +108,8 @@ def train_diffusion(
     cosine decay of ``lr``; EMA of the weights (``ema_decay``) is what gets saved.
     """
     from pydistill.data import load_dataset
-    from pydistill.utils import atomic_write_text, load_checked, resolve_device, save_checked
+    from pydistill.utils import (atomic_write_text, load_checked, raise_if_stop_requested, resolve_device, save_checked,
+                                 stop_requested)
 
     diffusers = _import_diffusers()
     if not 0.0 <= label_dropout < 1.0:
@@ -162,7 +165,7 @@ def train_diffusion(
 
     state_path = out / STATE_FILE
     if state_path.is_file():
-        st = load_checked(state_path, map_location=dev, weights_only=False)
+        st = load_checked(state_path, map_location=dev)  # SHA-256 of the bytes, then weights_only loading
         if st["settings"] != settings:
             diff = {k: (st["settings"].get(k), v) for k, v in settings.items() if st["settings"].get(k) != v}
             raise ValueError(f"{state_path} was written with other settings {diff} (stored, requested); "
@@ -215,8 +218,10 @@ def train_diffusion(
             bar.update(1)
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
         wall = time.perf_counter() - t_start
-        if step % checkpoint_every == 0 or step == total:
+        if step % checkpoint_every == 0 or step == total or stop_requested():
             checkpoint()
+        raise_if_stop_requested(None, f"stopped at step {step}/{total}; state saved to {state_path}. Rerun the "
+                                "same command to resume")
     if bar is not None:
         bar.close()
 
