@@ -176,7 +176,7 @@ def _cmd_distill(args) -> int:
     cls = get_method(args.method)
     overrides = parse_overrides(getattr(cls, "Config", None), args.set)
     extra = {"buffers": args.buffers, "teacher": args.teacher, "model": args.model}
-    dataset = load_dataset(args.dataset, args.data_root, zca=args.zca, device=device)
+    dataset = load_dataset(args.dataset, args.data_root, zca=args.zca, device=device, download=args.download)
     cfg = make_config(cls, dataset.name, args.ipc, iterations=args.iterations, overrides=overrides, extra=extra)
     method = cls(dataset, args.ipc, config=cfg, device=device, seed=args.seed)
     metrics = run_distillation(method, args.out, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
@@ -212,7 +212,7 @@ def _cmd_evaluate(args) -> int:
     if not name:
         raise ValueError(f"{args.synthetic} does not record its dataset; pass --dataset")
     zca = args.zca if args.zca is not None else bool(syn.meta.get("zca", False))
-    dataset = load_dataset(name, args.data_root, zca=zca, device=device)
+    dataset = load_dataset(name, args.data_root, zca=zca, device=device, download=args.download)
     res = evaluate(syn, dataset, device=device, progress=not args.no_progress, resume_dir=_resume_dir(args),
                    **_eval_kwargs(args, dataset.name))
     _print_accuracies(res)
@@ -229,7 +229,7 @@ def _cmd_baseline(args) -> int:
     from pydistill.utils import atomic_write_text, resolve_device
 
     device = resolve_device(args.device)
-    dataset = load_dataset(args.dataset, args.data_root, zca=args.zca, device=device)
+    dataset = load_dataset(args.dataset, args.data_root, zca=args.zca, device=device, download=args.download)
     res = evaluate_baseline(dataset, args.kind, args.ipc if args.kind == "random" else None, device=device,
                             progress=not args.no_progress, resume_dir=_resume_dir(args),
                             **_eval_kwargs(args, dataset.name))
@@ -256,7 +256,10 @@ def _add_resume(p):
 def _add_common(p, *, dataset_required=False):
     p.add_argument("--dataset", default=None if not dataset_required else "digits",
                    help="digits (default for distill), mnist, fashionmnist, svhn, cifar10, cifar100, imagefolder:PATH")
-    p.add_argument("--data-root", default=None, help="dataset folder (default: $PYDISTILL_DATA or ../shared/datasets)")
+    p.add_argument("--data-root", default=None,
+                   help="dataset folder (default: $PYDISTILL_DATA, else ~/.cache/pydistill/datasets)")
+    p.add_argument("--download", action="store_true",
+                   help="let torchvision download MNIST/FashionMNIST/CIFAR/SVHN into the data folder (needs a network)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-models", default="ConvNet", help="comma-separated networks to evaluate with")
