@@ -23,7 +23,8 @@ from typing import Any
 __all__ = ["main", "build_parser", "parse_overrides", "make_config", "EXTENSION_MODULES", "QUICK_EVAL_EPOCHS",
            "DISTRIBUTED_COMMANDS"]
 
-EXTENSION_MODULES = ("pydistill.methods.mtt", "pydistill.methods.ssdkd", "pydistill.diffusion.train")
+EXTENSION_MODULES = ("pydistill.methods.mtt", "pydistill.methods.ssdkd", "pydistill.diffusion.train",
+                     "pydistill.export")
 # Default evaluation epochs for small datasets (a CPU run finishes in minutes); others use the published 1000/300.
 QUICK_EVAL_EPOCHS = {"digits": 300}
 # Commands that split their work across torchrun processes; the others refuse to run with WORLD_SIZE > 1.
