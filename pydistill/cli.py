@@ -180,9 +180,13 @@ def _cmd_distill(args) -> int:
     dataset = load_dataset(args.dataset, args.data_root, zca=args.zca, device=device, download=args.download)
     cfg = make_config(cls, dataset.name, args.ipc, iterations=args.iterations, overrides=overrides, extra=extra)
     method = cls(dataset, args.ipc, config=cfg, device=device, seed=args.seed)
+    from pydistill.distributed import is_main
+    from pydistill.loggers import make_logger
+
+    logger = make_logger(args.logger, args.out) if is_main() else None
     metrics = run_distillation(method, args.out, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
                                eval_kwargs=_eval_kwargs(args, dataset.name), progress=not args.no_progress,
-                               final_eval=not args.no_eval)
+                               final_eval=not args.no_eval, logger=logger)
     _print_accuracies(metrics["accuracies"])
     from pydistill.distributed import is_main
 
@@ -288,6 +292,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--eval-every", type=int, default=None, help="evaluate every N iterations (default: at the end)")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     p.add_argument("--zca", action="store_true", help="ZCA-whiten the dataset (MTT/KIP style)")
+    p.add_argument("--logger", choices=("none", "tensorboard"), default="none",
+                   help="tensorboard: write the training scalars and evaluation accuracy to OUT/tensorboard")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the method's Config (repeatable)")
     p.add_argument("--buffers", default=None, help="mtt: expert trajectories (from `pydistill experts`)")
