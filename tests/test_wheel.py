@@ -28,10 +28,10 @@ def _setup_version(**env) -> str:
 
 @pytest.mark.skipif(not (REPO / "setup.py").is_file(), reason="needs the source tree")
 def test_local_version_names_torch_and_cuda():
-    assert _setup_version(FORCE_ONLY_CPU="1") == f"0.1.0+pt{_MAJOR_MINOR}cpu"
+    assert _setup_version(FORCE_ONLY_CPU="1", FORCE_CUDA="0") == f"0.1.0+pt{_MAJOR_MINOR}cpu"
     if torch.version.cuda:
         cu = torch.version.cuda.replace(".", "")
-        assert _setup_version(FORCE_CUDA="1") == f"0.1.0+pt{_MAJOR_MINOR}cu{cu}"  # e.g. +pt214cu130
+        assert _setup_version(FORCE_CUDA="1", FORCE_ONLY_CPU="0") == f"0.1.0+pt{_MAJOR_MINOR}cu{cu}"  # e.g. +pt214cu130
     assert _setup_version(FORCE_ONLY_CPU="1", PYDISTILL_NO_LOCAL_VERSION="1") == "0.1.0"
 
 
