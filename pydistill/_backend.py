@@ -14,7 +14,6 @@ import torch
 BACKENDS = ("auto", "reference", "cpp", "cuda", "triton")
 
 
-
 def check_torch_version(built: str, built_cuda: str | None, running: str, running_cuda: str | None) -> None:
     """ImportError naming both versions when pydistill._C was built against another torch release (or, for a CUDA
     build, another CUDA) than the one imported: its C++ ABI would not match (undefined symbols at best)."""

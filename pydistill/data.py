@@ -1,11 +1,11 @@
 """Datasets as in-memory tensors: loaders, normalization, ZCA whitening, per-class sampling.
 
 Every loader returns a :class:`Dataset` whose images are float32 ``[N, C, H, W]`` normalized per channel
-(``(x - mean) / std`` with ``x`` in [0, 1]) and whose labels are int64 ``[N]``. Unless ``download=True``, no network: files are
-read with ``torchvision.datasets`` from the data home (:func:`data_home`: ``root``, else ``$PYDISTILL_DATA``, else
-``$XDG_CACHE_HOME/pydistill/datasets`` or ``~/.cache/pydistill/datasets``); ``download=True`` lets torchvision
-fetch them. ``"digits"`` ships with scikit-learn and needs no files. Your own data: :meth:`Dataset.from_tensors`,
-:meth:`Dataset.from_torch`.
+(``(x - mean) / std`` with ``x`` in [0, 1]) and whose labels are int64 ``[N]``. Files are read with
+``torchvision.datasets`` from the data home (:func:`data_home`: ``root``, else ``$PYDISTILL_DATA``, else
+``$XDG_CACHE_HOME/pydistill/datasets`` or ``~/.cache/pydistill/datasets``); no network unless ``download=True``
+lets torchvision fetch them. ``"digits"`` ships with scikit-learn and needs no files. Your own data:
+:meth:`Dataset.from_tensors`, :meth:`Dataset.from_torch`.
 """
 from __future__ import annotations
 
@@ -527,7 +527,7 @@ def _load_imagefolder(path: str, image_size, channels):
     xtr, ytr = read(train.samples, tr, True)
     test_samples = make_dataset(str(te), train.class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
     size = None if image_size is None else size
-    xte, yte = read(test_samples, te, image_size is not None)  # resized to the train size by load_dataset when they differ
+    xte, yte = read(test_samples, te, image_size is not None)  # load_dataset resizes them to the train size
     return xtr, ytr, xte, yte, classes
 
 

@@ -22,8 +22,8 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ImportError("--logger tensorboard needs the tensorboard package: pip install 'pydistill[tensorboard]' "
-                              "(or pip install tensorboard)") from None
+            raise ImportError("--logger tensorboard needs the tensorboard package: "
+                              "pip install 'pydistill[tensorboard]' (or pip install tensorboard)") from None
         self.log_dir = os.fspath(log_dir)
         self._writer = SummaryWriter(self.log_dir)
 
@@ -47,7 +47,7 @@ class TensorBoardLogger:
 
 
 def make_logger(kind: str | None, out_dir: str | os.PathLike):
-    """``None`` for ``kind`` None/"none", else a logger writing under ``out_dir`` (tensorboard: ``out_dir/tensorboard``)."""
+    """None for ``kind`` None/"none", else a logger writing under ``out_dir`` (tensorboard: ``out_dir/tensorboard``)."""
     if kind in (None, "none"):
         return None
     if kind == "tensorboard":

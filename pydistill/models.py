@@ -2,9 +2,9 @@
 
 Every network maps images [N, C, H, W] to logits [N, num_classes] and has ``.embed(x)`` (the features that
 enter the last linear layer, [N, F]) and ``.classifier`` (that last ``nn.Linear``). Your own networks:
-:func:`register_network` (or a factory passed as ``Config.model``); ``timm:<name>`` builds a timm model. Architectures follow the
-DC/DSA/DM code base; for tiny inputs (e.g. 8x8 digits) pooling stages that would shrink a feature map below
-1x1 are skipped instead of failing.
+:func:`register_network` (or a factory passed as ``Config.model``); ``timm:<name>`` builds a timm model.
+Architectures follow the DC/DSA/DM code base; for tiny inputs (e.g. 8x8 digits) pooling stages that would shrink
+a feature map below 1x1 are skipped instead of failing.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["get_network", "register_network", "unregister_network", "available_networks", "network_name",
-           "embed_features", "default_model_kwargs", "NETWORKS", "ConvNet", "MLP", "LeNet", "AlexNet", "VGG", "ResNet", "num_parameters"]
+           "embed_features", "default_model_kwargs", "NETWORKS", "ConvNet", "MLP", "LeNet", "AlexNet", "VGG", "ResNet",
+           "num_parameters"]
 
 NETWORKS = ("ConvNet", "ConvNetD1", "ConvNetD2", "ConvNetD3", "ConvNetD4", "ConvNetD5", "ConvNetW32", "ConvNetW64",
             "ConvNetW128", "ConvNetW256", "ConvNetBN", "ConvNetNoNorm", "ConvNetLN", "ConvNetGN", "ConvNetMP",
@@ -321,7 +322,8 @@ _PLUGINS_IMPORTED: set[str] = set()
 
 def _import_plugins() -> None:
     """Import the modules named in ``$PYDISTILL_PLUGINS`` (comma-separated) once each, so that the networks they
-    register are known to command-line runs (``PYDISTILL_PLUGINS=mypkg.nets pydistill evaluate --eval-models MyNet``)."""
+    register are known to command-line runs
+    (``PYDISTILL_PLUGINS=mypkg.nets pydistill evaluate --eval-models MyNet``)."""
     import importlib
 
     for mod in (m.strip() for m in os.environ.get("PYDISTILL_PLUGINS", "").split(",")):
