@@ -9,7 +9,10 @@ import importlib
 
 from pydistill._backend import backends, has_compiled
 
-__version__ = "0.1.0"
+try:  # with the +pt<torch>cu<cuda> tag of the build (written by setup.py)
+    from pydistill._build_info import VERSION as __version__
+except ImportError:  # pragma: no cover - a source tree never built
+    __version__ = "0.1.0"
 
 _LAZY = {
     "load_dataset": ("pydistill.data", "load_dataset"),

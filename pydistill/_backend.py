@@ -14,6 +14,29 @@ import torch
 
 BACKENDS = ("auto", "reference", "cpp", "cuda", "triton")
 
+
+def check_torch_version(built: str, built_cuda: str | None, running: str, running_cuda: str | None) -> None:
+    """ImportError naming both versions when pydistill._C was built against another torch release (or, for a CUDA
+    build, another CUDA) than the one imported: its C++ ABI would not match (undefined symbols at best)."""
+    if os.environ.get("PYDISTILL_SKIP_TORCH_CHECK") == "1":
+        return
+    if built.split("+")[0] != running.split("+")[0] or (built_cuda is not None and built_cuda != running_cuda):
+        raise ImportError(
+            f"pydistill's compiled part was built against torch {built}"
+            f"{'' if built_cuda is None else f' (CUDA {built_cuda})'}, but torch {running}"
+            f"{'' if running_cuda is None else f' (CUDA {running_cuda})'} is installed. Install the pydistill wheel "
+            f"built for your torch (its version tag +pt<major><minor>cu<cuda> names it), or build one: "
+            "pip install --no-build-isolation . (README: 'Build wheels for your torch/CUDA'). "
+            "PYDISTILL_SKIP_TORCH_CHECK=1 skips this check at your own risk.")
+
+
+try:  # recorded by setup.py at build time; absent in a source tree never built
+    from pydistill._build_info import CUDA_VERSION as _BUILT_CUDA, TORCH_VERSION as _BUILT_TORCH
+except ImportError:  # pragma: no cover - depends on the install
+    _BUILT_TORCH = _BUILT_CUDA = None
+if _BUILT_TORCH is not None:
+    check_torch_version(_BUILT_TORCH, _BUILT_CUDA, torch.__version__, torch.version.cuda)
+
 _C_ERROR: str | None = None
 try:
     from pydistill import _C  # noqa: F401  (registers torch.ops.pydistill.*)

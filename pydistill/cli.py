@@ -25,7 +25,8 @@ from pydistill.config_overrides import FIELD_FLAGS, make_config, parse_overrides
 __all__ = ["main", "build_parser", "parse_overrides", "make_config", "EXTENSION_MODULES", "QUICK_EVAL_EPOCHS",
            "DISTRIBUTED_COMMANDS", "LOCKED_OUTPUTS", "check_ipc"]
 
-EXTENSION_MODULES = ("pydistill.methods.mtt", "pydistill.methods.ssdkd", "pydistill.diffusion.train")
+EXTENSION_MODULES = ("pydistill.methods.mtt", "pydistill.methods.ssdkd", "pydistill.diffusion.train",
+                     "pydistill.export")
 # Default evaluation epochs for small datasets (a CPU run finishes in minutes); others use the published 1000/300.
 QUICK_EVAL_EPOCHS = {"digits": 300}
 # Commands that split their work across torchrun processes; the others refuse to run with WORLD_SIZE > 1.
@@ -90,7 +91,7 @@ def _cmd_distill(args) -> int:
     cls = get_method(args.method)
     overrides = parse_overrides(getattr(cls, "Config", None), args.set)
     extra = {name: getattr(args, name) for name in FIELD_FLAGS}
-    dataset = load_dataset(args.dataset, args.data_root, zca=args.zca, device=device)
+    dataset = load_dataset(args.dataset, args.data_root, zca=args.zca, device=device, download=args.download)
     cfg = make_config(cls, dataset.name, args.ipc, iterations=args.iterations, overrides=overrides, extra=extra)
     # a method drawing no real images (class attribute uses_real_images = False, or init="noise") cannot repeat any
     if getattr(cls, "uses_real_images", True) and getattr(cfg, "init", "real") != "noise":
@@ -101,12 +102,14 @@ def _cmd_distill(args) -> int:
     except (TypeError, RuntimeError) as exc:  # a value the Config accepted but the method cannot use
         raise ValueError(f"method {args.method!r} cannot start with this configuration ({exc}); check the --set "
                          "values") from exc
+    from pydistill.distributed import is_main
+    from pydistill.loggers import make_logger
+
+    logger = make_logger(args.logger, args.out) if is_main() else None
     metrics = run_distillation(method, args.out, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
                                eval_kwargs=_eval_kwargs(args, dataset.name), progress=not args.no_progress,
-                               final_eval=not args.no_eval)
+                               final_eval=not args.no_eval, logger=logger)
     _print_accuracies(metrics["accuracies"])
-    from pydistill.distributed import is_main
-
     if is_main():
         print(f"wrote {args.out}/synthetic.safetensors, grid.png, curves.png, metrics.json "
               f"({metrics['wall_time_s']:.1f} s distillation, {metrics['eval_time_s']:.1f} s evaluation)")
@@ -138,7 +141,7 @@ def _cmd_evaluate(args) -> int:
     if not name:
         raise ValueError(f"{args.synthetic} does not record its dataset; pass --dataset")
     zca = args.zca if args.zca is not None else bool(syn.meta.get("zca", False))
-    dataset = load_dataset(name, args.data_root, zca=zca, device=device)
+    dataset = load_dataset(name, args.data_root, zca=zca, device=device, download=args.download)
     if recorded and dataset.name != recorded and not args.force:
         raise ValueError(f"--dataset {args.dataset!r} ({dataset.name}) differs from the dataset {recorded!r} recorded "
                          f"in {args.synthetic}; pass --force to evaluate on it anyway")
@@ -161,7 +164,7 @@ def _cmd_baseline(args) -> int:
     if args.out is not None:
         ensure_writable_file(args.out, "--out")
     device = resolve_device(args.device)
-    dataset = load_dataset(args.dataset, args.data_root, zca=args.zca, device=device)
+    dataset = load_dataset(args.dataset, args.data_root, zca=args.zca, device=device, download=args.download)
     if args.kind == "random":
         check_ipc(dataset, args.ipc)
     res = evaluate_baseline(dataset, args.kind, args.ipc if args.kind == "random" else None, device=device,
@@ -190,7 +193,10 @@ def _add_resume(p):
 def _add_common(p, *, dataset_required=False):
     p.add_argument("--dataset", default=None if not dataset_required else "digits",
                    help="digits (default for distill), mnist, fashionmnist, svhn, cifar10, cifar100, imagefolder:PATH")
-    p.add_argument("--data-root", default=None, help="dataset folder (default: $PYDISTILL_DATA or ../shared/datasets)")
+    p.add_argument("--data-root", default=None,
+                   help="dataset folder (default: $PYDISTILL_DATA, else ~/.cache/pydistill/datasets)")
+    p.add_argument("--download", action="store_true",
+                   help="let torchvision download MNIST/FashionMNIST/CIFAR/SVHN into the data folder (needs a network)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-models", default="ConvNet", help="comma-separated networks to evaluate with")
@@ -219,6 +225,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--eval-every", type=int, default=None, help="evaluate every N iterations (default: at the end)")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     p.add_argument("--zca", action="store_true", help="ZCA-whiten the dataset (MTT/KIP style)")
+    p.add_argument("--logger", choices=("none", "tensorboard"), default="none",
+                   help="tensorboard: write the training scalars and evaluation accuracy to OUT/tensorboard")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the method's Config (repeatable); a field also given by a dedicated "
                         "flag (--iterations, --buffers, ...) must get the same value, else it is an error")

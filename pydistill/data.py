@@ -1,24 +1,27 @@
 """Datasets as in-memory tensors: loaders, normalization, ZCA whitening, per-class sampling.
 
 Every loader returns a :class:`Dataset` whose images are float32 ``[N, C, H, W]`` normalized per channel
-(``(x - mean) / std`` with ``x`` in [0, 1]) and whose labels are int64 ``[N]``. No network access: files are
-read from ``root`` (argument, else ``$PYDISTILL_DATA``, else ``../shared/datasets`` next to the repository
-or the working directory). ``"digits"`` ships with scikit-learn and needs no files.
+(``(x - mean) / std`` with ``x`` in [0, 1]) and whose labels are int64 ``[N]``. Files are read with
+``torchvision.datasets`` from the data home (:func:`data_home`: ``root``, else ``$PYDISTILL_DATA``, else
+``$XDG_CACHE_HOME/pydistill/datasets`` or ``~/.cache/pydistill/datasets``); no network unless ``download=True``
+lets torchvision fetch them. ``"digits"`` ships with scikit-learn and needs no files. Your own data:
+:meth:`Dataset.from_tensors`, :meth:`Dataset.from_torch`.
 """
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import os
 import pickle
-import struct
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "ZCA", "load_dataset", "dsa_strategy_for", "default_root", "DATASETS"]
+__all__ = ["Dataset", "ZCA", "load_dataset", "dsa_strategy_for", "default_root", "data_home", "cache_home", "DATASETS"]
 
 DATASETS = ("digits", "mnist", "fashionmnist", "svhn", "cifar10", "cifar100", "imagefolder:<path>")
 
@@ -33,7 +36,6 @@ _STATS = {
 _CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 _FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                     "Ankle boot")
-_IMG_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -129,6 +131,85 @@ class Dataset:
                 raise ValueError(f"{arg} must be int64 [{x.shape[0]}], got {y.dtype} {tuple(y.shape)}")
         self.im_size = (int(self.im_size[0]), int(self.im_size[1]))
 
+    @classmethod
+    def from_tensors(cls, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+                     *, name: str, class_names: list[str] | None = None, normalize: bool = True) -> "Dataset":
+        """Bring your own data: images [N, C, H, W] (float in [0, 1], or uint8 0..255) and int labels [N] in
+        [0, num_classes). normalize: scale by the per-channel mean/std of ``x_train`` (recorded, so
+        :meth:`denormalize` returns the [0, 1] images); False keeps the images as given (mean 0, std 1).
+        num_classes is ``len(class_names)``, else the largest label + 1."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string naming the dataset, got {name!r}")
+        xs = []
+        for arg, x in (("x_train", x_train), ("x_test", x_test)):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"{arg} must be a torch.Tensor [N, C, H, W], got {type(x).__name__}")
+            if x.dim() != 4 or x.shape[0] < 1:
+                raise ValueError(f"{arg} must be [N, C, H, W] with N >= 1, got shape {tuple(x.shape)}")
+            if x.dtype == torch.uint8:
+                x = x.float() / 255.0
+            elif not x.is_floating_point():
+                raise TypeError(f"{arg} must be float images in [0, 1] or uint8, got {x.dtype}")
+            xs.append(x.detach().cpu().float())
+        if xs[0].shape[1:] != xs[1].shape[1:]:
+            raise ValueError(f"x_train images are {tuple(xs[0].shape[1:])} but x_test images are "
+                             f"{tuple(xs[1].shape[1:])}; both must be [C, H, W] alike")
+        ys = []
+        for arg, y, x in (("y_train", y_train, xs[0]), ("y_test", y_test, xs[1])):
+            y = torch.as_tensor(y)
+            if y.dtype.is_floating_point or y.dtype == torch.bool or y.dim() != 1 or y.shape[0] != x.shape[0]:
+                raise ValueError(f"{arg} must be integer class ids [{x.shape[0]}], got {y.dtype} {tuple(y.shape)}")
+            ys.append(y.detach().cpu().long())
+        top = int(max(int(ys[0].max()), int(ys[1].max()))) + 1
+        num_classes = len(class_names) if class_names is not None else top
+        for arg, y in (("y_train", ys[0]), ("y_test", ys[1])):
+            if int(y.min()) < 0 or int(y.max()) >= num_classes:
+                raise ValueError(f"{arg} must hold class ids in [0, {num_classes}), got [{int(y.min())}, "
+                                 f"{int(y.max())}]")
+        missing = sorted(set(range(num_classes)) - set(ys[0].unique().tolist()))
+        if missing:
+            raise ValueError(f"y_train has no image of the classes {missing[:10]}; every class needs training images")
+        c = xs[0].shape[1]
+        mean, std = (None, None) if normalize else ([0.0] * c, [1.0] * c)
+        return _make_dataset(name, xs[0], ys[0], xs[1], ys[1], class_names=class_names, mean=mean, std=std,
+                             num_classes=num_classes)
+
+    @classmethod
+    def from_torch(cls, train_dataset, test_dataset, *, name: str, class_names: list[str] | None = None,
+                   normalize: bool = True) -> "Dataset":
+        """Bring your own ``torch.utils.data.Dataset``s (map-style, items ``(image tensor [C, H, W] in [0, 1],
+        int label)``, e.g. a torchvision dataset with ``transform=ToTensor()``); read once into memory.
+        class_names: default the train dataset's ``classes`` attribute when it has one. See :meth:`from_tensors`."""
+        splits = []
+        for arg, d in (("train_dataset", train_dataset), ("test_dataset", test_dataset)):
+            if not hasattr(d, "__getitem__") or not hasattr(d, "__len__"):
+                raise TypeError(f"{arg} must be a map-style torch.utils.data.Dataset (with __getitem__ and "
+                                f"__len__), got {type(d).__name__}")
+            xs, ys = [], []
+            for i in range(len(d)):
+                item = d[i]
+                if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor)):
+                    got = type(item).__name__
+                    if isinstance(item, (tuple, list)):
+                        got += " of " + ", ".join(type(v).__name__ for v in item)
+                    raise TypeError(f"{arg}[{i}] must be (image tensor [C, H, W], int label), got {got} "
+                                    "(a torchvision dataset needs transform=torchvision.transforms.ToTensor())")
+                x, y = item
+                if x.dim() != 3:
+                    raise ValueError(f"{arg}[{i}] image must be [C, H, W], got shape {tuple(x.shape)}")
+                xs.append(x)
+                ys.append(int(y))
+            if not xs:
+                raise ValueError(f"{arg} is empty")
+            try:
+                splits.append((torch.stack(xs), torch.tensor(ys, dtype=torch.int64)))
+            except RuntimeError as exc:
+                raise ValueError(f"{arg}: images differ in shape ({exc})") from None
+        if class_names is None and getattr(train_dataset, "classes", None) is not None:
+            class_names = [str(c) for c in train_dataset.classes]
+        (xtr, ytr), (xte, yte) = splits
+        return cls.from_tensors(xtr, ytr, xte, yte, name=name, class_names=class_names, normalize=normalize)
+
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, train={tuple(self.x_train.shape)}, test={tuple(self.x_test.shape)}, "
                 f"classes={self.num_classes}, zca={self.zca is not None}, device={self.device})")
@@ -204,69 +285,137 @@ def dsa_strategy_for(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Roots and errors
+# Data home and errors
 # ----------------------------------------------------------------------------------------------------------------
-def default_root() -> Path | None:
-    """``$PYDISTILL_DATA``, else ``../shared/datasets`` relative to the repository or the cwd when it exists."""
+def cache_home() -> Path:
+    """``$XDG_CACHE_HOME/pydistill``, else ``~/.cache/pydistill`` (where pydistill may write: the default data home
+    and the decompressed copies of ``.gz`` idx files)."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "pydistill"
+
+
+def data_home(root: str | os.PathLike | None = None) -> Path:
+    """The folder datasets are read from: ``root`` when given, else ``$PYDISTILL_DATA``, else
+    ``cache_home() / "datasets"``. Never a path relative to the package or the working directory."""
+    if root is not None:
+        return Path(root).expanduser()
     env = os.environ.get("PYDISTILL_DATA")
     if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parent.parent
-    for cand in (repo.parent / "shared" / "datasets", Path.cwd().parent / "shared" / "datasets",
-                 Path.cwd() / "shared" / "datasets"):
-        if cand.is_dir():
-            return cand
-    return None
+        return Path(env).expanduser()
+    return cache_home() / "datasets"
+
+
+def default_root() -> Path:
+    """The data home when no root is given (:func:`data_home` of None)."""
+    return data_home(None)
 
 
 def _missing(name: str, looked: list[Path], how: str) -> FileNotFoundError:
-    paths = "\n  ".join(str(p) for p in looked) or "(no data root: pass root= or set PYDISTILL_DATA)"
+    paths = "\n  ".join(str(p) for p in looked)
     return FileNotFoundError(
-        f"dataset {name!r} not found. Looked at:\n  {paths}\n{how}\n"
-        "Pass root=... (CLI: --data-root) or set the PYDISTILL_DATA environment variable to the folder holding it.")
+        f"dataset {name!r} not found. Looked at:\n  {paths}\n{how}\nTo fix it, either:\n"
+        "  1. pass root=... (CLI: --data-root DIR) naming the folder that holds it,\n"
+        "  2. set the PYDISTILL_DATA environment variable to that folder, or\n"
+        f"  3. put the files in the default data home {cache_home() / 'datasets'} (or let torchvision download "
+        "them there: download=True, CLI --download).")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Loaders (return uint8/float images in [0, 1] as float32 NCHW tensors + int64 labels)
+# Loaders (through torchvision.datasets; return uint8/float images as NCHW arrays + int labels)
 # ----------------------------------------------------------------------------------------------------------------
-def _read_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte idx file")
-    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
-    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if arr.size != int(np.prod(dims)):
-        raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {arr.size}")
-    return arr.reshape(dims).copy()
+_MNIST_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                "t10k-labels-idx1-ubyte")
 
 
-def _load_mnist_like(name: str, root: Path | None, folders: tuple[str, ...]):
-    stems = {"xtr": "train-images-idx3-ubyte", "ytr": "train-labels-idx1-ubyte",
-             "xte": "t10k-images-idx3-ubyte", "yte": "t10k-labels-idx1-ubyte"}
-    looked = []
-    roots = [] if root is None else [root / f / "raw" for f in folders] + [root / f for f in folders] + [root]
-    for d in roots:
-        found = {}
-        for key, stem in stems.items():
-            for cand in (d / (stem + ".gz"), d / stem):
-                looked.append(cand)
-                if cand.is_file():
-                    found[key] = cand
-                    break
-        if len(found) == 4:
-            arrs = {k: _read_idx(p) for k, p in found.items()}
-            return arrs["xtr"][:, None], arrs["ytr"], arrs["xte"][:, None], arrs["yte"]
-    raise _missing(name, looked, f"Expected the four idx files ({', '.join(s + '[.gz]' for s in stems.values())}) "
-                                 f"in <root>/{folders[0]}/raw/ (torchvision's layout).")
+def _staged_idx_root(cls_name: str, folder: Path, files: dict[str, Path]) -> Path:
+    """A root for torchvision's MNIST-style readers holding ``<root>/<cls_name>/raw/<stem>`` for every idx file of
+    ``folder``: the files themselves when ``folder`` already is that layout, else decompressed copies (``.gz``) or
+    links in ``cache_home()/staged`` (the data folder is never written: it may be read-only)."""
+    if folder.name == "raw" and folder.parent.name == cls_name and all(p.suffix != ".gz" for p in files.values()):
+        return folder.parent.parent
+    h = hashlib.sha256()
+    for stem in _MNIST_STEMS:
+        st = files[stem].stat()
+        h.update(f"{files[stem].resolve()}|{st.st_size}|{st.st_mtime_ns}|".encode())
+    staged = cache_home() / "staged" / h.hexdigest()[:16]
+    raw = staged / cls_name / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for stem, src in files.items():
+        dst = raw / stem
+        if dst.is_file():
+            continue
+        tmp = raw / f".{stem}.{os.getpid()}.tmp"
+        opener = gzip.open if src.suffix == ".gz" else open
+        with opener(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+        os.replace(tmp, dst)  # atomic: a concurrent or killed run never leaves a half-written file
+    return staged
 
 
-def _load_cifar(name: str, root: Path | None):
+def _load_mnist_like(name: str, root: Path, download: bool):
+    import torchvision.datasets as tvd
+
+    cls = tvd.MNIST if name == "mnist" else tvd.FashionMNIST
+    if download:
+        parts = [cls(str(root), train=t, download=True) for t in (True, False)]
+    else:
+        looked = []
+        folders = ("MNIST", "mnist") if name == "mnist" else ("FashionMNIST", "fashionmnist", "fashion-mnist")
+        found = None
+        for d in [root / f / "raw" for f in folders] + [root / f for f in folders] + [root]:
+            files = {}
+            for stem in _MNIST_STEMS:
+                for cand in (d / stem, d / (stem + ".gz")):
+                    looked.append(cand)
+                    if cand.is_file():
+                        files[stem] = cand
+                        break
+            if len(files) == 4:
+                found = (d, files)
+                break
+        if found is None:
+            raise _missing(name, looked, f"Expected the four idx files ({', '.join(s + '[.gz]' for s in _MNIST_STEMS)})"
+                                         f" in <root>/{folders[0]}/raw/ (torchvision's layout).")
+        staged = _staged_idx_root(cls.__name__, *found)
+        parts = [cls(str(staged), train=t, download=False) for t in (True, False)]
+    (xtr, ytr), (xte, yte) = [(p.data.numpy()[:, None], p.targets.numpy()) for p in parts]
+    return xtr, ytr, xte, yte, list(parts[0].classes)
+
+
+def _without_md5(cls):
+    """A subclass of torchvision's CIFAR-10/100 or SVHN reader that checks its files exist instead of their MD5
+    sums: the sums guard downloads of the official archives, while a local copy (re-packed, or a test's small
+    files) is trusted like the ``.npz`` layout; a malformed file still fails when it is unpickled/loaded."""
+
+    class Reader(cls):
+        def _check_integrity(self) -> bool:
+            if hasattr(self, "train_list"):
+                names = [os.path.join(self.root, self.base_folder, f) for f, _ in self.train_list + self.test_list]
+            else:
+                names = [os.path.join(self.root, self.filename)]
+            return all(os.path.isfile(f) for f in names)
+
+        def _load_meta(self) -> None:  # CIFAR: class names from the meta file when present
+            path = os.path.join(self.root, self.base_folder, self.meta["filename"])
+            self.classes = None
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    self.classes = list(pickle.load(f, encoding="latin1")[self.meta["key"]])
+
+    Reader.__name__ = Reader.__qualname__ = cls.__name__
+    return Reader
+
+
+def _load_cifar(name: str, root: Path, download: bool):
+    import torchvision.datasets as tvd
+
     n = 10 if name == "cifar10" else 100
+    folder = "cifar-10-batches-py" if n == 10 else "cifar-100-python"
+    tv_cls = tvd.CIFAR10 if n == 10 else tvd.CIFAR100
     looked = []
-    if root is not None:
+    if download:
+        parts = [tv_cls(str(root), train=t, download=True) for t in (True, False)]
+    else:
         for cand in (root / f"{name}.npz", root / name / f"{name}.npz", root / name.upper() / f"{name}.npz"):
             looked.append(cand)
             if cand.is_file():
@@ -275,14 +424,20 @@ def _load_cifar(name: str, root: Path | None):
                     if missing:
                         raise ValueError(f"{cand} lacks the arrays {missing} (expected x_train/y_train/x_test/y_test)")
                     return (_hwc_to_chw(z["x_train"]), z["y_train"].reshape(-1), _hwc_to_chw(z["x_test"]),
-                            z["y_test"].reshape(-1))
-        folder = "cifar-10-batches-py" if n == 10 else "cifar-100-python"
+                            z["y_test"].reshape(-1), None)
+        parts = None
         for d in (root / folder, root / name / folder, root / name.upper() / folder):
             looked.append(d)
             if d.is_dir():
-                return _read_cifar_pickles(d, n)
-    raise _missing(name, looked, f"Expected {name}.npz (x_train [N,32,32,3] uint8, y_train, x_test, y_test) or "
-                                 f"torchvision's {'cifar-10-batches-py' if n == 10 else 'cifar-100-python'} folder.")
+                reader = _without_md5(tv_cls)
+                parts = [reader(str(d.parent), train=t, download=False) for t in (True, False)]
+                break
+        if parts is None:
+            raise _missing(name, looked, f"Expected {name}.npz (x_train [N,32,32,3] uint8, y_train, x_test, y_test) "
+                                         f"or torchvision's {folder} folder.")
+    (xtr, ytr), (xte, yte) = [(p.data.transpose(0, 3, 1, 2), np.asarray(p.targets)) for p in parts]
+    classes = parts[0].classes
+    return xtr, ytr, xte, yte, None if classes is None else list(classes)
 
 
 def _hwc_to_chw(x: np.ndarray) -> np.ndarray:
@@ -291,50 +446,26 @@ def _hwc_to_chw(x: np.ndarray) -> np.ndarray:
     return x if x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3) else x.transpose(0, 3, 1, 2)
 
 
-def _read_cifar_pickles(d: Path, n: int):
-    def read(fname):
-        with open(d / fname, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
-        return np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels)
+def _load_svhn(root: Path, download: bool):
+    import torchvision.datasets as tvd
 
-    if n == 10:
-        parts = [read(f"data_batch_{i}") for i in range(1, 6)]
-        xtr, ytr = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        xte, yte = read("test_batch")
+    if download:
+        d = root / "SVHN"
+        parts = [tvd.SVHN(str(d), split=s, download=True) for s in ("train", "test")]
     else:
-        (xtr, ytr), (xte, yte) = read("train"), read("test")
-    return xtr, ytr, xte, yte
-
-
-def _cifar_class_names(root: Path | None, n: int) -> list[str]:
-    if n == 10:
-        return list(_CIFAR10_CLASSES)
-    if root is not None:
-        for meta in (root / "cifar-100-python" / "meta", root / "cifar100" / "cifar-100-python" / "meta"):
-            if meta.is_file():
-                with open(meta, "rb") as f:
-                    return list(pickle.load(f, encoding="latin1")["fine_label_names"])
-    return [str(i) for i in range(n)]
-
-
-def _load_svhn(root: Path | None):
-    looked = []
-    if root is not None:
+        looked, parts = [], None
         for d in (root / "SVHN", root / "svhn", root):
             tr, te = d / "train_32x32.mat", d / "test_32x32.mat"
             looked += [tr, te]
             if tr.is_file() and te.is_file():
-                from scipy.io import loadmat
-
-                out = []
-                for p in (tr, te):
-                    m = loadmat(p)
-                    x = np.ascontiguousarray(m["X"].transpose(3, 2, 0, 1))
-                    y = m["y"].reshape(-1).astype(np.int64) % 10  # label 10 is the digit 0
-                    out += [x, y]
-                return tuple(out)
-    raise _missing("svhn", looked, "Expected torchvision's train_32x32.mat and test_32x32.mat (format 2).")
+                reader = _without_md5(tvd.SVHN)
+                parts = [reader(str(d), split=s, download=False) for s in ("train", "test")]
+                break
+        if parts is None:
+            raise _missing("svhn", looked, "Expected torchvision's train_32x32.mat and test_32x32.mat (format 2).")
+    # torchvision maps SVHN's label 10 (the digit 0) to 0
+    (xtr, ytr), (xte, yte) = [(np.ascontiguousarray(p.data), p.labels) for p in parts]
+    return xtr, ytr, xte, yte
 
 
 def _load_digits():
@@ -353,6 +484,8 @@ def _load_digits():
 
 def _load_imagefolder(path: str, image_size, channels):
     from PIL import Image
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
     base = Path(path).expanduser()
     tr = base / "train"
@@ -360,57 +493,61 @@ def _load_imagefolder(path: str, image_size, channels):
     if not tr.is_dir() or te is None:
         raise _missing(f"imagefolder:{path}", [tr, base / "val", base / "test"],
                        "Expected <path>/train/<class>/*.png|jpg and <path>/val/<class>/... (or test/).")
-    classes = sorted(p.name for p in tr.iterdir() if p.is_dir())
-    if not classes:
-        raise ValueError(f"{tr} has no class subfolders")
+    try:
+        train = ImageFolder(str(tr))  # torchvision: classes = sorted subfolders, samples = (file, class id)
+    except FileNotFoundError as exc:
+        raise ValueError(f"{tr}: {exc}") from None
+    classes = list(train.classes)
     mode = {1: "L", 3: "RGB"}[channels]
+    size = None if image_size is None else (image_size, image_size) if isinstance(image_size, int) \
+        else tuple(image_size)
 
-    def read_split(split: Path):
+    def read(samples, split, fixed_size):
+        nonlocal size
         xs, ys = [], []
-        size = None if image_size is None else (image_size, image_size) if isinstance(image_size, int) \
-            else tuple(image_size)
-        for c, cname in enumerate(classes):
-            cdir = split / cname
-            if not cdir.is_dir():
-                continue
-            for f in sorted(cdir.iterdir()):
-                if f.suffix.lower() not in _IMG_EXT:
-                    continue
-                with Image.open(f) as im:
-                    im = im.convert(mode)
-                    if size is not None:
-                        im = im.resize((size[1], size[0]), Image.BILINEAR)
-                    arr = np.asarray(im, dtype=np.uint8)
-                if size is None:
-                    size = arr.shape[:2]
-                elif arr.shape[:2] != tuple(size):
-                    raise ValueError(f"{f} is {arr.shape[1]}x{arr.shape[0]} but earlier images are "
-                                     f"{size[1]}x{size[0]}; pass image_size= to resize")
-                xs.append(arr.reshape(arr.shape[0], arr.shape[1], -1).transpose(2, 0, 1))
-                ys.append(c)
+        for f, c in samples:
+            with Image.open(f) as im:
+                im = im.convert(mode)
+                if size is not None:
+                    im = im.resize((size[1], size[0]), Image.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
+            if size is None:
+                size = arr.shape[:2]
+            elif fixed_size and arr.shape[:2] != tuple(size):
+                raise ValueError(f"{f} is {arr.shape[1]}x{arr.shape[0]} but earlier images are "
+                                 f"{size[1]}x{size[0]}; pass image_size= to resize")
+            xs.append(arr.reshape(arr.shape[0], arr.shape[1], -1).transpose(2, 0, 1))
+            ys.append(c)
         if not xs:
-            raise ValueError(f"no images ({', '.join(_IMG_EXT)}) found under {split}")
-        return np.stack(xs), np.asarray(ys, dtype=np.int64), size
+            raise ValueError(f"no images ({', '.join(IMG_EXTENSIONS)}) found under {split}")
+        if any(x.shape != xs[0].shape for x in xs):
+            raise ValueError(f"the images under {split} differ in size; pass image_size= to resize")
+        return np.stack(xs), np.asarray(ys, dtype=np.int64)
 
-    xtr, ytr, size = read_split(tr)
-    xte, yte, _ = read_split(te)  # resized to the train size by load_dataset when they differ
+    xtr, ytr = read(train.samples, tr, True)
+    test_samples = make_dataset(str(te), train.class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    size = None if image_size is None else size
+    xte, yte = read(test_samples, te, image_size is not None)  # load_dataset resizes them to the train size
     return xtr, ytr, xte, yte, classes
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, *, zca: bool = False, device="cpu",
                  zca_eps: float = 0.1, image_size: int | tuple[int, int] | None = None,
-                 channels: int = 3) -> Dataset:
+                 channels: int = 3, download: bool = False) -> Dataset:
     """Load a dataset by name into memory.
 
     name: "digits" (scikit-learn, 1x8x8), "mnist"/"fashionmnist" (1x28x28 idx files), "svhn", "cifar10",
     "cifar100" (3x32x32), or "imagefolder:<path>" (``<path>/train`` and ``<path>/val`` or ``test``, one
-    subfolder per class; ``image_size`` resizes, ``channels`` 1 or 3).
+    subfolder per class; ``image_size`` resizes, ``channels`` 1 or 3). Files are read with
+    ``torchvision.datasets`` from :func:`data_home` (``root``, else ``$PYDISTILL_DATA``, else the cache);
+    CIFAR-10/100 also from ``<root>/<name>.npz``.
     zca: whiten with ZCA (fitted on the training set, ``zca_eps`` regularization) instead of mean/std scaling.
+    download: let torchvision download MNIST/FashionMNIST/CIFAR/SVHN into the data home (needs a network).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a dataset name such as {DATASETS}, got {name!r}")
     key = name.lower()
-    root = Path(root).expanduser() if root is not None else default_root()
+    home = data_home(root)
     class_names = None
     if key == "digits":
         xtr, ytr, xte, yte = _load_digits()
@@ -418,26 +555,24 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, zca: bool 
         std = [float(xtr.std())]
     elif key in ("mnist", "fashionmnist", "fashion-mnist", "fashion_mnist"):
         key = "mnist" if key == "mnist" else "fashionmnist"
-        folders = ("MNIST", "mnist") if key == "mnist" else ("FashionMNIST", "fashionmnist", "fashion-mnist")
-        xtr, ytr, xte, yte = _load_mnist_like(key, root, folders)
+        xtr, ytr, xte, yte, names = _load_mnist_like(key, home, download)
         mean, std = _STATS[key]
         if key == "fashionmnist":
             class_names = list(_FASHION_CLASSES)
     elif key == "svhn":
-        xtr, ytr, xte, yte = _load_svhn(root)
+        xtr, ytr, xte, yte = _load_svhn(home, download)
         mean, std = _STATS[key]
     elif key in ("cifar10", "cifar100"):
-        xtr, ytr, xte, yte = _load_cifar(key, root)
+        xtr, ytr, xte, yte, class_names = _load_cifar(key, home, download)
         mean, std = _STATS[key]
-        class_names = _cifar_class_names(root, 10 if key == "cifar10" else 100)
+        if class_names is None:
+            class_names = list(_CIFAR10_CLASSES) if key == "cifar10" else None
     elif key.startswith("imagefolder:"):
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         xtr, ytr, xte, yte, class_names = _load_imagefolder(name.split(":", 1)[1], image_size, channels)
         key = name
-        xf = xtr.astype(np.float64) / 255.0
-        mean = xf.mean(axis=(0, 2, 3)).tolist()
-        std = xf.std(axis=(0, 2, 3)).tolist()
+        mean = std = None  # the training images' own statistics
     else:
         raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
 
@@ -451,7 +586,16 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, zca: bool 
     if key.startswith("imagefolder:") and x_test.shape[2:] != x_train.shape[2:]:
         x_test = torch.nn.functional.interpolate(x_test, size=x_train.shape[2:], mode="bilinear",
                                                  align_corners=False)
-    num_classes = len(class_names) if class_names is not None else int(y_train.max()) + 1
+    return _make_dataset(key, x_train, y_train, x_test, y_test, class_names=class_names, mean=mean, std=std,
+                         zca=zca, zca_eps=zca_eps).to(device)
+
+
+def _make_dataset(name, x_train, y_train, x_test, y_test, *, class_names, mean, std, zca=False, zca_eps=0.1,
+                  num_classes=None) -> Dataset:
+    """A Dataset from [0, 1] float images [N, C, H, W] and int64 labels: ZCA-whitened (``zca``), else scaled by
+    ``mean``/``std`` (per channel; None: the training images' own statistics)."""
+    if num_classes is None:
+        num_classes = len(class_names) if class_names is not None else int(y_train.max()) + 1
     if class_names is None:
         class_names = [str(i) for i in range(num_classes)]
     zca_t = None
@@ -460,11 +604,13 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, zca: bool 
         x_train, x_test = zca_t.transform(x_train), zca_t.transform(x_test)
         mean, std = [0.0] * x_train.shape[1], [1.0] * x_train.shape[1]
     else:
-        m = torch.tensor(mean).view(1, -1, 1, 1)
-        s = torch.tensor(std).view(1, -1, 1, 1)
+        if mean is None:
+            xf = x_train.double()
+            mean, std = xf.mean((0, 2, 3)).tolist(), xf.std((0, 2, 3), correction=0).clamp_min(1e-8).tolist()
+        m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         x_train, x_test = (x_train - m) / s, (x_test - m) / s
-    ds = Dataset(name=key, x_train=x_train.contiguous(), y_train=y_train, x_test=x_test.contiguous(), y_test=y_test,
-                 num_classes=num_classes, class_names=list(class_names), channel=int(x_train.shape[1]),
-                 im_size=(int(x_train.shape[2]), int(x_train.shape[3])), mean=[float(v) for v in mean],
-                 std=[float(v) for v in std], zca=zca_t)
-    return ds.to(device)
+    return Dataset(name=name, x_train=x_train.contiguous(), y_train=y_train, x_test=x_test.contiguous(),
+                   y_test=y_test, num_classes=int(num_classes), class_names=list(class_names),
+                   channel=int(x_train.shape[1]), im_size=(int(x_train.shape[2]), int(x_train.shape[3])),
+                   mean=[float(v) for v in mean], std=[float(v) for v in std], zca=zca_t)

@@ -1,19 +1,24 @@
 """Networks used to distill and to evaluate: the DC ConvNet family, MLP, LeNet, AlexNet, VGG11, ResNets.
 
 Every network maps images [N, C, H, W] to logits [N, num_classes] and has ``.embed(x)`` (the features that
-enter the last linear layer, [N, F]) and ``.classifier`` (that last ``nn.Linear``). Architectures follow the
-DC/DSA/DM code base; for tiny inputs (e.g. 8x8 digits) pooling stages that would shrink a feature map below
-1x1 are skipped instead of failing.
+enter the last linear layer, [N, F]) and ``.classifier`` (that last ``nn.Linear``). Your own networks:
+:func:`register_network` (or a factory passed as ``Config.model``); ``timm:<name>`` builds a timm model.
+Architectures follow the DC/DSA/DM code base; for tiny inputs (e.g. 8x8 digits) pooling stages that would shrink
+a feature map below 1x1 are skipped instead of failing.
 """
 from __future__ import annotations
 
+import os
 import re
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["get_network", "default_model_kwargs", "NETWORKS", "ConvNet", "MLP", "LeNet", "AlexNet", "VGG", "ResNet", "num_parameters"]
+__all__ = ["get_network", "register_network", "unregister_network", "available_networks", "network_name",
+           "embed_features", "default_model_kwargs", "NETWORKS", "ConvNet", "MLP", "LeNet", "AlexNet", "VGG", "ResNet",
+           "num_parameters"]
 
 NETWORKS = ("ConvNet", "ConvNetD1", "ConvNetD2", "ConvNetD3", "ConvNetD4", "ConvNetD5", "ConvNetW32", "ConvNetW64",
             "ConvNetW128", "ConvNetW256", "ConvNetBN", "ConvNetNoNorm", "ConvNetLN", "ConvNetGN", "ConvNetMP",
@@ -254,14 +259,132 @@ def default_model_kwargs(model: str, dataset_name: str) -> dict:
     return {}
 
 
-def get_network(name: str, channel: int, num_classes: int, im_size, *, width: int = 128, depth: int = 3,
-                norm: str | None = None, act: str = "relu", pool: str = "avgpool") -> nn.Module:
-    """Build a network by name (see ``NETWORKS``); parameters use PyTorch's default initialization.
+# ----------------------------------------------------------------------------------------------------------------
+# Your own networks: a registry of factories, timm models, the embedding hook
+# ----------------------------------------------------------------------------------------------------------------
+NetworkFactory = Callable[..., nn.Module]  # factory(channel, num_classes, im_size, **kwargs) -> nn.Module
+_REGISTRY: dict[str, NetworkFactory] = {}
+TIMM_PREFIX = "timm:"
 
-    ``norm=None`` means the name's default: instancenorm (ConvNet, VGG11, ResNet18), batchnorm for
-    ResNet34 and every ``*BN`` name; a name's suffix (D3, W64, BN, NoNorm, ...) overrides the keyword.
-    im_size: (H, W) or an int.
-    """
+
+def _is_builtin(name: str) -> bool:
+    return name in NETWORKS or name.startswith("ConvNet")
+
+
+def register_network(name: str, factory: NetworkFactory | None = None, *, overwrite: bool = False):
+    """Make ``name`` build ``factory(channel, num_classes, im_size, **kwargs)`` (an ``nn.Module`` mapping images
+    [N, C, H, W] to logits [N, num_classes]) everywhere a built-in name works: ``Config.model``,
+    ``--eval-models``, :func:`get_network`. Returns the factory, so it also works as a decorator
+    (``@register_network("MyNet")``). DM needs an embedding: give the module ``embed(x) -> [N, F]``, else it uses
+    the input of its last ``nn.Linear`` (see :func:`embed_features`). ``overwrite=True`` replaces a registered name;
+    built-in names and ``timm:*`` cannot be shadowed."""
+    if not isinstance(name, str) or not name.strip() or "," in name:
+        raise ValueError(f"name must be a non-empty string without commas, got {name!r}")
+    if _is_builtin(name) or name.startswith(TIMM_PREFIX):
+        raise ValueError(f"name {name!r} is a built-in network name (or the timm: prefix); choose another name")
+    if factory is None:
+        return lambda f: register_network(name, f, overwrite=overwrite)
+    if not callable(factory):
+        raise TypeError(f"factory must be callable as factory(channel, num_classes, im_size, **kwargs), "
+                        f"got {type(factory).__name__}")
+    if name in _REGISTRY and _REGISTRY[name] is not factory and not overwrite:
+        raise ValueError(f"network {name!r} is already registered (by {network_name(_REGISTRY[name])}); "
+                         "pass overwrite=True to replace it")
+    _REGISTRY[name] = factory
+    return factory
+
+
+def unregister_network(name: str) -> None:
+    """Forget a name added by :func:`register_network` (KeyError when it was not registered)."""
+    if name not in _REGISTRY:
+        raise KeyError(f"network {name!r} is not registered; registered: {sorted(_REGISTRY)}")
+    del _REGISTRY[name]
+
+
+def available_networks() -> tuple[str, ...]:
+    """The built-in names, then the registered ones (``timm:<name>`` works too when timm is installed)."""
+    _import_plugins()
+    return NETWORKS + tuple(sorted(_REGISTRY))
+
+
+def network_name(model) -> str:
+    """A printable, stable name for ``model`` (a name, or a factory: its registered name, else module.qualname)."""
+    if isinstance(model, str):
+        return model
+    for name, f in _REGISTRY.items():
+        if f is model:
+            return name
+    return f"{getattr(model, '__module__', '?')}.{getattr(model, '__qualname__', type(model).__name__)}"
+
+
+_PLUGINS_IMPORTED: set[str] = set()
+
+
+def _import_plugins() -> None:
+    """Import the modules named in ``$PYDISTILL_PLUGINS`` (comma-separated) once each, so that the networks they
+    register are known to command-line runs
+    (``PYDISTILL_PLUGINS=mypkg.nets pydistill evaluate --eval-models MyNet``)."""
+    import importlib
+
+    for mod in (m.strip() for m in os.environ.get("PYDISTILL_PLUGINS", "").split(",")):
+        if mod and mod not in _PLUGINS_IMPORTED:
+            _PLUGINS_IMPORTED.add(mod)
+            try:
+                importlib.import_module(mod)
+            except ImportError as exc:
+                raise ImportError(f"PYDISTILL_PLUGINS names {mod!r}, which cannot be imported: {exc}") from exc
+
+
+def _timm_network(name: str, channel: int, num_classes: int, im_size, **kwargs) -> nn.Module:
+    """``timm.create_model(name, pretrained=False, num_classes=..., in_chans=channel, **kwargs)``; models with a
+    fixed input size (ViTs) need ``img_size`` in kwargs. Never downloads weights."""
+    try:
+        import timm
+    except ImportError:
+        raise ImportError(f"network {TIMM_PREFIX}{name} needs timm: pip install 'pydistill[timm]' "
+                          "(or pip install timm)") from None
+    if kwargs.pop("pretrained", False):
+        raise ValueError("timm networks are built with pretrained=False (evaluation trains them from scratch)")
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=channel, **kwargs)
+    except RuntimeError as exc:  # timm: "Unknown model (...)"
+        raise ValueError(f"network {TIMM_PREFIX}{name}: {exc}") from None
+
+
+def embed_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The features [N, F] that enter ``net``'s classifier, for methods that match embeddings (DM).
+
+    Hook, in order: ``net.embed(x)`` (every built-in network; give your own network one); a timm model's
+    ``forward_head(forward_features(x), pre_logits=True)``; else the input of the last ``nn.Linear`` (in module
+    registration order) during ``net(x)``, flattened. TypeError when none applies."""
+    fn = getattr(net, "embed", None)
+    if callable(fn):
+        return fn(x)
+    if callable(getattr(net, "forward_features", None)) and callable(getattr(net, "forward_head", None)):
+        return net.forward_head(net.forward_features(x), pre_logits=True).flatten(1)
+    last = None
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    if last is None:
+        raise TypeError(f"{type(net).__name__} has no embed(x) method and no nn.Linear layer, so its embedding "
+                        "(the features before the classifier) is unknown; add a method embed(x) -> [N, F] to it")
+    captured = []
+    handle = last.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    try:
+        net(x)
+    finally:
+        handle.remove()
+    if not captured:
+        raise TypeError(f"{type(net).__name__}'s last nn.Linear was not called in forward; add a method "
+                        "embed(x) -> [N, F] giving the features before its classifier")
+    return captured[-1].flatten(1)
+
+
+def get_network(name: str | NetworkFactory, channel: int, num_classes: int, im_size, **kwargs) -> nn.Module:
+    """Build a network: a built-in name (``NETWORKS``: keywords width, depth, norm, act, pool), a name given to
+    :func:`register_network`, ``"timm:<model>"`` (timm installed), or a factory callable itself; ``kwargs`` go to
+    the factory. im_size: (H, W) or an int. Parameters use the network's default initialization."""
     if isinstance(im_size, int):
         im_size = (im_size, im_size)
     im_size = tuple(int(v) for v in im_size)
@@ -271,6 +394,35 @@ def get_network(name: str, channel: int, num_classes: int, im_size, *, width: in
         raise ValueError(f"channel must be >= 1, got {channel}")
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if isinstance(name, str) and _is_builtin(name):
+        return _builtin_network(name, int(channel), int(num_classes), im_size, **kwargs)
+    if isinstance(name, str) and name.startswith(TIMM_PREFIX):
+        net = _timm_network(name[len(TIMM_PREFIX):], int(channel), int(num_classes), im_size, **kwargs)
+    elif isinstance(name, str):
+        if name not in _REGISTRY:
+            _import_plugins()
+        if name not in _REGISTRY:
+            raise ValueError(f"unknown network {name!r}; choose from {available_networks()}, a timm:<name> network, "
+                             "or register yours with pydistill.models.register_network")
+        net = _REGISTRY[name](int(channel), int(num_classes), im_size, **kwargs)
+    elif callable(name):
+        net = name(int(channel), int(num_classes), im_size, **kwargs)
+    else:
+        raise TypeError(f"model must be a network name or a factory(channel, num_classes, im_size, **kwargs), "
+                        f"got {type(name).__name__}")
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"network factory {network_name(name)} returned {type(net).__name__}, expected an nn.Module")
+    return net
+
+
+def _builtin_network(name: str, channel: int, num_classes: int, im_size, *, width: int = 128, depth: int = 3,
+                     norm: str | None = None, act: str = "relu", pool: str = "avgpool") -> nn.Module:
+    """A built-in network by name (see ``NETWORKS``); parameters use PyTorch's default initialization.
+
+    ``norm=None`` means the name's default: instancenorm (ConvNet, VGG11, ResNet18), batchnorm for
+    ResNet34 and every ``*BN`` name; a name's suffix (D3, W64, BN, NoNorm, ...) overrides the keyword.
+    channel, num_classes, im_size: validated by :func:`get_network`.
+    """
     if norm is not None and norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS} or None, got {norm!r}")
     args = (int(channel), int(num_classes), im_size)

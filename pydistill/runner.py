@@ -110,7 +110,8 @@ def _fmt(scalars: dict) -> dict:
 
 
 def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: int = 50, eval_every: int | None = None,
-                     eval_kwargs: dict | None = None, progress: bool = True, final_eval: bool = True) -> dict:
+                     eval_kwargs: dict | None = None, progress: bool = True, final_eval: bool = True,
+                     logger=None) -> dict:
     """Run ``method`` for ``method.num_iterations`` iterations, resuming from ``out_dir/checkpoint.pt``.
 
     checkpoint_every: iterations between checkpoints (the last iteration is always checkpointed).
@@ -119,6 +120,7 @@ def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: in
     A checkpoint whose method/dataset/ipc/seed/config differ raises ValueError (except a larger
     ``config.iterations`` for a method with ``extendable = True``: the run continues to the new total); a truncated or corrupt one raises
     ``pydistill.utils.CorruptCheckpointError`` (never loaded). Returns the metrics dict.
+    logger: an object with ``log(entry)`` and ``close()`` receiving each new log entry (see :mod:`pydistill.loggers`).
 
     Under ``torch.distributed`` (see :mod:`pydistill.distributed`) every rank calls this: the method shards its
     work, rank 0's state is broadcast at the start, and only rank 0 writes files.
@@ -225,12 +227,16 @@ def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs,
                 for k, v in scalars.items():
                     entry[k] = float(v) if isinstance(v, (int, float, torch.Tensor)) and not isinstance(v, bool) else v
                 log.append(entry)
+                if logger is not None:
+                    logger.log(entry)
                 if eval_every and (it + 1) % eval_every == 0 and it + 1 < n_iter:
                     elapsed += time.perf_counter() - t0
                     res = eval_now(False)
                     first = next(iter(res.values()))
                     log.append({"iteration": it + 1, "eval_acc": first["mean"], "eval_std": first["std"],
                                 "eval_model": next(iter(res))})
+                    if logger is not None:
+                        logger.log(log[-1])
                     t0 = time.perf_counter()
                     if bar is not None:
                         bar.write(f"iteration {it + 1}: test accuracy {100 * first['mean']:.2f} +- "
@@ -279,6 +285,10 @@ def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs,
         first_model = next(iter(accuracies))
         log.append({"iteration": n_iter, "eval_acc": accuracies[first_model]["mean"],
                     "eval_std": accuracies[first_model]["std"], "eval_model": first_model})
+        if logger is not None:
+            logger.log(log[-1])
+    if logger is not None:
+        logger.close()
     if main:
         save_curves(out / "curves.png", log, title=f"{sig['method']} on {ds.name}, ipc {method.ipc}")
 

@@ -121,6 +121,11 @@ class SyntheticSet:
             out["lr"] = self.lr.detach().cpu().reshape(self.lr.shape).contiguous()
         return out
 
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """Detached CPU tensors: ``images`` [N, C, H, W] (the dataset's normalised space), ``labels`` int64 [N] or
+        float [N, K], and ``lr`` (scalar or [T]) only when the set has a learned lr. See :mod:`pydistill.export`."""
+        return self._tensors()
+
     def save(self, path: str | os.PathLike) -> None:
         """Write a ``.safetensors`` file atomically; meta as JSON and a SHA-256 of the tensors and that JSON in
         its metadata."""

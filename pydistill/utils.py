@@ -573,6 +573,8 @@ def to_jsonable(obj: Any) -> Any:
         return str(obj)
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
+    if callable(obj) and hasattr(obj, "__qualname__"):  # e.g. a network factory as Config.model: stable across runs
+        return f"{getattr(obj, '__module__', '?')}.{obj.__qualname__}"
     return repr(obj)
 
 

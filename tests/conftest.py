@@ -1,9 +1,16 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("PYDISTILL_QUIET", "1")
+# The tests' data home, set explicitly (pydistill itself never looks next to the repository): $PYDISTILL_DATA when
+# the caller set it (.ci/run does), else the shared/ folder beside the checkout when there is one. Tests that need
+# MNIST/CIFAR-10 files skip when they are absent; the others write their own small files.
+_SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
+if not os.environ.get("PYDISTILL_DATA") and _SHARED.is_dir():
+    os.environ["PYDISTILL_DATA"] = str(_SHARED)
 
 
 def _devices():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pydistill.data import ZCA, Dataset, default_root, dsa_strategy_for, load_dataset
+from pydistill.data import ZCA, Dataset, cache_home, data_home, default_root, dsa_strategy_for, load_dataset
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -79,6 +79,8 @@ def test_missing_dataset_error(tmp_path):
         load_dataset("cifar10", root=tmp_path)
     msg = str(err.value)
     assert str(tmp_path / "cifar10.npz") in msg and "cifar-10-batches-py" in msg and "PYDISTILL_DATA" in msg
+    # the three ways to fix it: root=/--data-root, $PYDISTILL_DATA, the default data home (or --download)
+    assert "root=" in msg and "--data-root" in msg and str(cache_home() / "datasets") in msg and "--download" in msg
     with pytest.raises(FileNotFoundError, match="MNIST/raw"):
         load_dataset("mnist", root=tmp_path)
     with pytest.raises(FileNotFoundError, match="train_32x32.mat"):
@@ -123,11 +125,18 @@ def test_cifar_pickles_tmp(tmp_path):
 
 def _write_idx(path, arr):
     header = struct.pack(">HBB", 0, 8, arr.ndim) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
-    with gzip.open(path, "wb") as f:
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as f:
         f.write(header + arr.astype(np.uint8).tobytes())
 
 
-def test_mnist_idx_tmp(tmp_path):
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A private $XDG_CACHE_HOME (where decompressed idx files are staged)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg" / "pydistill"
+
+
+def test_mnist_idx_tmp(tmp_path, cache):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     xtr, xte = _rand_u8((12, 28, 28), 0), _rand_u8((5, 28, 28), 1)
@@ -139,6 +148,139 @@ def test_mnist_idx_tmp(tmp_path):
     assert d.x_train.shape == (12, 1, 28, 28) and d.im_size == (28, 28)
     torch.testing.assert_close(d.x_train, (torch.from_numpy(xtr)[:, None].float() / 255 - 0.1307) / 0.3081)
     assert d.y_train.tolist() == (np.arange(12) % 10).tolist()
+    # the data folder is left as it was (read-only in CI); the decompressed copies live in the cache
+    assert sorted(p.name for p in raw.iterdir()) == sorted(p.name for p in raw.glob("*.gz"))
+    assert len(list(cache.glob("staged/*/MNIST/raw/train-images-idx3-ubyte"))) == 1
+
+
+@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashionmnist", "FashionMNIST")])
+def test_mnist_like_torchvision_layout(tmp_path, cache, name, folder):
+    """torchvision's own layout (decompressed idx files in <root>/<Class>/raw) is read in place."""
+    raw = tmp_path / folder / "raw"
+    raw.mkdir(parents=True)
+    xtr, xte = _rand_u8((7, 28, 28), 2), _rand_u8((3, 28, 28), 3)
+    for stem, arr in (("train-images-idx3-ubyte", xtr), ("train-labels-idx1-ubyte", np.arange(7)),
+                      ("t10k-images-idx3-ubyte", xte), ("t10k-labels-idx1-ubyte", np.array([9, 0, 5]))):
+        _write_idx(raw / stem, arr)
+    d = load_dataset(name, root=tmp_path)
+    assert d.name == name and d.y_test.tolist() == [9, 0, 5] and d.x_test.shape == (3, 1, 28, 28)
+    torch.testing.assert_close(d.denormalize(d.x_train), torch.from_numpy(xtr)[:, None].float() / 255)
+    assert not cache.exists()  # nothing staged
+    if name == "fashionmnist":
+        assert d.class_names[0] == "T-shirt/top"
+
+
+def test_cifar100_pickles_with_meta(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    names = [f"c{i}" for i in range(100)]
+    xtr, xte = _rand_u8((6, 3072), 4), _rand_u8((2, 3072), 5)
+    for fname, x, y in (("train", xtr, [99, 0, 1, 2, 3, 4]), ("test", xte, [7, 99])):
+        with open(folder / fname, "wb") as f:
+            pickle.dump({"data": x, "fine_labels": y, "coarse_labels": [0] * len(y)}, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": names, "coarse_label_names": []}, f)
+    d = load_dataset("cifar100", root=tmp_path)
+    assert d.num_classes == 100 and d.class_names == names and d.y_train.tolist() == [99, 0, 1, 2, 3, 4]
+    torch.testing.assert_close(d.denormalize(d.x_test), torch.from_numpy(xte).float().view(2, 3, 32, 32) / 255,
+                               atol=1e-6, rtol=0)
+
+
+def test_svhn_mat_tmp(tmp_path):
+    from scipy.io import savemat
+
+    folder = tmp_path / "SVHN"
+    folder.mkdir()
+    xs = {}
+    for split, n, labels in (("train", 5, [10, 1, 2, 3, 10]), ("test", 3, [4, 10, 9])):
+        x = _rand_u8((32, 32, 3, n), n)  # format 2: [H, W, C, N], label 10 is the digit 0
+        savemat(folder / f"{split}_32x32.mat", {"X": x, "y": np.asarray(labels, dtype=np.uint8)[:, None]})
+        xs[split] = x
+    d = load_dataset("svhn", root=tmp_path)
+    assert d.y_train.tolist() == [0, 1, 2, 3, 0] and d.y_test.tolist() == [4, 0, 9]
+    expect = torch.from_numpy(xs["train"]).permute(3, 2, 0, 1).float() / 255
+    torch.testing.assert_close(d.denormalize(d.x_train), expect, atol=1e-6, rtol=0)
+
+
+def test_data_home_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv("PYDISTILL_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data_home() == tmp_path / "xdg" / "pydistill" / "datasets" == default_root()
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data_home() == tmp_path / "home" / ".cache" / "pydistill" / "datasets"
+    monkeypatch.setenv("PYDISTILL_DATA", str(tmp_path / "env"))
+    assert data_home() == tmp_path / "env"
+    assert data_home(tmp_path / "arg") == tmp_path / "arg"
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "env")):
+        load_dataset("cifar10")  # no file: the error names $PYDISTILL_DATA's folder
+
+
+def test_download_passes_through_to_torchvision(tmp_path, monkeypatch):
+    """download=True hands the data home to torchvision with download=True (a fake reader: no network here)."""
+    import torchvision.datasets as tvd
+
+    calls = []
+
+    class FakeMNIST:
+        classes = [str(i) for i in range(10)]
+
+        def __init__(self, root, train=True, download=False):
+            calls.append((root, train, download))
+            self.data = torch.zeros(4 if train else 2, 28, 28, dtype=torch.uint8)
+            self.targets = torch.arange(4 if train else 2)
+
+    monkeypatch.setattr(tvd, "MNIST", FakeMNIST)
+    d = load_dataset("mnist", root=tmp_path, download=True)
+    assert calls == [(str(tmp_path), True, True), (str(tmp_path), False, True)]
+    assert d.x_train.shape == (4, 1, 28, 28)
+
+
+def test_from_tensors(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    xtr, xte = torch.rand(12, 3, 6, 5, generator=g), torch.rand(4, 3, 6, 5, generator=g)
+    ytr, yte = torch.arange(12) % 3, torch.tensor([0, 1, 2, 2])
+    d = Dataset.from_tensors(xtr, ytr, xte, yte, name="toy", class_names=["a", "b", "c"])
+    assert d.name == "toy" and d.num_classes == 3 and d.channel == 3 and d.im_size == (6, 5)
+    torch.testing.assert_close(d.x_train.mean((0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(d.x_train.std((0, 2, 3), correction=0), torch.ones(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(d.mean, xtr.mean((0, 2, 3)).tolist())
+    torch.testing.assert_close(d.denormalize(d.x_test), xte)
+    raw = Dataset.from_tensors((xtr * 255).to(torch.uint8), ytr, (xte * 255).to(torch.uint8), yte, name="toy",
+                               normalize=False)
+    assert raw.mean == [0.0] * 3 and raw.num_classes == 3
+    torch.testing.assert_close(raw.x_train, (xtr * 255).to(torch.uint8).float() / 255)
+    with pytest.raises(ValueError, match=r"y_test must hold class ids in \[0, 3\)"):
+        Dataset.from_tensors(xtr, ytr, xte, torch.tensor([0, 1, 2, 3]), name="toy", class_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="y_train must be integer class ids"):
+        Dataset.from_tensors(xtr, ytr.float(), xte, yte, name="toy")
+    with pytest.raises(ValueError, match="x_test images are"):
+        Dataset.from_tensors(xtr, ytr, xte[:, :1], yte, name="toy")
+    with pytest.raises(ValueError, match=r"no image of the classes \[3\]"):
+        Dataset.from_tensors(xtr, ytr, xte, yte, name="toy", class_names=list("abcd"))
+    with pytest.raises(ValueError, match="name must be"):
+        Dataset.from_tensors(xtr, ytr, xte, yte, name="")
+
+
+def test_from_torch():
+    g = torch.Generator().manual_seed(1)
+    xtr, xte = torch.rand(8, 1, 4, 4, generator=g), torch.rand(3, 1, 4, 4, generator=g)
+    ytr, yte = torch.arange(8) % 2, torch.tensor([1, 0, 1])
+    tr, te = torch.utils.data.TensorDataset(xtr, ytr), torch.utils.data.TensorDataset(xte, yte)
+    d = Dataset.from_torch(tr, te, name="pairs")
+    ref = Dataset.from_tensors(xtr, ytr, xte, yte, name="pairs")
+    torch.testing.assert_close(d.x_train, ref.x_train)
+    assert d.y_test.tolist() == [1, 0, 1] and d.class_names == ["0", "1"]
+
+    class PIL:  # items that are not tensors: a clear error
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return object(), 0
+
+    with pytest.raises(TypeError, match=r"train_dataset\[0\] must be \(image tensor.*ToTensor"):
+        Dataset.from_torch(PIL(), te, name="x")
 
 
 def test_imagefolder_tmp(tmp_path):
@@ -192,7 +334,7 @@ def _shared():
 
 
 @pytest.mark.skipif(_shared() is None or not (_shared() / "MNIST" / "raw").is_dir(),
-                    reason="MNIST not found under $PYDISTILL_DATA or ../shared/datasets")
+                    reason="MNIST not found under $PYDISTILL_DATA")
 def test_mnist_shared():
     d = load_dataset("mnist")
     assert d.x_train.shape == (60000, 1, 28, 28) and d.x_test.shape == (10000, 1, 28, 28)
@@ -201,7 +343,7 @@ def test_mnist_shared():
 
 
 @pytest.mark.skipif(_shared() is None or not (_shared() / "cifar10.npz").is_file(),
-                    reason="cifar10.npz not found under $PYDISTILL_DATA or ../shared/datasets")
+                    reason="cifar10.npz not found under $PYDISTILL_DATA")
 def test_cifar10_shared():
     d = load_dataset("cifar10")
     assert d.x_train.shape == (50000, 3, 32, 32) and d.x_test.shape == (10000, 3, 32, 32)

@@ -19,7 +19,7 @@ import torch
 
 from pydistill.methods.base import LearnedImagesMixin, Method
 from pydistill.methods.dc import fresh_network
-from pydistill.models import default_model_kwargs
+from pydistill.models import default_model_kwargs, embed_features
 
 __all__ = ["Config", "DM"]
 
@@ -90,8 +90,8 @@ class DM(LearnedImagesMixin, Method):
                 x_real, w = diff_augment(x_real, self.strategy, generator=gen_c, return_params=True)
                 x_syn = diff_augment(x_syn, self.strategy, params=w)
             with torch.no_grad():
-                mu_real = net.embed(x_real).mean(0)
-            mu_syn = net.embed(x_syn).mean(0)
+                mu_real = embed_features(net, x_real).mean(0)
+            mu_syn = embed_features(net, x_syn).mean(0)  # net.embed, else the last Linear's input
             loss_c = (mu_real - mu_syn).pow(2).sum()
             loss_c.backward()  # sum over classes, one graph alive at a time
             losses[c] = float(loss_c.detach())

@@ -737,5 +737,6 @@ def register_cli(subparsers) -> None:
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap mini-batches per epoch (quick runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
-    p.add_argument("--data-root", default=None, help="dataset folder (default: $PYDISTILL_DATA or shared/datasets)")
+    p.add_argument("--data-root", default=None,
+                   help="dataset folder (default: $PYDISTILL_DATA, else ~/.cache/pydistill/datasets)")
     p.set_defaults(func=_cli_teacher)
