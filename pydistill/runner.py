@@ -139,13 +139,14 @@ def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: in
         lock.acquire()  # a second run on this folder refuses, naming this process
     try:
         return _run_locked(method, out, checkpoint_every=checkpoint_every, eval_every=eval_every,
-                           eval_kwargs=eval_kwargs, progress=progress, final_eval=final_eval)
+                           eval_kwargs=eval_kwargs, progress=progress, final_eval=final_eval, logger=logger)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs, progress, final_eval) -> dict:
+def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs, progress, final_eval,
+                logger) -> dict:
     from pydistill.evaluate import evaluate
     from pydistill.plotting import save_curves, save_grid
 
