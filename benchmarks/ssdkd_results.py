@@ -328,6 +328,9 @@ def main(argv=None) -> str:
                     help="reuse / store each run's result in --work/runs (keyed by dataset, config, seed and "
                          "teacher file, not by code version)")
     ap.add_argument("--tag", default="", help="suffix of the result file names")
+    ap.add_argument("--teacher-arch", default=None, help="teacher architecture (default: the dataset's preset)")
+    ap.add_argument("--teacher-kwargs", default=None, help="teacher get_network keywords as JSON")
+    ap.add_argument("--teacher-epochs", type=int, default=None, help="teacher training epochs")
     args = ap.parse_args(argv)
 
     if args.seeds < 1:
@@ -361,6 +364,9 @@ def main(argv=None) -> str:
     ds = load_dataset(args.dataset, device=dev)
 
     arch, kw, epochs, lr, bs = PRESETS[args.dataset]
+    arch = args.teacher_arch or arch
+    kw = json.loads(args.teacher_kwargs) if args.teacher_kwargs is not None else kw
+    epochs = args.teacher_epochs or epochs
     os.makedirs(args.work, exist_ok=True)
     tpath = os.path.join(args.work, f"teacher-{args.dataset}-{arch}.pt")
     t0 = time.perf_counter()

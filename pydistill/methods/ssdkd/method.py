@@ -117,7 +117,7 @@ class Config:
 # (400 steps per 256 images, about 1.6 steps per image) and its warm-up share (20 of 220 rounds); student
 # ConvNet width 32 (lr 0.05, measured stable; 0.2 diverged on digits), no generator reset.
 _CPU_PRESETS = {
-    # digits: 1,437 train images -> buffer 144; 110 rounds x 32 images = 3,520 synthesized, 100 x 50 student steps
+    # digits: 1,442 train images -> buffer 145; 110 rounds x 32 images = 3,520 synthesized, 100 x 50 student steps
     "digits": dict(student="ConvNetW32", rounds=110, warmup=10, synthesis_batch=32, batch_size=64, kd_steps=50,
                    lr_student=0.05, reset_l0_round=None),
     # mnist: 60,000 train images -> buffer 6,000; 110 rounds x 64 images = 7,040 synthesized, 100 x 100 steps
