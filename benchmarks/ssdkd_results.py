@@ -328,6 +328,7 @@ def main(argv=None) -> str:
                     help="reuse / store each run's result in --work/runs (keyed by dataset, config, seed and "
                          "teacher file, not by code version)")
     ap.add_argument("--tag", default="", help="suffix of the result file names")
+    ap.add_argument("--skip-real", action="store_true", help="leave out the KD-on-random-real-images rows")
     ap.add_argument("--teacher-arch", default=None, help="teacher architecture (default: the dataset's preset)")
     ap.add_argument("--teacher-kwargs", default=None, help="teacher get_network keywords as JSON")
     ap.add_argument("--teacher-epochs", type=int, default=None, help="teacher training epochs")
@@ -417,8 +418,10 @@ def main(argv=None) -> str:
 
     steps = (base_cfg.rounds - base_cfg.warmup) * base_cfg.kd_steps
     buf = base_cfg.buffer_size or math.ceil(base_cfg.buffer_fraction * ds.x_train.shape[0])
-    for label, n in (("KD on random real images, n = buffer size", buf),
-                     ("KD on random real images, n = synthesized count", min(synthesized, ds.x_train.shape[0]))):
+    real_rows = () if args.skip_real else (
+        ("KD on random real images, n = buffer size", buf),
+        ("KD on random real images, n = synthesized count", min(synthesized, ds.x_train.shape[0])))
+    for label, n in real_rows:
         kres = [kd_on_real(ds, base_cfg, n, steps, s, dev) for s in seeds]
         accs = [r[0] for r in kres]
         rows.append(dict(variant=f"{label} ({n})", acc_mean=statistics.mean(accs), acc_std=statistics.pstdev(accs),
