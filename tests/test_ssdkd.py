@@ -1,4 +1,4 @@
-"""SSD-KD: loss pieces against hand-computed values, replay sampling, and a tiny end-to-end run with resume."""
+"""SSD-KD: phi / IS weights / meta update against hand-computed values, replay sampling, warm-up, end to end."""
 import dataclasses
 import json
 import math
@@ -7,16 +7,19 @@ import pytest
 import torch
 from torch import nn
 
-from pydistill.generator import Generator
-from pydistill.kd import (
+from pydistill.methods.ssdkd.generator import Generator, MetaGenerator
+from pydistill.methods.ssdkd.losses import (
     BNStatsLoss,
+    adversarial_loss,
     bn_stats_distance,
+    class_counts,
     class_frequencies,
-    importance_weights,
     kd_loss,
     modulating_phi,
     priority,
+    task_loss,
 )
+from pydistill.ops import importance_weights
 
 
 # ------------------------------------------------------------------------------------------ phi
@@ -39,37 +42,71 @@ def test_class_frequencies_hand_computed():
 
 def test_phi_hand_computed():
     t = _logits([[0.8, 0.1, 0.1], [0.2, 0.5, 0.3], [0.25, 0.25, 0.5]])
-    freq = torch.tensor([5 / 9, 2 / 9, 2 / 9])
-    # diversity = min(1, 1/(K f)) = [9/15, 1, 1]; difficulty = (1 - p)^2 = [0.04, 0.25, 0.25]
-    phi = modulating_phi(t, freq, gamma=2.0)
-    torch.testing.assert_close(phi, torch.tensor([0.6 * 0.04, 0.25, 0.25]), rtol=1e-5, atol=1e-7)
-    # each factor alone, and another gamma
-    torch.testing.assert_close(modulating_phi(t, freq, 2.0, use_difficulty=False), torch.tensor([0.6, 1.0, 1.0]))
-    torch.testing.assert_close(modulating_phi(t, freq, 1.0, use_diversity=False), torch.tensor([0.2, 0.5, 0.5]),
+    # buffer of 6 samples: 4 of class 0, 1 of class 1, 1 of class 2
+    counts = class_counts(torch.tensor([0, 0, 0, 0, 1, 2]), 3)
+    torch.testing.assert_close(counts, torch.tensor([4.0, 1.0, 1.0]))
+    # paper form: diversity = 1 - n_B(c_T)/|B| = [1 - 4/6, 1 - 1/6, 1 - 1/6]; difficulty (1 - p_T)^2 = [.04, .25, .25]
+    phi = modulating_phi(t, counts, gamma=2.0)
+    torch.testing.assert_close(phi, torch.tensor([(2 / 6) * 0.04, (5 / 6) * 0.25, (5 / 6) * 0.25]),
                                rtol=1e-5, atol=1e-7)
-    # a class absent from the buffer and the batch is not penalised; gamma = 0 leaves diversity only
-    phi0 = modulating_phi(t, torch.tensor([0.0, 0.5, 0.5]), gamma=0.0)
-    torch.testing.assert_close(phi0, torch.tensor([1.0, 2 / 3, 2 / 3]))
-    with pytest.raises(ValueError, match="class_freq"):
+    torch.testing.assert_close(modulating_phi(t, counts, 2.0, use_difficulty=False),
+                               torch.tensor([2 / 6, 5 / 6, 5 / 6]))
+    torch.testing.assert_close(modulating_phi(t, counts, 1.0, use_diversity=False), torch.tensor([0.2, 0.5, 0.5]),
+                               rtol=1e-5, atol=1e-7)
+    # empty buffer: diversity 1; a class that fills the buffer: phi 0
+    torch.testing.assert_close(modulating_phi(t, class_counts(None, 3), gamma=0.0), torch.ones(3))
+    torch.testing.assert_close(modulating_phi(t, torch.tensor([5.0, 0.0, 0.0]), gamma=0.0),
+                               torch.tensor([0.0, 1.0, 1.0]))
+    # our earlier ratio form on class frequencies: min(1, 1/(K f)) = [9/15, 1, 1]
+    freq = torch.tensor([5 / 9, 2 / 9, 2 / 9])
+    torch.testing.assert_close(modulating_phi(t, freq, 2.0, diversity="ratio"),
+                               torch.tensor([0.6 * 0.04, 0.25, 0.25]), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="buffer_counts"):
         modulating_phi(t, torch.tensor([0.5, 0.5]))
     with pytest.raises(ValueError, match="gamma"):
-        modulating_phi(t, freq, gamma=-1.0)
+        modulating_phi(t, counts, gamma=-1.0)
+    with pytest.raises(ValueError, match="diversity"):
+        modulating_phi(t, counts, diversity="entropy")
+
+
+def test_task_and_adversarial_losses_hand_computed():
+    t = _logits([[0.8, 0.1, 0.1], [0.2, 0.5, 0.3]])
+    y = torch.tensor([0, 2])
+    phi = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    assert float(task_loss(t, y, phi)) == pytest.approx((0.5 * -math.log(0.8) + 2.0 * -math.log(0.3)) / 2)
+    s = _logits([[0.6, 0.3, 0.1], [0.7, 0.2, 0.1]])  # agrees with the teacher on sample 0 only
+    kl0 = sum(p * math.log(p / q) for p, q in zip([0.8, 0.1, 0.1], [0.6, 0.3, 0.1]))
+    kl1 = sum(p * math.log(p / q) for p, q in zip([0.2, 0.5, 0.3], [0.7, 0.2, 0.1]))
+    torch.testing.assert_close(adversarial_loss(s, t), torch.tensor(-kl0 / 2, dtype=torch.float64))
+    torch.testing.assert_close(adversarial_loss(s, t, agree_mask=False),
+                               torch.tensor(-(kl0 + kl1) / 2, dtype=torch.float64))
 
 
 def test_importance_weights_hand_computed():
     p = torch.tensor([0.1, 0.4, 0.25], dtype=torch.float64)
     # (4 p)^-0.5 = [1/sqrt(0.4), 1/sqrt(1.6), 1]; batch max = 1/sqrt(0.4)
-    w = importance_weights(p, 4, 0.5)
+    w = importance_weights(p, 0.5, 4)
     torch.testing.assert_close(w, torch.tensor([1.0, 0.5, math.sqrt(0.4)], dtype=torch.float64))
-    # global max from the smallest probability in the buffer: (4 * 0.05)^-0.5 = sqrt(5)
-    w = importance_weights(p, 4, 0.5, min_probability=0.05)
+    # the paper's normalisation: max over the buffer, from its smallest probability: (4 * 0.05)^-0.5 = sqrt(5)
+    w = importance_weights(p, 0.5, 4, min_probability=0.05)
     ref = torch.tensor([0.4 ** -0.5, 1.6 ** -0.5, 1.0], dtype=torch.float64) / math.sqrt(5)
     torch.testing.assert_close(w, ref)
-    torch.testing.assert_close(importance_weights(p, 4, 0.0), torch.ones(3, dtype=torch.float64))
-    with pytest.raises(ValueError, match="probabilities"):
-        importance_weights(torch.tensor([0.0, 0.5]), 2, 0.5)
+    torch.testing.assert_close(importance_weights(p, 0.0, 4), torch.ones(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="beta"):
-        importance_weights(p, 4, -0.1)
+        importance_weights(p, -0.1, 4)
+
+
+def test_replay_importance_weights_over_the_buffer():
+    buf = _buffer(4, alpha=1.0, eps=0.0)
+    buf.add(torch.zeros(4, 1, 2, 2), torch.eye(4, 3), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    probs = torch.tensor([0.2, 0.4], dtype=torch.float64)  # P of slots 1 and 3 (priorities 2/10 and 4/10)
+    # paper: (|B| P)^-beta / max over B, the max at the smallest P = 0.1: (0.4)^-1
+    w = buf.importance_weights(probs, 1.0, "buffer")
+    torch.testing.assert_close(w, torch.tensor([(0.8 ** -1) / (0.4 ** -1), (1.6 ** -1) / (0.4 ** -1)]))
+    torch.testing.assert_close(buf.importance_weights(probs, 1.0, "batch"), torch.tensor([1.0, 0.5]))
+    torch.testing.assert_close(buf.importance_weights(probs, 1.0, "mean"), torch.tensor([4 / 3, 2 / 3]))
+    with pytest.raises(ValueError, match="norm"):
+        buf.importance_weights(probs, 1.0, "max")
 
 
 def test_kd_loss_and_priority():
@@ -145,6 +182,106 @@ def test_bn_hook_disabled_and_no_bn():
     assert h2.num_layers == 0 and float(h2.loss()) == 0.0
     with pytest.raises(ValueError, match="running_mean"):
         bn_stats_distance(torch.randn(2, 3, 4), torch.zeros(2), torch.ones(2))
+
+
+def test_bn_hook_momentum_hand_computed():
+    bn = nn.BatchNorm1d(2).double().eval()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([1.0, -1.0]))
+        bn.running_var.copy_(torch.tensor([2.0, 0.5]))
+    hook = BNStatsLoss(bn, momentum=0.9)
+    x1 = torch.tensor([[0.0, 1.0], [2.0, 3.0]], dtype=torch.float64)  # mean [1, 2], biased var [1, 1]
+    bn(x1)
+    l1 = hook.loss()  # no moving average yet: plain distance
+    torch.testing.assert_close(l1, torch.tensor(3.0 + math.sqrt(1 + 0.25), dtype=torch.float64))
+    hook.update_momentum()  # ema = stats of x1
+    x2 = torch.tensor([[4.0, 0.0], [6.0, 0.0]], dtype=torch.float64)  # mean [5, 0], var [1, 0]
+    bn(x2)
+    # blended: 0.1 * stat(x2) + 0.9 * ema = mean [1.4, 1.8], var [1.0, 0.9]
+    want = math.hypot(0.4, 2.8) + math.hypot(-1.0, 0.4)
+    torch.testing.assert_close(hook.loss(), torch.tensor(want, dtype=torch.float64))
+    hook.update_momentum()  # ema = 0.9 ema + 0.1 stat(x2) = mean [1.4, 1.8], var [1.0, 0.9]
+    torch.testing.assert_close(hook.ema[0][0], torch.tensor([1.4, 1.8], dtype=torch.float64))
+    state = hook.state_dict()
+    other = BNStatsLoss(bn, momentum=0.9)
+    other.load_state_dict(state)
+    torch.testing.assert_close(other.ema[0][1], torch.tensor([1.0, 0.9], dtype=torch.float64))
+    with pytest.raises(ValueError, match="momentum"):
+        BNStatsLoss(bn, momentum=1.0)
+
+
+# ------------------------------------------------------------------------------------------ meta generator
+def _tiny_meta(meta, **kw):
+    torch.manual_seed(0)
+    prior = nn.Linear(2, 3).double()
+    return prior, MetaGenerator(prior, lr_g=0.1, lr_z=0.05, g_steps=2, meta=meta, meta_optimizer="sgd",
+                                meta_lr=0.5, **kw)
+
+
+def _tiny_loss(x):
+    return (x ** 2).sum() + x.sum(), {}
+
+
+@pytest.mark.parametrize("meta", ["fomaml", "reptile"])
+def test_meta_update_matches_hand_computed_first_order_step(meta):
+    prior, mg = _tiny_meta(meta)
+    z0 = torch.tensor([[0.3, -0.7], [1.1, 0.2]], dtype=torch.float64)
+    w0, b0 = prior.weight.detach().clone(), prior.bias.detach().clone()
+
+    # by hand: loss L = sum(x^2 + x), x = z W^T + b, dL/dx = 2x + 1; first Adam steps from zero state move each
+    # entry by -lr * g / (|g| + eps) (step 1) and -lr * m_hat / (sqrt(v_hat) + eps) (step 2)
+    def grads(w, b, z):
+        g = 2 * (z @ w.T + b) + 1
+        return g.T @ z, g.sum(0), g @ w
+
+    def adam2(p0, g_first, g_second_fn, lr):
+        eps, b1, b2 = 1e-8, 0.5, 0.999
+        p1 = p0 - lr * g_first / (g_first.abs() + eps)
+        g2 = g_second_fn(p1)
+        m = b1 * (1 - b1) * g_first + (1 - b1) * g2
+        v = b2 * (1 - b2) * g_first ** 2 + (1 - b2) * g2 ** 2
+        m_hat, v_hat = m / (1 - b1 ** 2), v / (1 - b2 ** 2)
+        return p1, p1 - lr * m_hat / (v_hat.sqrt() + eps)
+
+    gw0, gb0, gz0 = grads(w0, b0, z0)
+    w1 = w0 - 0.1 * gw0 / (gw0.abs() + 1e-8)
+    b1_ = b0 - 0.1 * gb0 / (gb0.abs() + 1e-8)
+    z1 = z0 - 0.05 * gz0 / (gz0.abs() + 1e-8)
+    gw1, gb1, gz1 = grads(w1, b1_, z1)
+    _, w2 = adam2(w0, gw0, lambda _: gw1, 0.1)
+    _, b2 = adam2(b0, gb0, lambda _: gb1, 0.1)
+    _, z2 = adam2(z0, gz0, lambda _: gz1, 0.05)
+    if meta == "fomaml":  # sum of the clone's gradients at each inner step
+        w_new, b_new = w0 - 0.5 * (gw0 + gw1), b0 - 0.5 * (gb0 + gb1)
+    else:  # reptile: g = theta - theta'
+        w_new, b_new = w0 - 0.5 * (w0 - w2), b0 - 0.5 * (b0 - b2)
+
+    best, logs, z_out = mg.round(z0, _tiny_loss)
+    torch.testing.assert_close(prior.weight.detach(), w_new)
+    torch.testing.assert_close(prior.bias.detach(), b_new)
+    torch.testing.assert_close(z_out, z2)
+    # the returned images are those of the inner step with the lowest loss
+    x0, x1 = z0 @ w0.T + b0, z1 @ w1.T + b1_
+    l0, l1 = float(_tiny_loss(x0)[0]), float(_tiny_loss(x1)[0])
+    torch.testing.assert_close(best, x0 if l0 < l1 else x1)
+    assert logs["loss_g"] == pytest.approx(min(l0, l1))
+
+
+def test_meta_generator_errors_and_state():
+    prior, mg = _tiny_meta("fomaml")
+    with pytest.raises(ValueError, match="meta must be"):
+        MetaGenerator(prior, lr_g=0.1, lr_z=0.1, g_steps=1, meta="maml2")
+    with pytest.raises(ValueError, match="g_steps"):
+        MetaGenerator(prior, lr_g=0.1, lr_z=0.1, g_steps=0)
+    adam = MetaGenerator(prior, lr_g=0.1, lr_z=0.1, g_steps=3)
+    assert adam.meta_lr == pytest.approx(0.3)  # the base: lr_g * g_steps
+    adam.round(torch.randn(4, 2, dtype=torch.float64), _tiny_loss)
+    state = adam.state_dict()
+    prior2 = nn.Linear(2, 3).double()
+    again = MetaGenerator(prior2, lr_g=0.1, lr_z=0.1, g_steps=3)
+    again.load_state_dict(state)
+    torch.testing.assert_close(prior2.weight, prior.weight)
+    assert again.meta_opt.state_dict()["state"].keys() == adam.meta_opt.state_dict()["state"].keys()
 
 
 # ------------------------------------------------------------------------------------------ generator
@@ -237,6 +374,7 @@ def tiny_teacher(digits_small, tmp_path_factory):
 
 def test_teacher_file_and_resume(digits_small, tiny_teacher, tmp_path, monkeypatch):
     from pydistill.methods import ssdkd
+    from pydistill.methods.ssdkd import teacher as teacher_mod
 
     path, meta = tiny_teacher
     assert meta["complete"] and meta["model"] == "ConvNetBN" and meta["epochs_done"] == 2
@@ -248,7 +386,7 @@ def test_teacher_file_and_resume(digits_small, tiny_teacher, tmp_path, monkeypat
     # crash during epoch 2, then resume: same weights as the uninterrupted run
     out = str(tmp_path / "t.pt")
     calls = {"n": 0}
-    real = ssdkd.test_accuracy
+    real = teacher_mod.test_accuracy
 
     def flaky(net_, ds_):
         calls["n"] += 1
@@ -257,14 +395,14 @@ def test_teacher_file_and_resume(digits_small, tiny_teacher, tmp_path, monkeypat
         return real(net_, ds_)
 
     kw = dict(model="ConvNetBN", model_kwargs={"width": 8}, epochs=2, batch_size=32, lr=0.05, verbose=False)
-    monkeypatch.setattr(ssdkd, "test_accuracy", flaky)
+    monkeypatch.setattr(teacher_mod, "test_accuracy", flaky)
     with pytest.raises(KeyboardInterrupt):
         ssdkd.train_teacher(digits_small, out, **kw)
     part = torch.load(out, weights_only=True)
     assert part["epochs_done"] == 1 and not part["complete"]
     with pytest.raises(ValueError, match="not finished"):
         ssdkd.load_teacher(out)
-    monkeypatch.setattr(ssdkd, "test_accuracy", real)
+    monkeypatch.setattr(teacher_mod, "test_accuracy", real)
     ssdkd.train_teacher(digits_small, out, **kw)
     a, b = torch.load(out, weights_only=True)["state_dict"], torch.load(path, weights_only=True)["state_dict"]
     for k in a:
@@ -276,9 +414,9 @@ def test_teacher_file_and_resume(digits_small, tiny_teacher, tmp_path, monkeypat
 def _tiny_config(teacher, **kw):
     from pydistill.methods.ssdkd import Config
 
-    cfg = Config(teacher=teacher, student="ConvNetW32", student_kwargs={}, rounds=4, synthesis_batch=10,
+    cfg = Config(teacher=teacher, student="ConvNetW32", student_kwargs={}, rounds=4, warmup=1, synthesis_batch=10,
                  g_steps=2, kd_steps=2, batch_size=12, buffer_size=25, latent_dim=16, gen_width=8,
-                 lr_student=0.05)
+                 lr_student=0.05, reset_l0_round=2)
     return dataclasses.replace(cfg, **kw)
 
 
@@ -375,44 +513,53 @@ def test_corrupt_teacher_file_is_refused(tmp_path):
         load_teacher(str(path))
 
 
-def test_replay_weight_norm_and_uniform_mix(digits_small, tiny_teacher):
+def test_warmup_switches_off_adversarial_and_kd(digits_small, tiny_teacher):
     from pydistill.methods.ssdkd import SSDKD
 
     path, _ = tiny_teacher
-    m = SSDKD(digits_small, 1, config=_tiny_config(path, buffer_size=5, alpha=1.0, priority_eps=1e-3), seed=1)
-    delta = torch.tensor([0.1, 0.4, 1.0, 2.0, 0.5])
-    m.buffer.add(torch.zeros(5, 1, 8, 8), torch.zeros(5, 10), delta)
-    p = (delta.double() + 1e-3) / (delta.double() + 1e-3).sum()
+    m = SSDKD(digits_small, 1, config=_tiny_config(path, rounds=3, warmup=2, adv_agree_mask=False), seed=0)
+    before = [p.detach().clone() for p in m.student.parameters()]
+    for it in range(2):
+        assert m.in_warmup(it)
+        log = m.step(it)
+        assert log["warmup"] == 1.0 and log["loss_adv"] == 0.0 and log["loss_kd"] == 0.0 and log["lr"] == 0.0
+    assert m.student_steps == 0 and m.synthesized == 20 and m.buffer.size == 20  # the buffer fills meanwhile
+    for p, q in zip(before, m.student.parameters()):
+        assert torch.equal(p, q)
+    assert not m.in_warmup(2)
+    log = m.step(2)
+    assert log["warmup"] == 0.0 and log["loss_adv"] < 0 and log["loss_kd"] > 0
+    assert log["lr"] == pytest.approx(0.05)  # the first KD round starts the cosine at lr_student
+    assert m.student_steps == 2
+    assert any(not torch.equal(p, q) for p, q in zip(before, m.student.parameters()))
+    with pytest.raises(ValueError, match="config.warmup"):
+        SSDKD(digits_small, 1, config=_tiny_config(path, rounds=3, warmup=3))
 
-    def check(slots, w, probs, p_max_weight):
-        want = (5 * probs[slots]) ** -0.5
-        torch.testing.assert_close(w.double(), want / p_max_weight, rtol=1e-5, atol=1e-6)
 
-    m.config.weight_norm = "buffer"  # the largest weight any buffer item could get is 1
-    slots, w = m._sample_weighted(41, 0.5)
-    check(slots, w, p, (5 * p.min()) ** -0.5)
-    m.config.weight_norm = "batch"  # the largest weight in this batch is 1
-    slots, w = m._sample_weighted(41, 0.5)
-    check(slots, w, p, ((5 * p[slots]) ** -0.5).max())
-    assert float(w.max()) == 1.0
-    m.config.uniform_mix = 0.5  # P = 0.5 / |B| + 0.5 P_prio; the last 20 of 40 slots are drawn uniformly
-    slots, w = m._sample_weighted(40, 0.5)
-    check(slots, w, 0.5 * p + 0.1, ((5 * (0.5 * p[slots] + 0.1)) ** -0.5).max())
-    m.config.weight_norm = "buffer"
-    slots, w = m._sample_weighted(40, 0.5)
-    check(slots, w, 0.5 * p + 0.1, (5 * (0.5 * p.min() + 0.1)) ** -0.5)
-    m.config.weight_norm = "mean"  # weights proportional to (|B| P)^-beta with batch mean 1
-    slots, w = m._sample_weighted(40, 0.5)
-    want = (5 * (0.5 * p[slots] + 0.1)) ** -0.5
-    torch.testing.assert_close(w.double(), want / want.mean(), rtol=1e-5, atol=1e-6)
-    m.config.uniform_mix = 1.0  # uniform replay: every weight is 1
-    slots, w = m._sample_weighted(40, 1.0)
-    assert torch.equal(w, torch.ones(40))
-    # prioritized draws follow P: slot 3 (largest delta) is drawn more often than slot 0 (smallest)
-    m.config.uniform_mix = 0.0
-    counts = torch.bincount(m._sample_weighted(400, 0.5)[0], minlength=5)
-    assert counts[3] > 5 * counts[0]
-    with pytest.raises(ValueError, match="config.weight_norm"):
-        SSDKD(digits_small, 1, config=_tiny_config(path, weight_norm="max"))
-    with pytest.raises(ValueError, match="config.uniform_mix"):
-        SSDKD(digits_small, 1, config=_tiny_config(path, uniform_mix=1.5))
+def test_priorities_refreshed_as_weight_times_kl(digits_small, tiny_teacher):
+    """After each student step the drawn samples get delta = w * KL(f_t || f_s) (w their IS weight)."""
+    import copy
+
+    from pydistill.methods.ssdkd import SSDKD
+
+    path, _ = tiny_teacher
+    m = SSDKD(digits_small, 1, config=_tiny_config(path, rounds=2, warmup=1, kd_steps=1, augment=False), seed=0)
+    m.step(0)  # warm-up round: fills the buffer
+    drawn = {}
+    sample = m.buffer.sample
+
+    def recording(*a, **kw):
+        drawn["slots"], drawn["w"] = sample(*a, **kw)
+        return drawn["slots"], drawn["w"]
+
+    m.buffer.sample = recording
+    student0 = copy.deepcopy(m.student)
+    m.distill(1)
+    slots, w = drawn["slots"], drawn["w"]
+    assert float(w.max()) <= 1.0 and float(w.min()) < 1.0  # normalised by the buffer's largest weight
+    x = m.buffer.images[slots]
+    with torch.no_grad():
+        want = w * priority(m.teacher(x), student0.train()(x))
+    torch.testing.assert_close(m.buffer.delta[slots], want, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(m.buffer.tree.get(slots).float(), (m.buffer.delta[slots] + 1e-3) ** 0.6,
+                               rtol=1e-5, atol=1e-7)

@@ -45,8 +45,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from pydistill.data import load_dataset  # noqa: E402
 from pydistill.evaluate import test_accuracy  # noqa: E402
-from pydistill.kd import kd_loss  # noqa: E402
-from pydistill.methods.ssdkd import SSDKD, Config, _build_network, train_teacher  # noqa: E402
+from pydistill.methods.ssdkd import SSDKD, Config, train_teacher  # noqa: E402
+from pydistill.methods.ssdkd.losses import kd_loss  # noqa: E402
+from pydistill.methods.ssdkd.teacher import _build_network, augment, default_augment_args  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
 
@@ -63,16 +64,15 @@ VARIANTS = {
     "baseline": ("baseline (use_phi=False, use_priority=False)", dict(use_phi=False, use_priority=False)),
     "phi_only": ("phi only (use_priority=False)", dict(use_priority=False)),
     "priority_only": ("priority only (use_phi=False)", dict(use_phi=False)),
-    "beta_mean": ("SSD-KD, importance weights beta 0.4 -> 1, weight_norm=mean",
-                  dict(beta=0.4, beta_final=1.0, weight_norm="mean")),
-    "beta_buffer": ("SSD-KD, previous defaults (beta 0.4 -> 1, weight_norm=buffer)",
-                    dict(beta=0.4, beta_final=1.0, weight_norm="buffer")),
+    "beta0_mean": ("SSD-KD, our earlier replay weights (beta 0, weight_norm=mean)",
+                   dict(beta=0.0, beta_final=0.0, weight_norm="mean")),
 }
 
 
 def kd_on_real(ds, cfg: Config, n_real: int, steps: int, seed: int, device) -> tuple[float, float]:
-    """Student trained with the SSD-KD student loop (KD at cfg.temperature, SGD + cosine, same batch size and
-    step count) on ``n_real`` random real training images labelled by the teacher. Returns (accuracy, seconds)."""
+    """Student trained with SSD-KD's student loop (uniform draws, the same augmentation with the teacher on the
+    augmented batch, KD at cfg.temperature, SGD with the per-round cosine lr, same batch size and step count) on
+    ``n_real`` random real training images. Returns (accuracy, seconds)."""
     from pydistill.methods.ssdkd import load_teacher
 
     t0 = time.perf_counter()
@@ -80,17 +80,22 @@ def kd_on_real(ds, cfg: Config, n_real: int, steps: int, seed: int, device) -> t
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(ds.x_train.shape[0], generator=g)[:n_real].to(device)
     x = ds.x_train[idx]
-    with torch.no_grad():
-        t_logits = teacher(x)
+    aug = default_augment_args(ds)
     student = _build_network(cfg.student, ds, seed + 1, **dict(cfg.student_kwargs)).to(device)
     opt = torch.optim.SGD(student.parameters(), lr=cfg.lr_student, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
     student.train()
+    n_rounds = max(1, steps // cfg.kd_steps)
     for s in range(steps):
+        j = min(s // cfg.kd_steps, n_rounds - 1)
         for grp in opt.param_groups:
-            grp["lr"] = 0.5 * cfg.lr_student * (1 + math.cos(math.pi * s / steps))
+            grp["lr"] = cfg.lr_student_min + 0.5 * (cfg.lr_student - cfg.lr_student_min) * (
+                1 + math.cos(math.pi * j / n_rounds))
         b = torch.randint(0, n_real, (cfg.batch_size,), generator=g).to(device)
-        loss = kd_loss(student(x[b]), t_logits[b], cfg.temperature)
+        xb = augment(x[b], g, **aug) if cfg.augment else x[b]
+        with torch.no_grad():
+            tb = teacher(xb)
+        loss = kd_loss(student(xb), tb, cfg.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -323,6 +328,10 @@ def main(argv=None) -> str:
                     help="reuse / store each run's result in --work/runs (keyed by dataset, config, seed and "
                          "teacher file, not by code version)")
     ap.add_argument("--tag", default="", help="suffix of the result file names")
+    ap.add_argument("--skip-real", action="store_true", help="leave out the KD-on-random-real-images rows")
+    ap.add_argument("--teacher-arch", default=None, help="teacher architecture (default: the dataset's preset)")
+    ap.add_argument("--teacher-kwargs", default=None, help="teacher get_network keywords as JSON")
+    ap.add_argument("--teacher-epochs", type=int, default=None, help="teacher training epochs")
     args = ap.parse_args(argv)
 
     if args.seeds < 1:
@@ -356,6 +365,9 @@ def main(argv=None) -> str:
     ds = load_dataset(args.dataset, device=dev)
 
     arch, kw, epochs, lr, bs = PRESETS[args.dataset]
+    arch = args.teacher_arch or arch
+    kw = json.loads(args.teacher_kwargs) if args.teacher_kwargs is not None else kw
+    epochs = args.teacher_epochs or epochs
     os.makedirs(args.work, exist_ok=True)
     tpath = os.path.join(args.work, f"teacher-{args.dataset}-{arch}.pt")
     t0 = time.perf_counter()
@@ -384,7 +396,7 @@ def main(argv=None) -> str:
     def scaled(cfg, m):
         if args.scale == "batch":
             return dataclasses.replace(cfg, synthesis_batch=m * base_cfg.synthesis_batch)
-        return dataclasses.replace(cfg, rounds=m * base_cfg.rounds)
+        return dataclasses.replace(cfg, rounds=m * base_cfg.rounds, warmup=m * base_cfg.warmup)
 
     jobs += [((v, m, s), scaled(cfgs[v], m), s) for v in long_variants for m in mults for s in lseeds]
     res = _run_all(jobs, args, ds, dev, teacher_digest)
@@ -404,10 +416,12 @@ def main(argv=None) -> str:
         print(f"{name}: acc {rows[-1]['acc_mean']:.4f} +- {rows[-1]['acc_std']:.4f} "
               f"({synthesized} synthesized, {rows[-1]['wall_s']:.1f}s)", flush=True)
 
-    steps = base_cfg.rounds * base_cfg.kd_steps
+    steps = (base_cfg.rounds - base_cfg.warmup) * base_cfg.kd_steps
     buf = base_cfg.buffer_size or math.ceil(base_cfg.buffer_fraction * ds.x_train.shape[0])
-    for label, n in (("KD on random real images, n = buffer size", buf),
-                     ("KD on random real images, n = synthesized count", min(synthesized, ds.x_train.shape[0]))):
+    real_rows = () if args.skip_real else (
+        ("KD on random real images, n = buffer size", buf),
+        ("KD on random real images, n = synthesized count", min(synthesized, ds.x_train.shape[0])))
+    for label, n in real_rows:
         kres = [kd_on_real(ds, base_cfg, n, steps, s, dev) for s in seeds]
         accs = [r[0] for r in kres]
         rows.append(dict(variant=f"{label} ({n})", acc_mean=statistics.mean(accs), acc_std=statistics.pstdev(accs),
@@ -482,7 +496,8 @@ def main(argv=None) -> str:
              "Environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), "",
              f"Teacher: {arch} {kw}, {epochs} epochs, test accuracy {teacher_acc:.4f}. "
              f"Student: {base_cfg.student}. Rounds {base_cfg.rounds} x (g_steps {base_cfg.g_steps}, "
-             f"kd_steps {base_cfg.kd_steps}), synthesis batch {base_cfg.synthesis_batch}, buffer {buf}, "
+             f"kd_steps {base_cfg.kd_steps}), warm-up {base_cfg.warmup} rounds, synthesis batch {base_cfg.synthesis_batch}, "
+             f"buffer {buf}, "
              f"seeds {seeds}. Accuracy on the test set ({ds.x_test.shape[0]} images).", "",
              "| variant | student acc (mean +- std) | synthesized images | student steps | wall s / run | "
              + " | ".join(f"images to {t:.2%}".replace(".00%", "%") for t in targets) + " |",
@@ -506,7 +521,7 @@ def main(argv=None) -> str:
                       "student's cosine learning rate spans the whole run." if args.scale == "rounds" else
                       f"the synthesis batch ({base_cfg.synthesis_batch} x the multiplier) and so the synthesized "
                       f"images scale with the multiplier; rounds ({base_cfg.rounds}), generator steps and student "
-                      f"steps ({base_cfg.rounds * base_cfg.kd_steps}) stay the same.")
+                      f"steps ({(base_cfg.rounds - base_cfg.warmup) * base_cfg.kd_steps}) stay the same.")
         lines += ["", f"## Larger budgets: sample efficiency ({', '.join(f'{m}x' for m in long['multipliers'])} "
                   f"{what}, seeds {lseeds} beyond 1x)", "",
                   "Final student test accuracy per budget (mean +- std; per seed). Each budget is its own run: "

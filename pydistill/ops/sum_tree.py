@@ -164,12 +164,15 @@ def importance_weights(
         size = size.to(device=probabilities.device, dtype=probabilities.dtype)
     elif isinstance(size, bool) or not isinstance(size, numbers.Real) or not size > 0:
         raise ValueError(f"size must be a positive number (the buffer size), got {size!r}")
-    w = (size * probabilities) ** (-float(beta))
+
+    def unnormalised(p):  # (|B| P)^-beta: the one place this formula is written
+        return (size * p) ** (-float(beta))
+
+    w = unnormalised(probabilities)
     if min_probability is None:
         w_max = w.amax() if w.numel() else w.new_ones(())
     else:
-        mp = torch.as_tensor(min_probability, dtype=probabilities.dtype, device=probabilities.device)
-        w_max = (size * mp) ** (-float(beta))
+        w_max = unnormalised(torch.as_tensor(min_probability, dtype=probabilities.dtype, device=probabilities.device))
     return w / w_max
 
 
