@@ -71,11 +71,47 @@ def write_result(name: str, record: dict, table_md: str) -> None:
 
 
 class Timer:
-    """Wall-clock seconds of a block: ``with Timer() as t: ...; t.s``."""
+    """Seconds of a block: ``with Timer() as t: ...``; ``t.s`` wall clock, ``t.cpu`` this process's CPU time
+    (on a shared machine with one thread, CPU time is the less contended measure)."""
 
     def __enter__(self):
-        self.t0 = time.perf_counter()
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc):
         self.s = time.perf_counter() - self.t0
+        self.cpu = time.process_time() - self.c0
+
+
+def interleaved_timing(sides: dict, reps: int, warmup: int = 1) -> dict:
+    """Time each callable of ``sides`` (name -> f(rep)) ``reps`` times, alternating sides every rep (after
+    ``warmup`` untimed calls each), so both see the same machine load. Returns per side the lists and medians
+    of wall and CPU seconds."""
+    import statistics
+
+    for r in range(warmup):
+        for f in sides.values():
+            f(-1 - r)
+    out = {name: {"wall_s": [], "cpu_s": []} for name in sides}
+    for r in range(reps):
+        for name, f in (sides.items() if r % 2 == 0 else reversed(list(sides.items()))):
+            with Timer() as t:
+                f(r)
+            out[name]["wall_s"].append(t.s)
+            out[name]["cpu_s"].append(t.cpu)
+            print(f"  rep {r}: {name} {t.s:.2f} s wall, {t.cpu:.2f} s cpu", flush=True)
+    for v in out.values():
+        v["median_wall_s"] = statistics.median(v["wall_s"])
+        v["median_cpu_s"] = statistics.median(v["cpu_s"])
+    return out
+
+
+def timing_table(tm: dict, label: str) -> str:
+    """Markdown rows of :func:`interleaved_timing` output (medians and the pydistill / official ratios)."""
+    o, p = tm["official"], tm["pydistill"]
+    n = len(o["wall_s"])
+    return ("| timing (" + label + f", median of {n} interleaved) | official | pydistill | ratio |\n|---|---|---|---|\n"
+            f"| wall s | {o['median_wall_s']:.2f} | {p['median_wall_s']:.2f} | "
+            f"{p['median_wall_s'] / o['median_wall_s']:.3f} |\n"
+            f"| process CPU s | {o['median_cpu_s']:.2f} | {p['median_cpu_s']:.2f} | "
+            f"{p['median_cpu_s'] / o['median_cpu_s']:.3f} |\n")

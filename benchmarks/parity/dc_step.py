@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 import types
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the pydistill checkout
@@ -29,7 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from common import Timer, git_commit, import_official, max_abs, official_path, write_result  # noqa: E402
+import dsa_params  # noqa: E402
+from common import git_commit, import_official, interleaved_timing, max_abs, official_path, timing_table, write_result  # noqa: E402
 
 
 def official_args(device: str, dsa: bool, strategy: str, utils):
@@ -63,6 +65,7 @@ def official_iteration(utils, net, image_syn, label_syn, real_batch, args, *, ou
                 seed = dsa_seed(ol, c)
                 img_real = utils.DiffAugment(img_real, args.dsa_strategy, seed=seed, param=args.dsa_param)
                 img_syn = utils.DiffAugment(img_syn, args.dsa_strategy, seed=seed, param=args.dsa_param)
+            img_real, img_syn = dsa_params.standard_layout(img_real), dsa_params.standard_layout(img_syn)
             gw_real = torch.autograd.grad(criterion(net(img_real), lab_real), net_parameters)
             gw_real = [g.detach().clone() for g in gw_real]
             gw_syn = torch.autograd.grad(criterion(net(img_syn), lab_syn), net_parameters, create_graph=True)
@@ -92,10 +95,15 @@ def main(argv=None):
     p.add_argument("--ipc", type=int, default=1)
     p.add_argument("--outer-loop", type=int, default=None, help="default: the official get_loops(ipc)")
     p.add_argument("--inner-loop", type=int, default=None)
+    p.add_argument("--dsa", action="store_true", help="DSA: siamese augmentation with the official draws")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="float64 needs outer_loop 1 (the official epoch() casts the inner-loop batches to float32)")
     p.add_argument("--time-reps", type=int, default=3, help="timed iterations per side (0: skip timing)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed iterations per side before timing")
     p.add_argument("--name", default=None, help="result file suffix (default dc-<dataset>-ipc<ipc>)")
+    p.add_argument("--official-align-corners", action="store_true",
+                   help="run the official scale/rotate with align_corners=True (the PyTorch < 1.3 behaviour the "
+                        "papers ran under; today's default is False)")
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -110,8 +118,12 @@ def main(argv=None):
     outer = a.outer_loop or d_outer
     inner = a.inner_loop or d_inner
     dtype = getattr(torch, a.dtype)
-    if dtype == torch.float64 and outer > 1:
-        raise SystemExit("--dtype float64 needs --outer-loop 1: the official epoch() casts to float32")
+    if dtype == torch.float64 and (outer > 1 or a.dsa):
+        raise SystemExit("--dtype float64 needs --outer-loop 1 and no --dsa: the official epoch() casts to float32 "
+                         "and its scale/rotate build float32 grids")
+    if a.dsa and outer > 1:
+        raise SystemExit("--dsa compares the siamese draws of one outer step (--outer-loop 1); the inner loop's "
+                         "per-sample draws come from the official global RNG and are not replayed")
     cfg = dict(model="ConvNet", model_kwargs={}, init="noise", outer_loop=outer, inner_loop=inner, lr_img=0.1,
                lr_net=0.01, batch_real=256, batch_train=256, metric="ours")
 
@@ -125,11 +137,16 @@ def main(argv=None):
     idx_by_class = [i.numpy() for i in ds.indices_by_class]
     batches = {(ol, c): ds.x_train[rng.permutation(idx_by_class[c])[:256]].to(dtype)
                for ol in range(outer) for c in range(nc)}
-    args = official_args("cpu", False, "None", utils)
+    method = "dsa" if a.dsa else "dc"
+    m = build_ours(method, ds, a.ipc, cfg)
+    strategy = m.strategy if a.dsa else "None"
+    args = official_args("cpu", a.dsa, strategy, utils)
+    dsa_seed = lambda ol, c: 1000 + 100 * ol + 10 * c  # noqa: E731  (each official call uses seed .. seed+3)
+    if a.dsa:
+        dsa_params.install_official_draws(dsa_seed, utils, strategy, nc)
     ref = official_iteration(utils, net_off, images0, labels, lambda ol, c: batches[(ol, c)], args,
-                             outer_loop=outer, inner_loop=inner, lr_img=0.1, lr_net=0.01, batch_train=256)
-
-    m = build_ours("dc", ds, a.ipc, cfg)
+                             outer_loop=outer, inner_loop=inner, lr_img=0.1, lr_net=0.01, batch_train=256,
+                             dsa_seed=dsa_seed)
     net_ours = dcmod.fresh_network(m, m.config).to(dtype)
     net_ours.load_state_dict(net_init)  # same parameter names/shapes (features.k, classifier)
     calls = []
@@ -145,46 +162,46 @@ def main(argv=None):
     m.images = images0.clone().requires_grad_(True)
     m.opt_img = torch.optim.SGD([m.images], lr=0.1, momentum=0.5)
     m.step(0)
+    if a.dsa:
+        dsa_params.uninstall()
     dcmod.fresh_network = orig_fresh
     del m.dataset.sample_real
     err = max_abs(m.images, ref)
     delta = max_abs(ref, images0)
-    print(f"DC {a.dataset} IPC {a.ipc} outer {outer} inner {inner} {a.dtype}: max|ours - official| = {err:.3e} "
+    print(f"{method.upper()} {a.dataset} IPC {a.ipc} outer {outer} inner {inner} {a.dtype}: max|ours - official| = {err:.3e} "
           f"(update size max|S1 - S0| = {delta:.3e})")
-    record = {"method": "dc", "dataset": a.dataset, "ipc": a.ipc, "outer_loop": outer, "inner_loop": inner,
+    record = {"method": method, "official_align_corners": bool(a.official_align_corners), "dataset": a.dataset, "ipc": a.ipc, "outer_loop": outer, "inner_loop": inner,
               "dtype": a.dtype, "max_abs_err_images": err, "max_abs_update": delta,
               "official_commit": git_commit(path),
               "command": "python benchmarks/parity/dc_step.py " + " ".join(argv if argv is not None else sys.argv[1:])}
 
     # ---- timing: one iteration each, unpatched, interleaved ----------------------------------------------
     if a.time_reps > 0:
-        t_off, t_ours = [], []
-        ours = build_ours("dc", ds, a.ipc, {**cfg})
+        ours = build_ours(method, ds, a.ipc, {**cfg})
         img32 = images0.float()
-        for r in range(a.time_reps):
-            with Timer() as t:  # the official iteration: get_network + per-class np.random.permutation batches
-                net = utils.get_network("ConvNet", ch, nc, im_size)
-                official_iteration(utils, net, img32, labels,
-                                   lambda ol, c: ds.x_train[np.random.permutation(idx_by_class[c])[:256]],
-                                   official_args("cpu", False, "None", utils), outer_loop=outer, inner_loop=inner,
-                                   lr_img=0.1, lr_net=0.01, batch_train=256)
-            t_off.append(t.s)
-            with Timer() as t:
-                ours.step(r)
-            t_ours.append(t.s)
-            print(f"  rep {r}: official {t_off[-1]:.2f} s, pydistill {t_ours[-1]:.2f} s")
-        mo, mu = statistics.median(t_off), statistics.median(t_ours)
-        record.update(time_official_s=t_off, time_ours_s=t_ours, median_official_s=mo, median_ours_s=mu,
-                      ratio_ours_over_official=mu / mo)
-        print(f"  median: official {mo:.2f} s, pydistill {mu:.2f} s, ratio {mu / mo:.3f}")
+
+        def official_it(r):  # get_network + per-class np.random.permutation real batches, as main.py
+            net = utils.get_network("ConvNet", ch, nc, im_size)
+            official_iteration(utils, net, img32, labels,
+                               lambda ol, c: ds.x_train[np.random.permutation(idx_by_class[c])[:256]],
+                               official_args("cpu", a.dsa, strategy, utils), outer_loop=outer, inner_loop=inner,
+                               lr_img=0.1, lr_net=0.01, batch_train=256,
+                               dsa_seed=lambda ol, c: int(time.time() * 1000) % 100000)
+
+        tm = interleaved_timing({"official": official_it, "pydistill": lambda r: ours.step(max(r, 0))},
+                                a.time_reps, warmup=a.warmup)
+        ratio_wall = tm["pydistill"]["median_wall_s"] / tm["official"]["median_wall_s"]
+        ratio_cpu = tm["pydistill"]["median_cpu_s"] / tm["official"]["median_cpu_s"]
+        record.update(timing=tm, ratio_wall=ratio_wall, ratio_cpu=ratio_cpu)
+        print(f"  median wall: official {tm['official']['median_wall_s']:.2f} s, pydistill "
+              f"{tm['pydistill']['median_wall_s']:.2f} s (ratio {ratio_wall:.3f}); cpu ratio {ratio_cpu:.3f}")
     if not a.no_write:
-        name = a.name or f"dc-{a.dataset}-ipc{a.ipc}"
-        md = ("| setting | dtype | max abs err (images) | update size | official s/it | pydistill s/it | ratio |\n"
-              "|---|---|---|---|---|---|---|\n"
-              f"| DC {a.dataset} IPC {a.ipc}, ConvNet-128, outer {outer} / inner {inner} | {a.dtype} | {err:.2e} | "
-              f"{delta:.2e} | {record.get('median_official_s', float('nan')):.2f} | "
-              f"{record.get('median_ours_s', float('nan')):.2f} | "
-              f"{record.get('ratio_ours_over_official', float('nan')):.3f} |\n")
+        name = a.name or f"{method}-{a.dataset}-ipc{a.ipc}"
+        md = ("| setting | dtype | max abs err (images) | update size |\n|---|---|---|---|\n"
+              f"| {method.upper()} {a.dataset} IPC {a.ipc}{', ' + strategy if a.dsa else ''}{' (official at align_corners=True)' if a.official_align_corners else ''}, ConvNet-128, outer {outer} / inner {inner} | {a.dtype} | {err:.2e} | "
+              f"{delta:.2e} |\n")
+        if "timing" in record:
+            md += "\n" + timing_table(record["timing"], f"DC {a.dataset} IPC {a.ipc}, one iteration, fp32")
         write_result(name, record, md)
     return record
 
