@@ -118,9 +118,9 @@ def main(argv=None):
     outer = a.outer_loop or d_outer
     inner = a.inner_loop or d_inner
     dtype = getattr(torch, a.dtype)
-    if dtype == torch.float64 and (outer > 1 or a.dsa):
+    if dtype == torch.float64 and (outer > 1 or (a.dsa and not a.official_align_corners)):
         raise SystemExit("--dtype float64 needs --outer-loop 1 and no --dsa: the official epoch() casts to float32 "
-                         "and its scale/rotate build float32 grids")
+                         "and its scale/rotate build float32 grids (--official-align-corners casts them)")
     if a.dsa and outer > 1:
         raise SystemExit("--dsa compares the siamese draws of one outer step (--outer-loop 1); the inner loop's "
                          "per-sample draws come from the official global RNG and are not replayed")
@@ -170,7 +170,10 @@ def main(argv=None):
     delta = max_abs(ref, images0)
     print(f"{method.upper()} {a.dataset} IPC {a.ipc} outer {outer} inner {inner} {a.dtype}: max|ours - official| = {err:.3e} "
           f"(update size max|S1 - S0| = {delta:.3e})")
-    record = {"method": method, "official_align_corners": bool(a.official_align_corners), "dataset": a.dataset, "ipc": a.ipc, "outer_loop": outer, "inner_loop": inner,
+    per_class = [max_abs(m.images[c * a.ipc:(c + 1) * a.ipc], ref[c * a.ipc:(c + 1) * a.ipc]) for c in range(nc)]
+    groups = [dsa_params.official_group(dsa_seed(0, c), strategy) for c in range(nc)] if a.dsa else None
+    print("  per class:", ", ".join(f"{c}{'/' + groups[c] if groups else ''}: {e:.1e}" for c, e in enumerate(per_class)))
+    record = {"per_class_max_abs_err": per_class, "dsa_groups": groups, "method": method, "official_align_corners": bool(a.official_align_corners), "dataset": a.dataset, "ipc": a.ipc, "outer_loop": outer, "inner_loop": inner,
               "dtype": a.dtype, "max_abs_err_images": err, "max_abs_update": delta,
               "official_commit": git_commit(path),
               "command": "python benchmarks/parity/dc_step.py " + " ".join(argv if argv is not None else sys.argv[1:])}

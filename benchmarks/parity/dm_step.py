@@ -78,8 +78,9 @@ def main(argv=None):
 
     dsa = not a.no_dsa
     dtype = getattr(torch, a.dtype)
-    if dsa and dtype == torch.float64:
-        raise SystemExit("--dtype float64 needs --no-dsa (the official scale/rotate build float32 grids)")
+    if dsa and dtype == torch.float64 and not a.official_align_corners:
+        raise SystemExit("--dtype float64 with DSA needs --official-align-corners (its shim casts the official "
+                         "float32 sampling grid to float64)")
     path = official_path("dc", a.official)
     utils, _ = import_official(path, "utils", "networks")
     ds = load_dataset(a.dataset)
@@ -118,7 +119,10 @@ def main(argv=None):
     err, delta = max_abs(m.images, ref), max_abs(ref, images0)
     print(f"DM {a.dataset} IPC {a.ipc} dsa={dsa} {a.dtype}: max|ours - official| = {err:.3e} (update size "
           f"{delta:.3e})")
-    record = {"method": "dm", "dataset": a.dataset, "ipc": a.ipc, "dsa": dsa, "strategy": strategy,
+    per_class = [max_abs(m.images[c * a.ipc:(c + 1) * a.ipc], ref[c * a.ipc:(c + 1) * a.ipc]) for c in range(nc)]
+    groups = [dsa_params.official_group(seed_of(0, c), strategy) for c in range(nc)] if dsa else None
+    print("  per class:", ", ".join(f"{c}{'/' + groups[c] if groups else ''}: {e:.1e}" for c, e in enumerate(per_class)))
+    record = {"per_class_max_abs_err": per_class, "dsa_groups": groups, "method": "dm", "dataset": a.dataset, "ipc": a.ipc, "dsa": dsa, "strategy": strategy,
               "official_align_corners": bool(a.official_align_corners),
               "dtype": a.dtype, "lr_img": a.lr_img, "max_abs_err_images": err, "max_abs_update": delta,
               "official_commit": git_commit(path),

@@ -87,10 +87,11 @@ def params_from_official_seed(param, seed: int, strategy: str, n: int, h: int, w
 @contextlib.contextmanager
 def official_with_align_corners(utils, align_corners: bool = True):
     """Run the official ``utils`` module's scale/rotate with ``align_corners`` fixed (its ``F`` replaced by a
-    shim for the duration)."""
+    shim for the duration); the float32 sampling grid is cast to the images' dtype (float64 runs)."""
     shim = types.SimpleNamespace(**{k: getattr(F, k) for k in dir(F) if not k.startswith("__")})
     shim.affine_grid = lambda theta, size: F.affine_grid(theta, size, align_corners=align_corners)
-    shim.grid_sample = lambda x, grid: F.grid_sample(x, grid, align_corners=align_corners)
+    # the official theta (hence grid) is float32; cast it to x's dtype so that float64 runs are possible
+    shim.grid_sample = lambda x, grid: F.grid_sample(x, grid.to(x.dtype), align_corners=align_corners)
     old = utils.F
     utils.F = shim
     try:
@@ -113,16 +114,26 @@ def compare_groups(utils, x: torch.Tensor, seeds, strategy: str = "color_crop_cu
 
     param = utils.ParamDiffAug()
     n, _, h, w = x.shape
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
     rows = []
+
+    def run(f):
+        xx = x.clone().requires_grad_(True)
+        y = f(xx)
+        (g,) = torch.autograd.grad((y * upstream).sum(), xx)
+        return y.detach(), g
+
     for seed in seeds:
         p = params_from_official_seed(param, seed, strategy, n, h, w, x.dtype)
-        ours = diff_augment(x, strategy, params=p)
-        off_false = utils.DiffAugment(x.clone(), strategy, seed=seed, param=param)
+        ours, g_ours = run(lambda xx: diff_augment(xx, strategy, params=p))
+        off_false, g_false = run(lambda xx: utils.DiffAugment(xx, strategy, seed=seed, param=param))
         with official_with_align_corners(utils, True):
-            off_true = utils.DiffAugment(x.clone(), strategy, seed=seed, param=param)
+            off_true, g_true = run(lambda xx: utils.DiffAugment(xx, strategy, seed=seed, param=param))
         rows.append({"seed": seed, "group": official_group(seed, strategy),
                      "err_vs_official_align_false": float((ours - off_false).abs().max()),
-                     "err_vs_official_align_true": float((ours - off_true).abs().max())})
+                     "err_vs_official_align_true": float((ours - off_true).abs().max()),
+                     "grad_err_vs_official_align_false": float((g_ours - g_false).abs().max()),
+                     "grad_err_vs_official_align_true": float((g_ours - g_true).abs().max())})
     return rows
 
 

@@ -37,6 +37,19 @@ def synthetic_real_subset(ds, ipc: int, seed: int):
     return SyntheticSet(torch.cat(parts).clone(), labels, None, {"method": "random", "ipc": ipc})
 
 
+class StandardLayout(torch.nn.Module):
+    """Wraps an official network: inputs in the standard layout first (the official DSA crop returns 1-channel
+    batches PyTorch reads as channels-last, and the official ``view`` then fails on today's PyTorch; values are
+    unchanged, see ``dsa_params.standard_layout``)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x.clone(memory_format=torch.contiguous_format))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--official", help="checkout of VICO-UoE/DatasetCondensation (or $PYDISTILL_OFFICIAL_DC)")
@@ -75,7 +88,7 @@ def main(argv=None):
     acc_off = []
     with Timer() as t_off:
         for i in range(a.num_eval):
-            net = utils.get_network("ConvNet", ch, nc, im_size)
+            net = StandardLayout(utils.get_network("ConvNet", ch, nc, im_size))
             _, _, acc = utils.evaluate_synset(i, net, syn.images.clone(), syn.labels.clone(), testloader, args)
             acc_off.append(float(acc))
             print(f"official net {i}: {100 * acc:.2f}", flush=True)
