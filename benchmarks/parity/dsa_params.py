@@ -30,12 +30,14 @@ def official_group(seed: int, strategy: str) -> str:
 
 
 def params_from_official_seed(param, seed: int, strategy: str, n: int, h: int, w: int,
-                              dtype=torch.float32) -> DSAParams:
+                              dtype=torch.float32, all_groups: bool = False) -> DSAParams:
     """pydistill parameters equal to the official draw ``DiffAugment(x [n, C, h, w], strategy, seed=seed)``.
 
-    ``param``: the official ``ParamDiffAug()``; ``dtype``: x's dtype (the colour draws use it)."""
-    g = official_group(seed, strategy)
-    s = seed + 1
+    ``param``: the official ``ParamDiffAug()``; ``dtype``: x's dtype (the colour draws use it).
+    ``all_groups``: the official mode "M" (``param.aug_mode = 'M'``: every group in order, draws from seed on)
+    as pydistill's mode "all"."""
+    g = official_group(seed, strategy) if not all_groups else None
+    s = seed + 1 if not all_groups else seed
 
     def rnd(*shape, dt=None):
         nonlocal s
@@ -58,6 +60,16 @@ def params_from_official_seed(param, seed: int, strategy: str, n: int, h: int, w
     flip = torch.zeros(1, dtype=torch.bool)
     scale = torch.ones(1, 2, **f64)
     angle = torch.zeros(1, **f64)
+    todo = strategy.split("_") if all_groups else [g]
+    for g in todo:
+        _draw_group(g, param, rnd, rint, n, h, w, dtype, bright, sat, con, shift, centre, flip, scale, angle)
+    active = torch.tensor([[gg in todo for gg in GROUPS]])
+    ch, cw = int(h * param.ratio_cutout + 0.5), int(w * param.ratio_cutout + 0.5)
+    return DSAParams(strategy, h, w, (ch, cw), active, bright, sat, con, shift, centre, flip, scale, angle)
+
+
+def _draw_group(g, param, rnd, rint, n, h, w, dtype, bright, sat, con, shift, centre, flip, scale, angle):
+    """The official draws of group ``g`` (in its order) written into pydistill's fields."""
     if g == "color":
         bright[0] = float((rnd(n, 1, 1, 1, dt=dtype)[0] - 0.5) * param.brightness)
         sat[0] = float(rnd(n, 1, 1, 1, dt=dtype)[0] * param.saturation)
@@ -79,9 +91,6 @@ def params_from_official_seed(param, seed: int, strategy: str, n: int, h: int, w
         scale[0, 0], scale[0, 1] = float(sy), float(sx)
     elif g == "rotate":
         angle[0] = float((rnd(n)[0] - 0.5) * 2 * param.ratio_rotate / 180 * float(np.pi))
-    active = torch.tensor([[gg == g for gg in GROUPS]])
-    ch, cw = int(h * param.ratio_cutout + 0.5), int(w * param.ratio_cutout + 0.5)
-    return DSAParams(strategy, h, w, (ch, cw), active, bright, sat, con, shift, centre, flip, scale, angle)
 
 
 @contextlib.contextmanager
@@ -171,3 +180,24 @@ def uninstall() -> None:
     da = sys.modules["pydistill.ops.diff_augment"]
     if "diff_augment" in _ORIGINAL:
         da.diff_augment = _ORIGINAL.pop("diff_augment")
+
+
+def compare_mode_all(utils, x: torch.Tensor, seeds, strategy: str = "color_crop_cutout_flip_scale_rotate") -> list:
+    """Per seed: pydistill mode "all" (one fused resampling for scale + rotate) against the official mode "M"
+    (scale, then rotate, each resampling with zero padding) on the same draws, official at align_corners=True:
+    max and mean abs difference and the fraction of pixels differing by more than 1e-3."""
+    from pydistill.ops.diff_augment import diff_augment
+
+    param = utils.ParamDiffAug()
+    param.aug_mode = "M"
+    n, _, h, w = x.shape
+    rows = []
+    for seed in seeds:
+        p = params_from_official_seed(param, seed, strategy, n, h, w, x.dtype, all_groups=True)
+        ours = diff_augment(x, strategy, params=p, mode="all")
+        with official_with_align_corners(utils, True):
+            off = utils.DiffAugment(x.clone(), strategy, seed=seed, param=param)
+        d = (ours - off).abs()
+        rows.append({"seed": seed, "max": float(d.max()), "mean": float(d.mean()),
+                     "frac_gt_1e-3": float((d > 1e-3).float().mean())})
+    return rows
