@@ -643,65 +643,66 @@ def _triton_spec(strategy: str) -> tuple[dict, dict]:
     return flags, table
 
 
-_HAS_TRITON_OPS = False
+_HAS_TRITON_KERNELS = False
 if _backend.has_triton():
     try:
-        from torch.library import triton_op
-
         from pydistill.kernels import diff_augment as _tk
 
-        _STAGE = {
-            "crop": _tk.STAGE_CROP,
-            "cutout": _tk.STAGE_CUTOUT,
-            "flip": _tk.STAGE_FLIP,
-            "scale": _tk.STAGE_SCALE,
-            "rotate": _tk.STAGE_ROTATE,
-        }
-
-        @triton_op("pydistill::diff_augment_triton_table", mutates_args={})
-        def _triton_table_op(
-            x: torch.Tensor,
-            active: torch.Tensor,
-            brightness: torch.Tensor,
-            saturation: torch.Tensor,
-            contrast: torch.Tensor,
-            shift: torch.Tensor,
-            centre: torch.Tensor,
-            flip: torch.Tensor,
-            scale: torch.Tensor,
-            angle: torch.Tensor,
-            strategy: str,
-            cut_h: int,
-            cut_w: int,
-            mean: bool,
-        ) -> torch.Tensor:
-            acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-            return _tk.diff_augment_table(
-                x,
-                (active, brightness, saturation, contrast, shift, centre, flip, scale, angle),
-                cut_h=cut_h,
-                cut_w=cut_w,
-                mean=mean,
-                dtype=acc,
-                **_triton_spec(strategy)[1],
-            )
-
-        @triton_op("pydistill::diff_augment_triton_fwd", mutates_args={})
-        def _triton_fwd(
-            x: torch.Tensor, table: torch.Tensor, has_cut: bool, cut_pre: bool, crop_post: bool
-        ) -> torch.Tensor:
-            return _tk.diff_augment_fwd(x, table, has_cut=has_cut, cut_pre=cut_pre, crop_post=crop_post)
-
-        @triton_op("pydistill::diff_augment_triton_bwd", mutates_args={})
-        def _triton_bwd(
-            grad: torch.Tensor, table: torch.Tensor, has_cut: bool, cut_pre: bool, crop_post: bool
-        ) -> torch.Tensor:
-            # the table's scratch columns are overwritten: work on a private copy (the eager path passes its own)
-            return _tk.diff_augment_bwd(grad, table.clone(), has_cut=has_cut, cut_pre=cut_pre, crop_post=crop_post)
-
-        _HAS_TRITON_OPS = True
+        _STAGE = {"crop": _tk.STAGE_CROP, "cutout": _tk.STAGE_CUTOUT, "flip": _tk.STAGE_FLIP,
+                  "scale": _tk.STAGE_SCALE, "rotate": _tk.STAGE_ROTATE}
+        _HAS_TRITON_KERNELS = True
     except ImportError:  # pragma: no cover - triton present but unusable
-        _HAS_TRITON_OPS = False
+        _HAS_TRITON_KERNELS = False
+
+
+def _assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without importing ``torch._dynamo`` (the decorator only sets
+    this flag, which torch.compile reads when it traces)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+_HAS_TRITON_OPS: bool | None = None  # None: not registered yet
+
+
+@_assume_constant_result
+def _triton_ops_ready() -> bool:
+    """Register the ``triton_op`` wrappers on first use; True when they are available. Registering imports
+    ``torch._inductor`` (~1.4 s of CPU), which a CPU run never needs: at import time every process importing
+    ``pydistill.ops`` paid it (the first DC/DSA/DM iteration, not the official loops)."""
+    global _HAS_TRITON_OPS
+    if _HAS_TRITON_OPS is not None:
+        return _HAS_TRITON_OPS
+    _HAS_TRITON_OPS = False
+    if not _HAS_TRITON_KERNELS:
+        return False
+    try:
+        from torch.library import triton_op
+    except ImportError:  # pragma: no cover
+        return False
+
+    @triton_op("pydistill::diff_augment_triton_table", mutates_args={})
+    def _triton_table_op(x: torch.Tensor, active: torch.Tensor, brightness: torch.Tensor,
+                         saturation: torch.Tensor, contrast: torch.Tensor, shift: torch.Tensor,
+                         centre: torch.Tensor, flip: torch.Tensor, scale: torch.Tensor, angle: torch.Tensor,
+                         strategy: str, cut_h: int, cut_w: int, mean: bool) -> torch.Tensor:
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return _tk.diff_augment_table(x, (active, brightness, saturation, contrast, shift, centre, flip, scale, angle),
+                             cut_h=cut_h, cut_w=cut_w, mean=mean, dtype=acc, **_triton_spec(strategy)[1])
+
+    @triton_op("pydistill::diff_augment_triton_fwd", mutates_args={})
+    def _triton_fwd(x: torch.Tensor, table: torch.Tensor, has_cut: bool, cut_pre: bool,
+                    crop_post: bool) -> torch.Tensor:
+        return _tk.diff_augment_fwd(x, table, has_cut=has_cut, cut_pre=cut_pre, crop_post=crop_post)
+
+    @triton_op("pydistill::diff_augment_triton_bwd", mutates_args={})
+    def _triton_bwd(grad: torch.Tensor, table: torch.Tensor, has_cut: bool, cut_pre: bool,
+                    crop_post: bool) -> torch.Tensor:
+        # the table's scratch columns are overwritten: work on a private copy (the eager path passes its own)
+        return _tk.diff_augment_bwd(grad, table.clone(), has_cut=has_cut, cut_pre=cut_pre, crop_post=crop_post)
+
+    _HAS_TRITON_OPS = True
+    return True
 
 
 def _triton_table(x, tensors, strategy, cut_h, cut_w, mean: bool):
@@ -890,7 +891,7 @@ class _EagerDiffAugment(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------------------------- public
-@torch.compiler.assume_constant_result
+@_assume_constant_result
 def _resolve(backend: str, device_type: str) -> str:
     # host-side choice; a constant for torch.compile (no tracing into the backend probes)
     return _backend.resolve(backend, torch.device(device_type), available=("triton", "reference"))
@@ -940,7 +941,7 @@ def diff_augment(
         # deterministic mode: the Triton backward scatters with atomics, the reference does not.
         # fp64 is for checking, not speed; Triton 3.6 fails to compile the fp64 backward on sm_90 (layout bug).
         be = "reference"
-    if be == "triton" and not _HAS_TRITON_OPS:
+    if be == "triton" and not _triton_ops_ready():
         raise RuntimeError("backend='triton': the Triton kernels of diff_augment could not be loaded")
     tensors = params.tensors()
     eager = _backend.plain_eager((x, *tensors))
