@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pydistill.data import random_subset_indices  # noqa: F401 (re-exported: public here before)
+
 __all__ = ["train_model", "test_accuracy", "evaluate", "evaluate_baseline", "random_subset_indices",
-           "soft_cross_entropy"]
+           "soft_cross_entropy", "TRAIN_SCHEDULES", "schedule_evaluator"]
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -162,12 +164,25 @@ test_accuracy.__test__ = False  # not a pytest test when imported into a test mo
 
 
 def _build(model, dataset, seed, model_kwargs, device):
-    from pydistill.models import get_network
+    from pydistill.models import seeded_network
 
-    with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
-        torch.manual_seed(seed)
-        net = get_network(model, dataset.channel, dataset.num_classes, dataset.im_size, **(model_kwargs or {}))
-    return net.to(device)
+    return seeded_network(model, dataset.channel, dataset.num_classes, dataset.im_size, seed, device=device,
+                          **(model_kwargs or {}))
+
+
+# A synthetic set whose meta names a ``train_schedule`` is trained by that schedule's own evaluator, named here
+# as "module:function" and imported on demand (no import of the methods from this module).
+TRAIN_SCHEDULES: dict[str, str] = {"dd_unrolled": "pydistill.methods.dd:evaluate_dd"}
+
+
+def schedule_evaluator(name: str):
+    """The evaluator registered for train schedule ``name`` in ``TRAIN_SCHEDULES``, imported on demand."""
+    import importlib
+
+    if name not in TRAIN_SCHEDULES:
+        raise ValueError(f"unknown train_schedule {name!r}; known: {sorted(TRAIN_SCHEDULES)}")
+    module, func = TRAIN_SCHEDULES[name].split(":")
+    return getattr(importlib.import_module(module), func)
 
 
 def _resolve_epochs(epochs, dsa):
@@ -305,12 +320,11 @@ def evaluate(synthetic_set, dataset, *, models=("ConvNet",), num_eval: int = 5, 
         raise ValueError(f"labels must lie in [0, {dataset.num_classes}), got range "
                          f"[{int(labels.min())}, {int(labels.max())}]")
     learned = synthetic_set.lr if (use_learned_lr and synthetic_set.lr is not None) else None
-    if learned is not None and learned.dim() == 1 and synthetic_set.meta.get("train_schedule") == "dd_unrolled":
+    schedule = synthetic_set.meta.get("train_schedule")
+    if learned is not None and learned.dim() == 1 and schedule in TRAIN_SCHEDULES:
         # DD sets only make sense with their learned unrolled schedule (fixed/random init, chunked steps).
-        from pydistill.methods.dd import evaluate_dd
-
-        return evaluate_dd(synthetic_set, dataset, num_models=num_eval, seed=seed,
-                           device=device if device is not None else dataset.device)
+        return schedule_evaluator(schedule)(synthetic_set, dataset, num_models=num_eval, seed=seed,
+                                            device=device if device is not None else dataset.device)
     dd_steps = synthetic_set.meta.get("distill_steps")
     data_key = None
     if resume_dir is not None:
@@ -321,14 +335,6 @@ def evaluate(synthetic_set, dataset, *, models=("ConvNet",), num_eval: int = 5, 
                        learned_lr=learned, dd_steps=dd_steps, batch_size=batch_size, dsa=dsa,
                        dsa_strategy=dsa_strategy, device=device, seed=seed, progress=progress,
                        model_kwargs=model_kwargs, desc="evaluate", resume_dir=resume_dir, data_key=data_key)
-
-
-def random_subset_indices(dataset, ipc: int, seed: int, draw: int) -> torch.Tensor:
-    """Training-set indices of ``ipc`` random images per class (class-major, int64 on ``dataset.device``) for
-    draw number ``draw`` of ``seed``: the random-real-subset baseline's draw (a new one per evaluated network)."""
-    g = torch.Generator().manual_seed(int(seed) * 7919 + int(draw))
-    picks = [idx.cpu()[torch.randperm(idx.numel(), generator=g)[:ipc]] for idx in dataset.indices_by_class]
-    return torch.cat(picks).to(dataset.device)
 
 
 def evaluate_baseline(dataset, kind: str = "random", ipc: int | None = None, *, models=("ConvNet",),

@@ -303,3 +303,15 @@ def get_network(name: str, channel: int, num_classes: int, im_size, *, width: in
         nrm = "batchnorm" if name.endswith("BN") else (norm or default)
         return ResNet(*args, blocks=blocks, norm=nrm)
     raise ValueError(f"unknown network {name!r}; choose from {NETWORKS}")
+
+
+def seeded_network(name: str, channel: int, num_classes: int, im_size, seed: int, *, device="cpu",
+                   **kwargs) -> nn.Module:
+    """``get_network(name, channel, num_classes, im_size, **kwargs)`` with its initialisation drawn from the CPU
+    generator seeded with ``seed`` (same seed -> same weights on every device), moved to ``device``. The global
+    RNG is left untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(int(seed))
+        net = get_network(name, channel, num_classes, im_size, **kwargs)
+    return net.to(device)
+__all__ += ["seeded_network"]

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from pydistill.functional import functional_forward, xavier_flat
 from pydistill.methods.base import Method
-from pydistill.methods.dc import class_labels
+from pydistill.methods.common import class_labels
 
 __all__ = ["Config", "DD", "evaluate_dd", "evaluate_dd_random", "TRAIN_SCHEDULE"]
 
@@ -85,12 +85,10 @@ def _chunks(num_classes: int, ipc: int, distill_steps: int, device) -> list[torc
 
 
 def _build(model: str, model_kwargs: dict, channel, num_classes, im_size, device):
-    from pydistill.models import get_network
+    from pydistill.models import seeded_network
 
-    with torch.random.fork_rng(devices=[]):  # architecture only: the weights come from xavier_flat
-        torch.random.default_generator.manual_seed(0)
-        net = get_network(model, channel, num_classes, im_size, **dict(model_kwargs))
-    net = net.to(device)
+    # architecture only: the weights come from xavier_flat
+    net = seeded_network(model, channel, num_classes, im_size, 0, device=device, **dict(model_kwargs))
     for p in net.parameters():
         p.requires_grad_(False)
     return net
@@ -264,7 +262,7 @@ def evaluate_dd_random(syn, dataset, *, num_models: int = 5, lrs=(0.003, 0.01, 0
     lrs = [float(v) for v in lrs]
     if not lrs or min(lrs) <= 0:
         raise ValueError(f"lrs must be a non-empty sequence of positive step sizes, got {lrs!r}")
-    from pydistill.evaluate import random_subset_indices
+    from pydistill.data import random_subset_indices
 
     ipc, T = int(syn.meta["ipc"]), int(syn.lr.numel())
     best = None

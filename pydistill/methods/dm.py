@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pydistill.methods.base import LearnedImagesMixin, Method
-from pydistill.methods.dc import fresh_network
+from pydistill.methods.common import fresh_network
 from pydistill.models import default_model_kwargs
 
 __all__ = ["Config", "DM"]

@@ -43,11 +43,9 @@ def _read_expert_meta(path: Path) -> dict | None:
 
 
 def _build_model(model: str, model_kwargs: dict, dataset, seed: int) -> nn.Module:
-    from pydistill.models import get_network
+    from pydistill.models import seeded_network
 
-    with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(int(seed))
-        return get_network(model, dataset.channel, dataset.num_classes, dataset.im_size, **dict(model_kwargs))
+    return seeded_network(model, dataset.channel, dataset.num_classes, dataset.im_size, seed, **dict(model_kwargs))
 
 
 def train_experts(dataset, out_dir, *, num_experts: int, epochs: int, lr: float = 0.01, batch_size: int = 256,

@@ -8,7 +8,7 @@ import torch
 
 from pydistill.functional import num_params
 from pydistill.methods.base import Method
-from pydistill.methods.dc import class_labels, init_synthetic_images
+from pydistill.methods.common import class_labels, init_synthetic_images
 from pydistill.methods.mtt.experts import ExpertBuffer, _build_model
 from pydistill.methods.mtt.unroll import UNROLLS as _UNROLLS, unroll_student
 from pydistill.models import default_model_kwargs
