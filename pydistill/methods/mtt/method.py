@@ -16,43 +16,63 @@ from pydistill.models import default_model_kwargs
 __all__ = ["Config", "MTT"]
 
 
+# The official per-dataset x IPC settings (mtt-distillation README commands / the paper's hyperparameter table):
+# (syn_steps N, expert_epochs M, max_start_epoch, lr_img, lr_lr, lr_teacher, batch_syn, zca). CIFAR-10 IPC 10 uses
+# lr_img 100: the published 1000 was a confirmed typo (both run stably; /work/shared/REFERENCE.md).
+MTT_TABLE: dict[str, dict[int, tuple]] = {
+    "cifar10": {1: (50, 2, 2, 100.0, 1e-7, 0.01, None, True),
+                10: (30, 2, 20, 100.0, 1e-5, 0.001, None, True),
+                50: (30, 2, 40, 1000.0, 1e-5, 0.001, None, False)},
+    "cifar100": {1: (20, 3, 20, 1000.0, 1e-5, 0.01, None, True),
+                 10: (20, 2, 20, 1000.0, 1e-5, 0.01, None, False),
+                 50: (80, 2, 40, 1000.0, 1e-5, 0.01, 125, True)},
+    "tinyimagenet": {1: (10, 2, 10, 10000.0, 1e-4, 0.01, None, False),
+                     10: (20, 2, 40, 10000.0, 1e-4, 0.01, 200, False),
+                     50: (20, 2, 40, 10000.0, 1e-4, 0.01, 300, False)},
+}
+_TABLE_ALIASES = {"tiny": "tinyimagenet", "tiny-imagenet": "tinyimagenet", "tiny_imagenet": "tinyimagenet"}
+LR_PARAMS = ("linear", "log")
+
+
 @dataclass
 class Config:
-    """MTT defaults as published for CIFAR-10 IPC 10 (``for_dataset`` holds the per-IPC table and digits)."""
+    """MTT defaults: the official code's (distill.py argument defaults, CIFAR-10 IPC 10 row); ``for_dataset``
+    applies the per-dataset x IPC table ``MTT_TABLE`` and the digits preset (ours)."""
 
     buffers: str | None = None  # directory of expert_*.safetensors (train_experts / `pydistill experts`)
     model: str | None = None  # None: the experts' model (must match them)
     model_kwargs: dict | None = None
-    iterations: int = 5000
+    iterations: int = 5000  # distill.py --Iteration
     syn_steps: int = 30  # N
     expert_epochs: int = 2  # M
     max_start_epoch: int = 20  # t ~ U{0, ..., max_start_epoch - 1}
-    batch_syn: int | None = None  # None: the whole synthetic set per student step
-    lr_img: float = 1000.0
-    lr_lr: float = 1e-5  # in lr units (see the module docstring)
+    batch_syn: int | None = None  # None: the whole synthetic set per student step (distill.py default)
+    lr_img: float = 100.0
+    lr_lr: float = 1e-5  # in lr units (a step on alpha itself in both lr_param modes)
     lr_teacher: float | None = None  # initial student lr alpha_0; None: the experts' lr
-    momentum: float = 0.5
-    init: str = "real"
+    momentum: float = 0.5  # distill.py: SGD momentum 0.5 on images and lr
+    init: str = "real"  # distill.py --pix_init real
     dsa: bool = True
     dsa_strategy: str | None = None  # None: data.dsa_strategy_for(dataset)
+    zca: bool = True  # the table's ZCA column; the dataset must be loaded with it (the CLI does: --zca/--no-zca)
+    lr_param: str = "linear"  # "linear": official SGD on alpha itself; "log": alpha = exp(log_alpha) > 0 (ours)
     unroll: str = "plain"  # "plain" or "recompute" (exact, constant activation memory)
     num_segments: int = 1  # expert segments per iteration, loss averaged (split across torch.distributed ranks)
 
     @classmethod
     def for_dataset(cls, name: str, ipc: int | None = None) -> "Config":
-        """Published CIFAR-10 settings per IPC (1, 10, 50) and a small budget for scikit-learn ``digits``."""
+        """The official row of ``MTT_TABLE`` for (name, ipc); an IPC without a row takes the nearest one and a
+        dataset without a table the CIFAR-10 row, each with a warning naming the row used. scikit-learn
+        ``digits``: a CPU preset (ours)."""
+        import warnings
+
         cfg = cls()
-        name = name.lower()
-        if name == "cifar10" and ipc is not None:
-            table = {1: (50, 2, 2, 100.0, 1e-7, 0.01), 10: (30, 2, 20, 1000.0, 1e-5, 0.001),
-                     50: (30, 2, 40, 1000.0, 1e-5, 0.001)}
-            key = min(table, key=lambda k: abs(k - ipc))
-            (cfg.syn_steps, cfg.expert_epochs, cfg.max_start_epoch, cfg.lr_img, cfg.lr_lr,
-             cfg.lr_teacher) = table[key]
-        elif name == "digits":
-            # experts: the digits ConvNet (width 32, depth 2), lr 0.05, batch 64, 15 epochs (benchmarks/accuracy.py).
-            # Without ZCA the image gradients are larger than on ZCA CIFAR: lr_img 10 (1 learns slower: IPC 10 at
-            # 100 iterations 97.2 vs 98.0 +- 0.3%; a random subset scores 95.3 +- 0.9%).
+        base = str(name).lower().split(":")[0]
+        base = _TABLE_ALIASES.get(base, base)
+        if base == "digits":
+            # Ours: experts the digits ConvNet (width 32, depth 2), lr 0.05, batch 64, 15 epochs
+            # (benchmarks/accuracy.py). Without ZCA the image gradients are larger than on ZCA CIFAR: lr_img 10
+            # (1 learns slower: IPC 10 at 100 iterations 97.2 vs 98.0 +- 0.3%; a random subset scores 95.3 +- 0.9%).
             cfg.model_kwargs = default_model_kwargs("ConvNet", "digits")  # width 32, depth 2
             cfg.iterations = 100
             cfg.syn_steps = 20
@@ -61,6 +81,27 @@ class Config:
             cfg.lr_img = 10.0
             cfg.lr_lr = 1e-5
             cfg.lr_teacher = 0.05
+            cfg.zca = False
+            cfg.lr_param = "log"  # the preset was measured with the log parametrisation
+            return cfg
+        table = MTT_TABLE.get(base)
+        if table is None:
+            table = MTT_TABLE["cifar10"]
+            key = min(table, key=lambda k: abs(k - ipc)) if ipc is not None else 10
+            warnings.warn(f"MTT has no published settings for dataset {name!r}; using the CIFAR-10 IPC {key} row "
+                          f"{table[key]} (syn_steps, expert_epochs, max_start_epoch, lr_img, lr_lr, lr_teacher, "
+                          "batch_syn, zca)", stacklevel=2)
+        else:
+            key = min(table, key=lambda k: abs(k - ipc)) if ipc is not None else 10
+            if ipc is not None and ipc not in table:
+                warnings.warn(f"MTT has no published row for {name} IPC {ipc}; using the {name} IPC {key} row "
+                              f"{table[key]}", stacklevel=2)
+        (cfg.syn_steps, cfg.expert_epochs, cfg.max_start_epoch, cfg.lr_img, cfg.lr_lr, cfg.lr_teacher,
+         cfg.batch_syn, cfg.zca) = table[key]
+        if base not in MTT_TABLE:
+            cfg.zca = False  # ZCA is the CIFAR rows' choice, not a default for other data
+        if base == "tinyimagenet" and cfg.model is None:
+            cfg.model = "ConvNetD4"  # the official Tiny ImageNet commands use ConvNetD4
         return cfg
 
 
@@ -80,6 +121,8 @@ class MTT(Method):
                              "`pydistill experts --dataset D --out DIR` (or mtt.train_experts); pass --buffers DIR")
         if cfg.unroll not in _UNROLLS:
             raise ValueError(f"config.unroll must be one of {_UNROLLS}, got {cfg.unroll!r}")
+        if cfg.lr_param not in LR_PARAMS:
+            raise ValueError(f"config.lr_param must be one of {LR_PARAMS}, got {cfg.lr_param!r}")
         if cfg.init not in ("real", "noise"):
             raise ValueError(f"config.init must be 'real' or 'noise', got {cfg.init!r}")
         for name in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "num_segments"):
@@ -116,18 +159,26 @@ class MTT(Method):
         lr0 = float(cfg.lr_teacher if cfg.lr_teacher is not None else self.buffer.lr)
         if not lr0 > 0:
             raise ValueError(f"config.lr_teacher must be > 0, got {lr0}")
-        self.log_lr = torch.tensor(math.log(lr0), device=self.device).requires_grad_(True)  # alpha = exp(log_lr)
         self.opt_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
-        self.opt_lr = torch.optim.SGD([self.log_lr], lr=cfg.lr_lr / lr0 ** 2, momentum=cfg.momentum)
+        if cfg.lr_param == "linear":  # official: SGD(lr_lr, momentum) on alpha itself
+            self.lr_param = torch.tensor(float(lr0), device=self.device).requires_grad_(True)
+            self.opt_lr = torch.optim.SGD([self.lr_param], lr=cfg.lr_lr, momentum=cfg.momentum)
+        else:  # alpha = exp(lr_param) > 0; lr_lr / alpha_0^2 makes the first step equal the official one
+            self.lr_param = torch.tensor(math.log(lr0), device=self.device).requires_grad_(True)
+            self.opt_lr = torch.optim.SGD([self.lr_param], lr=cfg.lr_lr / lr0 ** 2, momentum=cfg.momentum)
 
     @property
     def num_iterations(self) -> int:
         return int(self.config.iterations)
 
+    def alpha(self) -> torch.Tensor:
+        """The student lr alpha as a differentiable 0-dim tensor (lr_param itself, or exp(lr_param))."""
+        return self.lr_param if self.config.lr_param == "linear" else self.lr_param.exp()
+
     @property
     def lr(self) -> float:
-        """The current learned student lr alpha (> 0)."""
-        return float(self.log_lr.detach().exp())
+        """The current learned student lr alpha (> 0 with lr_param "log"; the official "linear" may cross 0)."""
+        return float(self.alpha().detach())
 
     def _plan(self, generator=None):
         """Batch indices and DSA parameters of the N student steps (drawn from ``generator``, default
@@ -172,14 +223,14 @@ class MTT(Method):
             t = int(torch.randint(0, cfg.max_start_epoch, (1,), generator=gen, device=gen.device).item())
             start, target = self.buffer.snapshots(e, [t, t + cfg.expert_epochs], self.device)
             indices, aug = self._plan(gen)
-            lr = self.log_lr.exp()  # alpha > 0
+            lr = self.alpha()
             w_n = unroll_student(self.net, self.images, self.labels, lr, start, indices, strategy=self.strategy,
                                  aug_params=aug, unroll=cfg.unroll)
             loss = trajectory_loss(w_n, start, target)
             (loss / n_seg).backward()  # one segment's graph alive at a time
             stats[0, s], stats[1, s] = float(loss.detach()), float(t)
         if pdist.is_initialized():
-            pdist.all_reduce_grads_([self.images, self.log_lr])
+            pdist.all_reduce_grads_([self.images, self.lr_param])
             pdist.all_reduce_(stats)
         self.opt_img.step()
         self.opt_lr.step()
@@ -193,14 +244,18 @@ class MTT(Method):
                              "dsa": bool(self.config.dsa), "buffers": str(self.config.buffers)})
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "images": self.images.detach().clone(), "log_lr": self.log_lr.detach().clone(),
+        key = "log_lr" if self.config.lr_param == "log" else "lr"
+        return {**super().state_dict(), "images": self.images.detach().clone(), key: self.lr_param.detach().clone(),
                 "opt_img": self.opt_img.state_dict(), "opt_lr": self.opt_lr.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         with torch.no_grad():
             self.images.copy_(state["images"].to(self.device))
-            self.log_lr.copy_(state["log_lr"].to(self.device))
+            key = "log_lr" if self.config.lr_param == "log" else "lr"
+            if key not in state:
+                raise KeyError(f"MTT state lacks {key!r}: it was written with another config.lr_param")
+            self.lr_param.copy_(state[key].to(self.device))
         self.opt_img.load_state_dict(state["opt_img"])
         self.opt_lr.load_state_dict(state["opt_lr"])
 
