@@ -145,6 +145,43 @@ def main(argv=None):
 
     protocols = [v.strip() for v in args.protocols.split(",") if v.strip()]
 
+    def write(rows, partial=False):
+        date = datetime.date.today().isoformat()
+        stem = os.path.join(RESULTS, f"accuracy-{ds.name}-{args.device}-{date}" + (f"-{args.tag}" if args.tag else ""))
+        os.makedirs(RESULTS, exist_ok=True)
+        env = {"date": date, "torch": torch.__version__, "device": args.device, "dataset": ds.name,
+               "num_eval": args.num_eval, "eval_epochs": eval_epochs, "seed": args.seed,
+               "mtt_experts": args.experts if "mtt" in methods else None, "model_kwargs": net_kwargs,
+               "overrides": overrides, "protocols": protocols, "mtt_eval_every": args.mtt_eval_every}
+        with open(stem + ".json", "w") as f:
+            json.dump({"environment": env, "rows": rows}, f, indent=1)
+        lines = [f"# Accuracy on {ds.name} ({args.device}, {date})", "",
+                 "Environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), "",
+                 "| method | IPC | protocol | eval (aug, epochs) | eval model | test acc % (mean +- std) | published % "
+                 "| iterations | s/iter | published budget |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            pub = "-" if r["published"] is None else f"{r['published']:.1f}"
+            its = r.get("iterations", "-")
+            spi = f"{r['distill_s_per_iter']:.3f}" if r.get("distill_s_per_iter") is not None else "-"
+            aug = r.get("strategy") or r.get("augmentation") or "-"
+            ev = f"{aug}, {r['epochs']}" if r.get("epochs") else aug
+            lines.append(f"| {r['method']} | {r['ipc']} | {r.get('protocol')} | {ev} | {r['model']} | "
+                         f"{r['acc_mean']:.2f} +- {r['acc_std']:.2f} ({r['num_eval']} nets) | {pub} | {its} | {spi} | "
+                         f"{r.get('published_budget') or '-'} |")
+        lines += ["", "random (vs dc / vs dsa): a random real subset (a new draw per network) trained under the paper "
+                      "protocol of DC, resp. of DSA/DM/MTT; under uniform, DSA for every set. "
+                      "dd-random: DD's own baseline, random real images trained with DD's schedule (same network, "
+                      "initialisation and number of steps; best constant lr of a grid, picked on the test set)."]
+        if ds.name not in PUBLISHED:
+            lines += ["", f"No published numbers exist for {ds.name}; for scale, MNIST (ConvNet): random 64.9/95.1, "
+                          "DC 91.7/97.4, DSA 88.7/97.8 at IPC 1/10; DD fixed init 93.8 (10 images)."]
+        if partial:
+            lines += ["", "(partial: the run is still going or was stopped; rerun the same command to continue)"]
+        with open(stem + ".md", "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return stem, lines
+
     def record(method, ipc, res, seconds, extra=None):
         (model, r), = res.items() if len(res) == 1 else [next(iter(res.items()))]
         key = method.split(" ")[0].replace("dd-random", "dd")
@@ -154,6 +191,7 @@ def main(argv=None):
                "strategy": r.get("strategy"), "epochs": r.get("epochs"),
                "published_budget": PUBLISHED_BUDGET.get(key), **(extra or {})}
         rows.append(row)
+        write(rows, partial=True)  # a killed run keeps the rows it finished (reruns resume the distillations)
         print(f"{method:7s} ipc {ipc:3d} [{row['protocol']}]: {row['acc_mean']:.2f} +- {row['acc_std']:.2f}  "
               f"({seconds:.0f}s)", flush=True)
 
@@ -217,38 +255,7 @@ def main(argv=None):
                     extra["best_iteration"] = best["iteration"]
                 record(name, ipc, res, t_distill, extra)
 
-    date = datetime.date.today().isoformat()
-    stem = os.path.join(RESULTS, f"accuracy-{ds.name}-{args.device}-{date}" + (f"-{args.tag}" if args.tag else ""))
-    os.makedirs(RESULTS, exist_ok=True)
-    env = {"date": date, "torch": torch.__version__, "device": args.device, "dataset": ds.name,
-           "num_eval": args.num_eval, "eval_epochs": eval_epochs, "seed": args.seed,
-           "mtt_experts": args.experts if "mtt" in methods else None, "model_kwargs": net_kwargs,
-           "overrides": overrides, "protocols": protocols, "mtt_eval_every": args.mtt_eval_every}
-    with open(stem + ".json", "w") as f:
-        json.dump({"environment": env, "rows": rows}, f, indent=1)
-    lines = [f"# Accuracy on {ds.name} ({args.device}, {date})", "",
-             "Environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), "",
-             "| method | IPC | protocol | eval (aug, epochs) | eval model | test acc % (mean +- std) | published % "
-             "| iterations | s/iter | published budget |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        pub = "-" if r["published"] is None else f"{r['published']:.1f}"
-        its = r.get("iterations", "-")
-        spi = f"{r['distill_s_per_iter']:.3f}" if r.get("distill_s_per_iter") is not None else "-"
-        aug = r.get("strategy") or r.get("augmentation") or "-"
-        ev = f"{aug}, {r['epochs']}" if r.get("epochs") else aug
-        lines.append(f"| {r['method']} | {r['ipc']} | {r.get('protocol')} | {ev} | {r['model']} | "
-                     f"{r['acc_mean']:.2f} +- {r['acc_std']:.2f} ({r['num_eval']} nets) | {pub} | {its} | {spi} | "
-                     f"{r.get('published_budget') or '-'} |")
-    lines += ["", "random (vs dc / vs dsa): a random real subset (a new draw per network) trained under the paper "
-                  "protocol of DC, resp. of DSA/DM/MTT; under uniform, DSA for every set. "
-                  "dd-random: DD's own baseline, random real images trained with DD's schedule (same network, "
-                  "initialisation and number of steps; best constant lr of a grid, picked on the test set)."]
-    if ds.name not in PUBLISHED:
-        lines += ["", f"No published numbers exist for {ds.name}; for scale, MNIST (ConvNet): random 64.9/95.1, "
-                      "DC 91.7/97.4, DSA 88.7/97.8 at IPC 1/10; DD fixed init 93.8 (10 images)."]
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+    stem, lines = write(rows)
     print("\n".join(lines))
     print("recorded", stem + ".md")
     return rows
