@@ -137,7 +137,8 @@ class MTT(Method):
         if self.buffer.dataset != self.dataset.name or self.buffer.zca != (self.dataset.zca is not None):
             raise ValueError(f"the experts in {cfg.buffers} were trained on {self.buffer.dataset!r} "
                              f"(zca={self.buffer.zca}), the dataset is {self.dataset.name!r} "
-                             f"(zca={self.dataset.zca is not None})")
+                             f"(zca={self.dataset.zca is not None}); train the experts with the same --zca setting "
+                             "or load the dataset to match (`distill --zca/--no-zca`, config.zca)")
         if cfg.max_start_epoch + cfg.expert_epochs - 1 > self.buffer.epochs:
             raise ValueError(f"config.max_start_epoch - 1 + config.expert_epochs must be <= the experts' epochs "
                              f"({self.buffer.epochs}), got {cfg.max_start_epoch} - 1 + {cfg.expert_epochs}")
