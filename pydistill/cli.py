@@ -53,8 +53,8 @@ def _eval_kwargs(args, dataset_name: str) -> dict:
     models = tuple(m.strip() for m in args.eval_models.split(",") if m.strip())
     if not models:
         raise ValueError("--eval-models must name at least one network, e.g. ConvNet,MLP")
-    return {"models": models, "num_eval": args.num_eval, "epochs": epochs, "dsa": not args.no_eval_dsa,
-            "seed": args.seed}
+    return {"models": models, "num_eval": args.num_eval, "epochs": epochs, "dsa": False if args.no_eval_dsa else None,
+            "seed": args.seed, "protocol": args.protocol}
 
 
 def check_ipc(dataset, ipc: int, allow_repeat: bool = False) -> None:
@@ -91,7 +91,16 @@ def _cmd_distill(args) -> int:
     cls = get_method(args.method)
     overrides = parse_overrides(getattr(cls, "Config", None), args.set)
     extra = {name: getattr(args, name) for name in FIELD_FLAGS}
-    dataset = load_dataset(args.dataset, args.data_root, zca=args.zca, device=device, download=args.download)
+    zca = args.zca
+    if zca is None:  # a method whose Config has a zca field (MTT's official table) decides; else off
+        import warnings
+
+        from pydistill.methods.base import default_config
+
+        with warnings.catch_warnings():  # make_config below warns once
+            warnings.simplefilter("ignore")
+            zca = bool(overrides.get("zca", getattr(default_config(cls.Config, args.dataset, args.ipc), "zca", False)))
+    dataset = load_dataset(args.dataset, args.data_root, zca=zca, device=device, download=args.download)
     cfg = make_config(cls, dataset.name, args.ipc, iterations=args.iterations, overrides=overrides, extra=extra)
     # a method drawing no real images (class attribute uses_real_images = False, or init="noise") cannot repeat any
     if getattr(cls, "uses_real_images", True) and getattr(cfg, "init", "real") != "noise":
@@ -169,6 +178,7 @@ def _cmd_baseline(args) -> int:
         check_ipc(dataset, args.ipc)
     res = evaluate_baseline(dataset, args.kind, args.ipc if args.kind == "random" else None, device=device,
                             progress=not args.no_progress, resume_dir=_resume_dir(args),
+                            compared_with=args.compared_with,
                             **_eval_kwargs(args, dataset.name))
     _print_accuracies(res)
     from pydistill.distributed import is_main
@@ -204,6 +214,9 @@ def _add_common(p, *, dataset_required=False):
     p.add_argument("--eval-epochs", type=int, default=None,
                    help="training epochs per evaluation network (default: 300 for digits, else 1000 with DSA)")
     p.add_argument("--no-eval-dsa", action="store_true", help="evaluate without DSA augmentation")
+    p.add_argument("--protocol", choices=("paper", "uniform"), default="paper",
+                   help="paper: each method's published evaluation (DC: DC augmentation; DSA/DM/MTT: DSA); "
+                        "uniform: DSA + 1000 epochs for every set")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -224,7 +237,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=None, help="evaluate every N iterations (default: at the end)")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
-    p.add_argument("--zca", action="store_true", help="ZCA-whiten the dataset (MTT/KIP style)")
+    p.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None,
+                   help="ZCA-whiten the dataset (default: the method's official setting, MTT's table; else off)")
     p.add_argument("--logger", choices=("none", "tensorboard"), default="none",
                    help="tensorboard: write the training scalars and evaluation accuracy to OUT/tensorboard")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -250,6 +264,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
     p = sub.add_parser("baseline", help="accuracy of a random real subset (--ipc) or of the full training set")
     p.add_argument("--kind", choices=("random", "full"), default="random")
+    p.add_argument("--compared-with", default=None, choices=("dc", "dsa", "dm", "mtt"),
+                   help="--protocol paper: evaluate as this method's paper does (default: DSA/DM/MTT's protocol)")
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--out", default=None, help="write the accuracies to this JSON file")
     p.add_argument("--zca", action="store_true")

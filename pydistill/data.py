@@ -614,3 +614,12 @@ def _make_dataset(name, x_train, y_train, x_test, y_test, *, class_names, mean, 
                    y_test=y_test, num_classes=int(num_classes), class_names=list(class_names),
                    channel=int(x_train.shape[1]), im_size=(int(x_train.shape[2]), int(x_train.shape[3])),
                    mean=[float(v) for v in mean], std=[float(v) for v in std], zca=zca_t)
+
+
+def random_subset_indices(dataset: Dataset, ipc: int, seed: int, draw: int) -> torch.Tensor:
+    """Training-set indices of ``ipc`` random images per class (class-major, int64 on ``dataset.device``) for
+    draw number ``draw`` of ``seed``: the random-real-subset baseline's draw (a new one per evaluated network)."""
+    g = torch.Generator().manual_seed(int(seed) * 7919 + int(draw))
+    picks = [idx.cpu()[torch.randperm(idx.numel(), generator=g)[:ipc]] for idx in dataset.indices_by_class]
+    return torch.cat(picks).to(dataset.device)
+__all__ += ["random_subset_indices"]

@@ -1,8 +1,10 @@
 """Evaluate a distilled set: train fresh networks on it, measure test accuracy on the real test set.
 
-Protocol of DC/DSA/DM/MTT: SGD (lr 0.01, momentum 0.9, weight decay 5e-4), batch 256, lr x0.1 from epoch E/2,
-E = 300 (1000 with DSA augmentation, drawn per sample); mean and standard deviation over ``num_eval`` fresh
-networks. Accuracies are fractions in [0, 1].
+Protocol of DC/DSA/DM/MTT (official ``evaluate_synset``): SGD (lr 0.01, momentum 0.9, weight decay 5e-4), batch
+256, E + 1 epochs with lr x0.1 (and a fresh SGD) after epoch E // 2 + 1; E = 1000 with augmentation, 300 without.
+``protocol="paper"`` trains each set as its method's paper does (DC: the DC augmentation; DSA/DM/MTT: DSA per
+sample; DD: its learned schedule), ``protocol="uniform"`` uses DSA for every set. Mean and standard deviation over
+``num_eval`` fresh networks. Accuracies are fractions in [0, 1].
 
 ``import pydistill.evaluate`` gives this module, which is itself callable: ``pydistill.evaluate(syn, ds)`` is
 ``pydistill.evaluate.evaluate(syn, ds)``.
@@ -22,8 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pydistill.data import random_subset_indices  # noqa: F401 (re-exported: public here before)
+
 __all__ = ["train_model", "test_accuracy", "evaluate", "evaluate_baseline", "random_subset_indices",
-           "soft_cross_entropy"]
+           "soft_cross_entropy", "TRAIN_SCHEDULES", "schedule_evaluator", "PROTOCOLS",
+           "OFFICIAL_STATISTIC", "resolve_protocol", "LR_SCHEDULES"]
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -39,6 +44,9 @@ def _augment(x, strategy, generator):
     from pydistill.ops import diff_augment
 
     return diff_augment(x, strategy, per_sample=True, generator=generator)
+
+
+LR_SCHEDULES = ("half", "official")
 
 
 def _check_train_args(images, labels, epochs, lr, batch_size):
@@ -63,16 +71,25 @@ def _check_train_args(images, labels, epochs, lr, batch_size):
 def train_model(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float = 0.01,
                 batch_size: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4,
                 dsa_strategy: str | None = None, learned_lr=None, dd_steps: int | None = None, device=None,
-                generator: torch.Generator | None = None, progress: bool = False) -> nn.Module:
+                generator: torch.Generator | None = None, progress: bool = False, dc_augmentation: str | None = None,
+                lr_schedule: str = "half") -> nn.Module:
     """Train ``net`` in place on ``images`` [N, C, H, W] with ``labels`` (int64 [N] or soft float [N, K]).
 
     SGD(lr, momentum, weight_decay) for ``epochs`` epochs of shuffled mini-batches, lr x0.1 from epoch
     epochs // 2 on; soft labels use soft cross-entropy; ``dsa_strategy`` augments every batch with per-sample
     DSA parameters. ``learned_lr``: a scalar (MTT) replaces ``lr``; a [T] vector (DD) replays the DD schedule
     instead: the images are ``dd_steps`` equal consecutive chunks and step t does plain SGD with lr[t] on chunk
-    t mod dd_steps (``epochs`` is then ignored). Shuffling and augmentation draw from ``generator`` (on
-    ``device``). Returns ``net`` (on ``device``, in train mode).
+    t mod dd_steps (``epochs`` is then ignored). ``dc_augmentation``: a DC strategy of
+    :func:`pydistill.dc_augment.dc_augment` ("crop_scale_rotate", "crop_noise") applied per batch instead of DSA.
+    ``lr_schedule``: ``"half"`` trains ``epochs`` epochs, lr x0.1 from epoch epochs // 2; ``"official"`` is the
+    official ``evaluate_synset``: epochs + 1 epochs, after epoch epochs // 2 + 1 the lr is x0.1 and SGD restarts
+    (momentum buffer cleared). Shuffling and augmentation draw from ``generator`` (on ``device``). Returns
+    ``net`` (on ``device``, in train mode).
     """
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+    if dsa_strategy and dc_augmentation not in (None, "", "none"):
+        raise ValueError("pass either dsa_strategy or dc_augmentation, not both")
     if learned_lr is not None:
         learned_lr = torch.as_tensor(learned_lr).detach().float()
         if learned_lr.numel() == 1:
@@ -89,13 +106,15 @@ def train_model(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, e
         return _replay_dd(net, x_all, y_all, learned_lr.to(device), dd_steps, dsa_strategy, generator)
     opt = torch.optim.SGD(net.parameters(), lr=float(lr), momentum=momentum, weight_decay=weight_decay)
     n = x_all.shape[0]
+    official = lr_schedule == "official"
+    n_epochs = epochs + 1 if official else epochs
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs, desc="train", leave=False)
-    for ep in range(epochs):
-        if ep == epochs // 2 and epochs > 1:
+        bar = tqdm(total=n_epochs, desc="train", leave=False)
+    for ep in range(n_epochs):
+        if not official and ep == epochs // 2 and epochs > 1:
             for group in opt.param_groups:
                 group["lr"] = float(lr) * 0.1
         perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
@@ -104,10 +123,17 @@ def train_model(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, e
             x = x_all[idx]
             if dsa_strategy:
                 x = _augment(x, dsa_strategy, generator)
+            elif dc_augmentation not in (None, "", "none"):
+                from pydistill.dc_augment import dc_augment
+
+                x = dc_augment(x, dc_augmentation, generator)
             loss = _loss(net(x), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if official and ep == epochs // 2 + 1:  # lr x0.1 and a fresh SGD (momentum cleared), as evaluate_synset
+            opt = torch.optim.SGD(net.parameters(), lr=float(lr) * 0.1, momentum=momentum,
+                                  weight_decay=weight_decay)
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -162,22 +188,78 @@ test_accuracy.__test__ = False  # not a pytest test when imported into a test mo
 
 
 def _build(model, dataset, seed, model_kwargs, device):
-    from pydistill.models import get_network
+    from pydistill.models import seeded_network
 
-    with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
-        torch.manual_seed(seed)
-        net = get_network(model, dataset.channel, dataset.num_classes, dataset.im_size, **(model_kwargs or {}))
-    return net.to(device)
+    return seeded_network(model, dataset.channel, dataset.num_classes, dataset.im_size, seed, device=device,
+                          **(model_kwargs or {}))
 
 
-def _resolve_epochs(epochs, dsa):
+# A synthetic set whose meta names a ``train_schedule`` is trained by that schedule's own evaluator, named here
+# as "module:function" and imported on demand (no import of the methods from this module).
+TRAIN_SCHEDULES: dict[str, str] = {"dd_unrolled": "pydistill.methods.dd:evaluate_dd"}
+
+
+def schedule_evaluator(name: str):
+    """The evaluator registered for train schedule ``name`` in ``TRAIN_SCHEDULES``, imported on demand."""
+    import importlib
+
+    if name not in TRAIN_SCHEDULES:
+        raise ValueError(f"unknown train_schedule {name!r}; known: {sorted(TRAIN_SCHEDULES)}")
+    module, func = TRAIN_SCHEDULES[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+PROTOCOLS = ("paper", "uniform")
+
+# What each method's paper reports (the official scripts: DC/DSA main.py, DM main_DM.py, MTT distill.py).
+OFFICIAL_STATISTIC = {
+    "dc": "mean +- std over 5 experiments x 20 networks",
+    "dsa": "mean +- std over 5 experiments x 20 networks",
+    "dm": "mean +- std over 5 experiments x 20 networks",
+    "mtt": "best mean over evaluations every 100 iterations (5 networks each), over 5 experiments",
+    "dd": "mean over networks trained with the learned schedule",
+}
+
+
+def resolve_protocol(protocol: str, method: str | None, dataset_name: str, model: str, *, dsa: bool | None = None,
+                     dsa_strategy: str | None = None, epochs: int | None = None) -> dict:
+    """How an evaluation network of ``model`` is trained under ``protocol`` for a set made by ``method``.
+
+    ``"paper"``: DC sets (``method == "dc"``) get the official DC augmentation
+    (:func:`pydistill.dc_augment.dc_augmentation_for`: MNIST crop_scale_rotate, ConvNetBN crop_noise, else none),
+    every other set DSA per sample (DSA/DM/MTT's protocol). ``"uniform"``: DSA for every set. Epochs: 1000 with
+    augmentation, 300 without (official main.py). ``dsa`` True/False forces DSA / no augmentation; ``epochs``
+    overrides. Both use the official lr schedule (:func:`train_model` ``lr_schedule="official"``).
+    Returns ``{"protocol", "augmentation" ("dsa"/"dc"/"none"), "strategy", "epochs", "lr_schedule"}``.
+    """
+    from pydistill.data import dsa_strategy_for
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    strategy = None
+    if dsa is True:
+        aug = "dsa"
+    elif dsa is False:
+        aug = "none"
+    elif protocol == "paper" and method == "dc":
+        from pydistill.dc_augment import dc_augmentation_for
+
+        strategy = dc_augmentation_for(dataset_name, model)
+        aug = "none" if strategy == "none" else "dc"
+    else:
+        aug = "dsa"
+    if aug == "dsa":
+        strategy = dsa_strategy or dsa_strategy_for(dataset_name)
+    elif aug == "none":
+        strategy = None
     if epochs is None:
-        return 1000 if dsa else 300
-    return epochs
+        epochs = 300 if aug == "none" else 1000
+    return {"protocol": protocol, "augmentation": aug, "strategy": strategy, "epochs": int(epochs),
+            "lr_schedule": "official"}
 
 
 def _job_key(data_key, dataset, model, model_kwargs, run_seed, epochs, lr, batch_size, strategy, learned_lr,
-             dd_steps, device) -> str:
+             dd_steps, device, augmentation="dsa", lr_schedule="official") -> str:
     """SHA-256 naming everything one evaluation network's accuracy depends on (its resume-cache key)."""
     from pydistill.utils import to_jsonable
 
@@ -185,7 +267,8 @@ def _job_key(data_key, dataset, model, model_kwargs, run_seed, epochs, lr, batch
             "num_train": int(dataset.x_train.shape[0]), "num_test": int(dataset.x_test.shape[0]), "model": model,
             "model_kwargs": model_kwargs or {}, "seed": run_seed, "epochs": epochs, "lr": float(lr),
             "batch_size": batch_size, "dsa": strategy, "learned_lr": learned_lr, "dd_steps": dd_steps,
-            "device": torch.device(device).type, "torch": torch.__version__}
+            "device": torch.device(device).type, "torch": torch.__version__, "augmentation": augmentation,
+            "lr_schedule": lr_schedule}
     return hashlib.sha256(json.dumps(to_jsonable(spec), sort_keys=True).encode()).hexdigest()
 
 
@@ -200,9 +283,9 @@ def _cached_accuracy(path: Path, key: str):
 
 
 def _run_models(train_sets, dataset, *, models, num_eval, epochs, lr, learned_lr, dd_steps, batch_size, dsa,
-                dsa_strategy, device, seed, progress, model_kwargs, desc, resume_dir=None, data_key=None):
+                dsa_strategy, device, seed, progress, model_kwargs, desc, resume_dir=None, data_key=None,
+                protocol="paper", method=None):
     from pydistill import distributed as pdist
-    from pydistill.data import dsa_strategy_for
     from pydistill.utils import resolve_device
 
     if isinstance(models, str):
@@ -216,8 +299,10 @@ def _run_models(train_sets, dataset, *, models, num_eval, epochs, lr, learned_lr
     if isinstance(num_eval, bool) or not isinstance(num_eval, int) or num_eval < 1:
         raise ValueError(f"num_eval must be a positive int, got {num_eval!r}")
     device = resolve_device(device if device is not None else dataset.device)
-    strategy = (dsa_strategy or dsa_strategy_for(dataset.name)) if dsa else None
-    epochs = _resolve_epochs(epochs, dsa)
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0):
+        raise ValueError(f"epochs must be None or an int >= 0, got {epochs!r}")
+    specs = [resolve_protocol(protocol, method, dataset.name, m, dsa=dsa, dsa_strategy=dsa_strategy, epochs=epochs)
+             for m in models]
     # Job j = (model mi, network i) runs on rank j % world (see pydistill.distributed); its seed depends on
     # (seed, mi, i) only, so the accuracies do not depend on the number of processes.
     jobs = [(mi, i) for mi in range(len(models)) for i in range(num_eval)]
@@ -238,10 +323,11 @@ def _run_models(train_sets, dataset, *, models, num_eval, epochs, lr, learned_lr
         model = models[mi]
         kwargs = model_kwargs if model_kwargs is not None else default_model_kwargs(model, dataset.name)
         run_seed = seed * 1_000_003 + mi * 1009 + i
+        spec = specs[mi]
         cache = None
         if resume_dir is not None:  # a finished network is read back, not retrained (same seed, same result)
-            key = _job_key(data_key, dataset, model, kwargs, run_seed, epochs, lr, batch_size, strategy,
-                           lr_list, dd_steps, device)
+            key = _job_key(data_key, dataset, model, kwargs, run_seed, spec["epochs"], lr, batch_size,
+                           spec["strategy"], lr_list, dd_steps, device, spec["augmentation"], spec["lr_schedule"])
             cache = resume_dir / f"net_{key[:20]}.json"
             acc = _cached_accuracy(cache, key)
             if acc is not None:
@@ -252,8 +338,11 @@ def _run_models(train_sets, dataset, *, models, num_eval, epochs, lr, learned_lr
         images, labels = train_sets(i)
         net = _build(model, dataset, run_seed, kwargs, device)
         gen = torch.Generator(device=device).manual_seed(run_seed)
-        train_model(net, images, labels, epochs=epochs, lr=lr, batch_size=batch_size, dsa_strategy=strategy,
-                    learned_lr=learned_lr, dd_steps=dd_steps, device=device, generator=gen)
+        train_model(net, images, labels, epochs=spec["epochs"], lr=lr, batch_size=batch_size,
+                    dsa_strategy=spec["strategy"] if spec["augmentation"] == "dsa" else None,
+                    dc_augmentation=spec["strategy"] if spec["augmentation"] == "dc" else None,
+                    lr_schedule=spec["lr_schedule"], learned_lr=learned_lr, dd_steps=dd_steps, device=device,
+                    generator=gen)
         done[(mi, i)] = test_accuracy(net, dataset)
         if cache is not None:
             from pydistill.utils import atomic_write_text
@@ -269,17 +358,24 @@ def _run_models(train_sets, dataset, *, models, num_eval, epochs, lr, learned_lr
     results = {}
     for mi, model in enumerate(models):
         accs = [done[(mi, i)] for i in range(num_eval)]
-        results[model] = {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "accs": [float(a) for a in accs]}
+        results[model] = {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "accs": [float(a) for a in accs],
+                          **specs[mi], "statistic": f"mean +- std over {num_eval} networks"}
+        if protocol == "paper" and method in OFFICIAL_STATISTIC:
+            results[model]["official_statistic"] = OFFICIAL_STATISTIC[method]
     return results
 
 
 def evaluate(synthetic_set, dataset, *, models=("ConvNet",), num_eval: int = 5, epochs: int | None = None,
-             lr: float = 0.01, batch_size: int = 256, dsa: bool = True, dsa_strategy: str | None = None,
+             lr: float = 0.01, batch_size: int = 256, dsa: bool | None = None, dsa_strategy: str | None = None,
              use_learned_lr: bool = True, device=None, seed: int = 0, model_kwargs: dict | None = None,
-             progress: bool = True, resume_dir: str | os.PathLike | None = None) -> dict:
+             progress: bool = True, resume_dir: str | os.PathLike | None = None, protocol: str = "paper",
+             compared_with: str | None = None) -> dict:
     """Train ``num_eval`` fresh networks of each of ``models`` on ``synthetic_set``; test on ``dataset``.
 
-    epochs: None -> 1000 with DSA, 300 without (as published; pass fewer for quick runs). A learned lr in the
+    ``protocol`` "paper" (the method's published evaluation, see :func:`resolve_protocol`; the method is
+    ``compared_with`` or else the set's ``meta["method"]``) or "uniform" (DSA + 1000 epochs for every set).
+    ``dsa`` None follows the protocol, True/False forces DSA / no augmentation. epochs: None -> the protocol's
+    (1000 with augmentation, 300 without; pass fewer for quick runs). A learned lr in the
     set (MTT scalar, DD vector) is used unless ``use_learned_lr=False``; a DD set (meta ``train_schedule`` ==
     "dd_unrolled") is evaluated by ``pydistill.methods.dd.evaluate_dd`` with its own network and learned
     schedule (``models``, ``epochs`` and ``dsa`` do not apply). Deterministic given ``seed``; the
@@ -287,9 +383,14 @@ def evaluate(synthetic_set, dataset, *, models=("ConvNet",), num_eval: int = 5, 
     (keyed by a hash of the set and every setting); a rerun after a crash skips those networks and gives the
     same result. Under torch.distributed the networks are split across ranks (see pydistill.distributed).
     ``model_kwargs=None`` builds each model with ``pydistill.models.default_model_kwargs(model, dataset.name)``
-    (ConvNet width 32, depth 2 on 8x8 digits). Returns ``{model: {"mean", "std", "accs"}}`` (fractions in [0, 1]).
+    (ConvNet width 32, depth 2 on 8x8 digits). Returns ``{model: {"mean", "std", "accs", ...}}`` (fractions in
+    [0, 1]) with the protocol recorded per model: "protocol", "augmentation", "strategy", "epochs",
+    "lr_schedule", "statistic" (and "official_statistic" under the paper protocol).
     """
     from pydistill.synthetic import SyntheticSet
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
 
     if not isinstance(synthetic_set, SyntheticSet):
         raise TypeError(f"synthetic_set must be a SyntheticSet, got {type(synthetic_set).__name__}")
@@ -305,12 +406,15 @@ def evaluate(synthetic_set, dataset, *, models=("ConvNet",), num_eval: int = 5, 
         raise ValueError(f"labels must lie in [0, {dataset.num_classes}), got range "
                          f"[{int(labels.min())}, {int(labels.max())}]")
     learned = synthetic_set.lr if (use_learned_lr and synthetic_set.lr is not None) else None
-    if learned is not None and learned.dim() == 1 and synthetic_set.meta.get("train_schedule") == "dd_unrolled":
+    schedule = synthetic_set.meta.get("train_schedule")
+    if learned is not None and learned.dim() == 1 and schedule in TRAIN_SCHEDULES:
         # DD sets only make sense with their learned unrolled schedule (fixed/random init, chunked steps).
-        from pydistill.methods.dd import evaluate_dd
-
-        return evaluate_dd(synthetic_set, dataset, num_models=num_eval, seed=seed,
-                           device=device if device is not None else dataset.device)
+        res = schedule_evaluator(schedule)(synthetic_set, dataset, num_models=num_eval, seed=seed,
+                                           device=device if device is not None else dataset.device)
+        for row in res.values():  # both protocols: the set's own learned schedule
+            row.update(protocol=protocol, augmentation="none", strategy=None, lr_schedule=schedule,
+                       statistic=f"mean +- std over {num_eval} networks")
+        return res
     dd_steps = synthetic_set.meta.get("distill_steps")
     data_key = None
     if resume_dir is not None:
@@ -320,24 +424,20 @@ def evaluate(synthetic_set, dataset, *, models=("ConvNet",), num_eval: int = 5, 
     return _run_models(lambda i: (imgs, labels), dataset, models=models, num_eval=num_eval, epochs=epochs, lr=lr,
                        learned_lr=learned, dd_steps=dd_steps, batch_size=batch_size, dsa=dsa,
                        dsa_strategy=dsa_strategy, device=device, seed=seed, progress=progress,
-                       model_kwargs=model_kwargs, desc="evaluate", resume_dir=resume_dir, data_key=data_key)
-
-
-def random_subset_indices(dataset, ipc: int, seed: int, draw: int) -> torch.Tensor:
-    """Training-set indices of ``ipc`` random images per class (class-major, int64 on ``dataset.device``) for
-    draw number ``draw`` of ``seed``: the random-real-subset baseline's draw (a new one per evaluated network)."""
-    g = torch.Generator().manual_seed(int(seed) * 7919 + int(draw))
-    picks = [idx.cpu()[torch.randperm(idx.numel(), generator=g)[:ipc]] for idx in dataset.indices_by_class]
-    return torch.cat(picks).to(dataset.device)
+                       model_kwargs=model_kwargs, desc="evaluate", resume_dir=resume_dir, data_key=data_key,
+                       protocol=protocol, method=compared_with or synthetic_set.meta.get("method"))
 
 
 def evaluate_baseline(dataset, kind: str = "random", ipc: int | None = None, *, models=("ConvNet",),
                       num_eval: int = 5, epochs: int | None = None, lr: float = 0.01, batch_size: int = 256,
-                      dsa: bool = True, dsa_strategy: str | None = None, device=None, seed: int = 0,
+                      dsa: bool | None = None, dsa_strategy: str | None = None, device=None, seed: int = 0,
                       model_kwargs: dict | None = None, progress: bool = True,
-                      resume_dir: str | os.PathLike | None = None) -> dict:
+                      resume_dir: str | os.PathLike | None = None, protocol: str = "paper",
+                      compared_with: str | None = None) -> dict:
     """Reference points: ``kind="random"`` trains on ``ipc`` random real images per class (a new draw per
-    network), ``kind="full"`` on the whole training set. Same output (and ``resume_dir``) as :func:`evaluate`."""
+    network), ``kind="full"`` on the whole training set. Same output (and ``resume_dir``) as :func:`evaluate`;
+    under ``protocol="paper"`` the networks are trained as the method ``compared_with`` evaluates its sets
+    (None: DSA/DM/MTT's protocol; "dc": DC's augmentation)."""
     if kind == "random":
         if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
             raise ValueError(f"ipc must be a positive int for kind='random', got {ipc!r}")
@@ -353,7 +453,8 @@ def evaluate_baseline(dataset, kind: str = "random", ipc: int | None = None, *, 
     return _run_models(sets, dataset, models=models, num_eval=num_eval, epochs=epochs, lr=lr, learned_lr=None,
                        dd_steps=None, batch_size=batch_size, dsa=dsa, dsa_strategy=dsa_strategy, device=device,
                        seed=seed, progress=progress, model_kwargs=model_kwargs, desc=f"baseline-{kind}",
-                       resume_dir=resume_dir, data_key=f"baseline:{kind}:{ipc}")
+                       resume_dir=resume_dir, data_key=f"baseline:{kind}:{ipc}", protocol=protocol,
+                       method=compared_with)
 
 
 class _CallableModule(types.ModuleType):

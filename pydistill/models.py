@@ -22,7 +22,7 @@ __all__ = ["get_network", "register_network", "unregister_network", "available_n
 
 NETWORKS = ("ConvNet", "ConvNetD1", "ConvNetD2", "ConvNetD3", "ConvNetD4", "ConvNetD5", "ConvNetW32", "ConvNetW64",
             "ConvNetW128", "ConvNetW256", "ConvNetBN", "ConvNetNoNorm", "ConvNetLN", "ConvNetGN", "ConvNetMP",
-            "MLP", "LeNet", "AlexNet", "VGG11", "VGG11BN", "ResNet18", "ResNet18BN", "ResNet34", "ResNet34BN")
+            "MLP", "LeNet", "AlexNet", "AlexCifarNet", "VGG11", "VGG11BN", "ResNet18", "ResNet18BN", "ResNet34", "ResNet34BN")
 NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
 ACTS = ("relu", "sigmoid", "leakyrelu", "gelu")
 POOLS = ("avgpool", "maxpool", "none")
@@ -447,6 +447,8 @@ def _builtin_network(name: str, channel: int, num_classes: int, im_size, *, widt
         return LeNet(*args, act=act)
     if name == "AlexNet":
         return AlexNet(*args, act=act)
+    if name == "AlexCifarNet":
+        return AlexCifarNet(*args, act=act)
     if name in ("VGG11", "VGG11BN"):
         return VGG(*args, cfg="VGG11", norm="batchnorm" if name.endswith("BN") else (norm or "instancenorm"), act=act)
     if name in ("ResNet18", "ResNet18BN", "ResNet34", "ResNet34BN"):
@@ -455,3 +457,38 @@ def _builtin_network(name: str, channel: int, num_classes: int, im_size, *, widt
         nrm = "batchnorm" if name.endswith("BN") else (norm or default)
         return ResNet(*args, blocks=blocks, norm=nrm)
     raise ValueError(f"unknown network {name!r}; choose from {NETWORKS}")
+
+
+class AlexCifarNet(_Net):
+    """DD's CIFAR network (SsnL/dataset-distillation networks/networks.py): 2 x [Conv5x5 64, ReLU, MaxPool 3/2,
+    LRN(4)] (pool and LRN swapped in the second block, as there), then Linear 384, 192 and the classifier;
+    ``embed`` is the 192-d output before the classifier."""
+
+    def __init__(self, channel, num_classes, im_size, *, act="relu"):
+        super().__init__()
+        h, w = im_size
+        for _ in range(2):  # MaxPool2d(3, stride 2, padding 1)
+            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        lrn = dict(size=4, alpha=0.001 / 9.0, beta=0.75, k=1.0)
+        self.features = nn.Sequential(
+            nn.Conv2d(channel, 64, 5, padding=2), _act(act), nn.MaxPool2d(3, 2, 1), nn.LocalResponseNorm(**lrn),
+            nn.Conv2d(64, 64, 5, padding=2), _act(act), nn.LocalResponseNorm(**lrn), nn.MaxPool2d(3, 2, 1))
+        self.fc = nn.Sequential(nn.Linear(64 * h * w, 384), _act(act), nn.Linear(384, 192), _act(act))
+        self.classifier = nn.Linear(192, num_classes)
+
+    def embed(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
+def seeded_network(name: str, channel: int, num_classes: int, im_size, seed: int, *, device="cpu",
+                   **kwargs) -> nn.Module:
+    """``get_network(name, channel, num_classes, im_size, **kwargs)`` with its initialisation drawn from the CPU
+    generator seeded with ``seed`` (same seed -> same weights on every device), moved to ``device``. The global
+    RNG is left untouched."""
+    if isinstance(im_size, int):
+        im_size = (im_size, im_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(int(seed))
+        net = get_network(name, channel, num_classes, im_size, **kwargs)
+    return net.to(device)
+__all__ += ["seeded_network", "AlexCifarNet"]

@@ -194,6 +194,19 @@ def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs,
         syn = _as_synthetic(method, method.synthetic_set())
         return evaluate(syn, method.dataset, **{"progress": progress_flag, **eval_kwargs})
 
+    def best_so_far(entries):
+        """The log entry of the best periodic evaluation so far (None before the first)."""
+        evals = [e for e in entries if "eval_acc" in e]
+        return max(evals, key=lambda e: e["eval_acc"]) if evals else None
+
+    def save_best(iteration):
+        if pdist.is_main():
+            syn_best = _as_synthetic(method, method.synthetic_set())
+            syn_best.meta = {**syn_best.meta, "method": sig["method"], "dataset": method.dataset.name,
+                             "ipc": int(method.ipc), "iteration": int(iteration), "seed": sig["seed"],
+                             "zca": method.dataset.zca is not None}
+            syn_best.save(out / "synthetic_best.safetensors")
+
     bar = None
     if progress and n_iter > start and pdist.is_main():
         from tqdm.auto import tqdm
@@ -234,6 +247,8 @@ def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs,
                     elapsed += time.perf_counter() - t0
                     res = eval_now(False)
                     first = next(iter(res.values()))
+                    if best_so_far(log) is None or first["mean"] > best_so_far(log)["eval_acc"]:
+                        save_best(it + 1)  # MTT's protocol reports the best evaluated set: keep it (synthetic_best)
                     log.append({"iteration": it + 1, "eval_acc": first["mean"], "eval_std": first["std"],
                                 "eval_model": next(iter(res))})
                     if logger is not None:
@@ -284,6 +299,9 @@ def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs,
         accuracies = eval_now(progress and main)
         eval_time = time.perf_counter() - t1
         first_model = next(iter(accuracies))
+        best = best_so_far(log)
+        if best is not None and accuracies[first_model]["mean"] > best["eval_acc"]:
+            save_best(n_iter)
         log.append({"iteration": n_iter, "eval_acc": accuracies[first_model]["mean"],
                     "eval_std": accuracies[first_model]["std"], "eval_model": first_model})
         if logger is not None:
@@ -309,6 +327,9 @@ def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs,
         "test_acc_mean": None if primary is None else primary["mean"],
         "test_acc_std": None if primary is None else primary["std"],
         "accuracies": accuracies,
+        # best of the evaluations made every eval_every iterations and the final one (MTT's reported statistic);
+        # its set is synthetic_best.safetensors when it is not the final one
+        "best_eval": best_so_far(log),
         "eval": to_jsonable({k: v for k, v in eval_kwargs.items() if k not in ("progress", "resume_dir")}),
         "wall_time_s": elapsed,
         "eval_time_s": eval_time,

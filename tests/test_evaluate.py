@@ -121,7 +121,9 @@ def test_evaluate_structure_and_determinism(tiny):
     res = evaluate(syn, tiny, **kw)
     assert set(res) == {"ConvNetW32", "MLP"}
     for r in res.values():
-        assert set(r) == {"mean", "std", "accs"} and len(r["accs"]) == 2
+        assert set(r) == {"mean", "std", "accs", "protocol", "augmentation", "strategy", "epochs", "lr_schedule",
+                          "statistic"} and len(r["accs"]) == 2
+        assert (r["protocol"], r["augmentation"], r["strategy"], r["epochs"]) == ("paper", "none", None, 2)
         assert all(0.0 <= a <= 1.0 for a in r["accs"])
         assert r["mean"] == pytest.approx(sum(r["accs"]) / 2)
     assert pydistill.evaluate(syn, tiny, **kw) == res  # the module is callable; same seed, same result

@@ -6,8 +6,9 @@ numbers; every method runs through ``pydistill.runner.run_distillation`` (resuma
 
 Writes ``benchmarks/results/accuracy-<dataset>-<device>-<date>.{md,json}`` and keeps each run's outputs
 (synthetic set, grid, curves, metrics, MTT experts) under ``--work`` (default: a temporary folder).
-Evaluation: ``--num-eval`` fresh networks of the distillation architecture per set, ``--eval-epochs`` epochs
-(default: 300 on digits, the published 1000 with DSA elsewhere), DSA during training; DD sets use their
+Evaluation: every set under each of ``--protocols`` (``pydistill.evaluate`` protocol "paper": the method's own,
+"uniform": DSA for every set), ``--num-eval`` fresh networks of the distillation architecture, ``--eval-epochs``
+epochs (default: 300 on digits, else the protocol's 1000 with augmentation / 300 without); DD sets use their
 learned schedule (``pydistill.methods.dd.evaluate_dd``). Accuracies are in percent, mean +- std over networks.
 """
 from __future__ import annotations
@@ -73,6 +74,23 @@ def _eval_model(cfg, name, buffers):
     return cfg.model, dict(cfg.model_kwargs)
 
 
+# The published runs' budgets (REFERENCE.md / official scripts): distillation iterations, evaluation networks.
+PUBLISHED_BUDGET = {
+    "dc": "1000 its; 5 exp x 20 nets, 300 ep (MNIST 1000, DC aug)",
+    "dsa": "1000 its; 5 exp x 20 nets, 1000 ep DSA",
+    "dm": "20000 its; 5 exp x 20 nets, 1000 ep DSA",
+    "mtt": "5000 its, 100 experts x 50 ep; best of evals every 100 its, 5 nets, 1000 ep DSA",
+    "dd": "400 epochs of real data; learned schedule",
+    "random": "5 exp x 20 nets, the compared method's protocol",
+}
+
+
+def _run_extra(method, metrics):
+    return {"iterations": method.num_iterations,
+            "distill_s_per_iter": metrics["wall_time_s"] / max(1, method.num_iterations),
+            "final_loss": metrics["final_scalars"].get("loss")}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits")
@@ -97,6 +115,10 @@ def main(argv=None):
     p.add_argument("--skip-random", action="store_true",
                    help="no random-subset rows (when another run of the same table already has them)")
     p.add_argument("--tag", default="", help="suffix of the results file name (e.g. ipc10 for a split run)")
+    p.add_argument("--protocols", default="paper,uniform",
+                   help="evaluation protocols of pydistill.evaluate, each set is evaluated under each (comma list)")
+    p.add_argument("--mtt-eval-every", type=int, default=0,
+                   help="MTT: evaluate every N iterations and report the best set (its paper's statistic; 0: final)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy CPU)")
     args = p.parse_args(argv)
@@ -121,13 +143,57 @@ def main(argv=None):
     buffers = os.path.join(work, "experts")
     rows = []
 
+    protocols = [v.strip() for v in args.protocols.split(",") if v.strip()]
+
+    def write(rows, partial=False):
+        date = datetime.date.today().isoformat()
+        stem = os.path.join(RESULTS, f"accuracy-{ds.name}-{args.device}-{date}" + (f"-{args.tag}" if args.tag else ""))
+        os.makedirs(RESULTS, exist_ok=True)
+        env = {"date": date, "torch": torch.__version__, "device": args.device, "dataset": ds.name,
+               "num_eval": args.num_eval, "eval_epochs": eval_epochs, "seed": args.seed,
+               "mtt_experts": args.experts if "mtt" in methods else None, "model_kwargs": net_kwargs,
+               "overrides": overrides, "protocols": protocols, "mtt_eval_every": args.mtt_eval_every}
+        with open(stem + ".json", "w") as f:
+            json.dump({"environment": env, "rows": rows}, f, indent=1)
+        lines = [f"# Accuracy on {ds.name} ({args.device}, {date})", "",
+                 "Environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), "",
+                 "| method | IPC | protocol | eval (aug, epochs) | eval model | test acc % (mean +- std) | published % "
+                 "| iterations | s/iter | published budget |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            pub = "-" if r["published"] is None else f"{r['published']:.1f}"
+            its = r.get("iterations", "-")
+            spi = f"{r['distill_s_per_iter']:.3f}" if r.get("distill_s_per_iter") is not None else "-"
+            aug = r.get("strategy") or r.get("augmentation") or "-"
+            ev = f"{aug}, {r['epochs']}" if r.get("epochs") else aug
+            lines.append(f"| {r['method']} | {r['ipc']} | {r.get('protocol')} | {ev} | {r['model']} | "
+                         f"{r['acc_mean']:.2f} +- {r['acc_std']:.2f} ({r['num_eval']} nets) | {pub} | {its} | {spi} | "
+                         f"{r.get('published_budget') or '-'} |")
+        lines += ["", "random (vs dc / vs dsa): a random real subset (a new draw per network) trained under the paper "
+                      "protocol of DC, resp. of DSA/DM/MTT; under uniform, DSA for every set. "
+                      "dd-random: DD's own baseline, random real images trained with DD's schedule (same network, "
+                      "initialisation and number of steps; best constant lr of a grid, picked on the test set)."]
+        if ds.name not in PUBLISHED:
+            lines += ["", f"No published numbers exist for {ds.name}; for scale, MNIST (ConvNet): random 64.9/95.1, "
+                          "DC 91.7/97.4, DSA 88.7/97.8 at IPC 1/10; DD fixed init 93.8 (10 images)."]
+        if partial:
+            lines += ["", "(partial: the run is still going or was stopped; rerun the same command to continue)"]
+        with open(stem + ".md", "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return stem, lines
+
     def record(method, ipc, res, seconds, extra=None):
         (model, r), = res.items() if len(res) == 1 else [next(iter(res.items()))]
+        key = method.split(" ")[0].replace("dd-random", "dd")
         row = {"method": method, "ipc": ipc, "model": model, "acc_mean": 100 * r["mean"], "acc_std": 100 * r["std"],
-               "num_eval": len(r["accs"]), "published": PUBLISHED.get(ds.name, {}).get(method, {}).get(ipc),
-               "seconds": seconds, **(extra or {})}
+               "num_eval": len(r["accs"]), "published": PUBLISHED.get(ds.name, {}).get(method.split(" ")[0], {}).get(ipc),
+               "seconds": seconds, "protocol": r.get("protocol"), "augmentation": r.get("augmentation"),
+               "strategy": r.get("strategy"), "epochs": r.get("epochs"),
+               "published_budget": PUBLISHED_BUDGET.get(key), **(extra or {})}
         rows.append(row)
-        print(f"{method:7s} ipc {ipc:3d}: {row['acc_mean']:.2f} +- {row['acc_std']:.2f}  ({seconds:.0f}s)", flush=True)
+        write(rows, partial=True)  # a killed run keeps the rows it finished (reruns resume the distillations)
+        print(f"{method:7s} ipc {ipc:3d} [{row['protocol']}]: {row['acc_mean']:.2f} +- {row['acc_std']:.2f}  "
+              f"({seconds:.0f}s)", flush=True)
 
     if "mtt" in methods:
         from pydistill.methods.mtt import train_experts
@@ -144,18 +210,25 @@ def main(argv=None):
     for ipc in ipcs:
         # random real subset, evaluated with the same protocol (ConvNet, as DC/DSA/DM/MTT)
         t0 = time.time()
-        if not args.skip_random:
-            res = evaluate_baseline(ds, "random", ipc, models=("ConvNet",), num_eval=args.num_eval, epochs=eval_epochs,
-                                    dsa=True, device=args.device, seed=args.seed, progress=False,
-                                    model_kwargs=net_kwargs)
-            record("random", ipc, res, time.time() - t0)
+        if not args.skip_random:  # under "paper": once per compared protocol (DC's, and DSA/DM/MTT's)
+            for protocol in protocols:
+                for compared in (("dc", "dsa") if protocol == "paper" else (None,)):
+                    t0 = time.time()
+                    res = evaluate_baseline(ds, "random", ipc, models=("ConvNet",), num_eval=args.num_eval,
+                                            epochs=eval_epochs, device=args.device, seed=args.seed, progress=False,
+                                            model_kwargs=net_kwargs, protocol=protocol, compared_with=compared)
+                    record("random" + (f" (vs {compared})" if compared else ""), ipc, res, time.time() - t0)
         for name in methods:
             cls, cfg = _config(name, ds, ipc, overrides, buffers)
             method = cls(ds, ipc, config=cfg, device=args.device, seed=args.seed)
             t0 = time.time()
             out = os.path.join(work, f"{name}-ipc{ipc}")
+            every = args.mtt_eval_every if name == "mtt" else 0
             metrics = run_distillation(method, out, checkpoint_every=max(1, method.num_iterations // 4),
-                                       progress=False, final_eval=False)
+                                       eval_every=every or None, progress=False, final_eval=bool(every),
+                                       eval_kwargs={"num_eval": args.num_eval, "epochs": eval_epochs,
+                                                    "models": (_eval_model(cfg, name, buffers)[0],),
+                                                    "model_kwargs": _eval_model(cfg, name, buffers)[1]})
             t_distill = time.time() - t0
             syn = method.synthetic_set()
             if syn.meta.get("train_schedule") == TRAIN_SCHEDULE:
@@ -165,41 +238,24 @@ def main(argv=None):
                 base = evaluate_dd_random(syn, ds, num_models=args.num_eval, device=args.device, seed=args.seed)
                 record("dd-random", ipc, base, time.time() - t1, {"baseline_lr": next(iter(base.values()))["lr"]})
                 res = evaluate_dd(syn, ds, num_models=args.num_eval, device=args.device, seed=args.seed)
-            else:
-                model, kw = _eval_model(cfg, name, buffers)
-                res = evaluate(syn, ds, models=(model,), model_kwargs=kw, num_eval=args.num_eval, epochs=eval_epochs,
-                               dsa=True, device=args.device, seed=args.seed, progress=False)
-            record(name, ipc, res, t_distill, {"iterations": method.num_iterations,
-                                               "distill_s_per_iter": metrics["wall_time_s"] / max(1, method.num_iterations),
-                                               "final_loss": metrics["final_scalars"].get("loss")})
+                res = {m: {**r, "protocol": "dd schedule", "augmentation": "none"} for m, r in res.items()}
+                record(name, ipc, res, t_distill, _run_extra(method, metrics))
+                continue
+            best = metrics.get("best_eval") if every else None
+            if best is not None and best["iteration"] < method.num_iterations:  # MTT: the best evaluated set
+                from pydistill.synthetic import SyntheticSet
 
-    date = datetime.date.today().isoformat()
-    stem = os.path.join(RESULTS, f"accuracy-{ds.name}-{args.device}-{date}" + (f"-{args.tag}" if args.tag else ""))
-    os.makedirs(RESULTS, exist_ok=True)
-    env = {"date": date, "torch": torch.__version__, "device": args.device, "dataset": ds.name,
-           "num_eval": args.num_eval, "eval_epochs": eval_epochs, "seed": args.seed,
-           "mtt_experts": args.experts if "mtt" in methods else None, "model_kwargs": net_kwargs,
-           "overrides": overrides}
-    with open(stem + ".json", "w") as f:
-        json.dump({"environment": env, "rows": rows}, f, indent=1)
-    lines = [f"# Accuracy on {ds.name} ({args.device}, {date})", "",
-             "Environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), "",
-             "| method | IPC | eval model | test acc % (mean +- std) | published % | iterations | s/iter |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        pub = "-" if r["published"] is None else f"{r['published']:.1f}"
-        its = r.get("iterations", "-")
-        spi = f"{r['distill_s_per_iter']:.3f}" if r.get("distill_s_per_iter") is not None else "-"
-        lines.append(f"| {r['method']} | {r['ipc']} | {r['model']} | {r['acc_mean']:.2f} +- {r['acc_std']:.2f} | "
-                     f"{pub} | {its} | {spi} |")
-    lines += ["", "random: a random real subset (a new draw per network) trained with the same protocol as DC/DSA/DM/MTT. "
-                  "dd-random: DD's own baseline, random real images trained with DD's schedule (same network, "
-                  "initialisation and number of steps; best constant lr of a grid, picked on the test set)."]
-    if ds.name not in PUBLISHED:
-        lines += ["", f"No published numbers exist for {ds.name}; for scale, MNIST (ConvNet): random 64.9/95.1, "
-                      "DC 91.7/97.4, DSA 88.7/97.8 at IPC 1/10; DD fixed init 93.8 (10 images)."]
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+                syn = SyntheticSet.load(os.path.join(out, "synthetic_best.safetensors"), device=args.device)
+            model, kw = _eval_model(cfg, name, buffers)
+            for protocol in protocols:
+                res = evaluate(syn, ds, models=(model,), model_kwargs=kw, num_eval=args.num_eval, epochs=eval_epochs,
+                               device=args.device, seed=args.seed, progress=False, protocol=protocol)
+                extra = _run_extra(method, metrics)
+                if best is not None:
+                    extra["best_iteration"] = best["iteration"]
+                record(name, ipc, res, t_distill, extra)
+
+    stem, lines = write(rows)
     print("\n".join(lines))
     print("recorded", stem + ".md")
     return rows

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from pydistill.methods.common import class_labels, init_synthetic_images
+
 __all__ = ["Method", "default_config"]
 
 
@@ -106,8 +108,6 @@ class LearnedImagesMixin:
     def init_learned_images(self, cfg) -> None:
         """The DSA strategy (when ``cfg.dsa``), class labels, images initialised per ``cfg.init`` and their
         SGD(``cfg.lr_img``, momentum ``cfg.momentum_img``)."""
-        from pydistill.methods.dc import class_labels, init_synthetic_images
-
         if cfg.dsa:
             from pydistill.data import dsa_strategy_for
 
