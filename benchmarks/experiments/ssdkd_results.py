@@ -47,7 +47,8 @@ from pydistill.data import load_dataset  # noqa: E402
 from pydistill.evaluate import test_accuracy  # noqa: E402
 from pydistill.methods.ssdkd import SSDKD, Config, train_teacher  # noqa: E402
 from pydistill.methods.ssdkd.losses import kd_loss  # noqa: E402
-from pydistill.methods.ssdkd.teacher import _build_network, augment, default_augment_args  # noqa: E402
+from pydistill.methods.ssdkd.teacher import _im_size, augment, default_augment_args  # noqa: E402
+from pydistill.models import seeded_network  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
 
@@ -81,7 +82,8 @@ def kd_on_real(ds, cfg: Config, n_real: int, steps: int, seed: int, device) -> t
     idx = torch.randperm(ds.x_train.shape[0], generator=g)[:n_real].to(device)
     x = ds.x_train[idx]
     aug = default_augment_args(ds)
-    student = _build_network(cfg.student, ds, seed + 1, **dict(cfg.student_kwargs)).to(device)
+    student = seeded_network(cfg.student, ds.channel, ds.num_classes, _im_size(ds), seed + 1, device=device,
+                             **dict(cfg.student_kwargs))
     opt = torch.optim.SGD(student.parameters(), lr=cfg.lr_student, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
     student.train()

@@ -48,7 +48,8 @@ from pydistill.methods.ssdkd.losses import (
     task_loss,
 )
 from pydistill.methods.ssdkd.replay import ReplayBuffer
-from pydistill.methods.ssdkd.teacher import _build_network, _im_size, augment, default_augment_args, load_teacher
+from pydistill.models import seeded_network
+from pydistill.methods.ssdkd.teacher import _im_size, augment, default_augment_args, load_teacher
 from pydistill.synthetic import SyntheticSet
 from pydistill.utils import save_checked
 
@@ -169,7 +170,8 @@ class SSDKD(Method):
         self.bn_loss.enabled = False
 
         # student, meta-learned generator, optimizer
-        self.student = _build_network(cfg.student, dataset, seed + 1, **dict(cfg.student_kwargs)).to(dev)
+        self.student = seeded_network(cfg.student, dataset.channel, dataset.num_classes, (h, w), seed + 1, device=dev,
+                                      **dict(cfg.student_kwargs))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 2)
             prior = Generator(cfg.latent_dim, int(dataset.channel), (h, w), dataset.mean, dataset.std,

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pydistill.evaluate import test_accuracy
+from pydistill.models import seeded_network
 from pydistill.utils import load_checked, save_checked
 
 __all__ = ["TEACHER_FORMAT", "train_teacher", "load_teacher", "augment", "default_augment_args", "register_cli"]
@@ -22,14 +23,6 @@ TEACHER_FORMAT = "pydistill-teacher-v1"
 def _im_size(dataset) -> tuple[int, int]:
     s = dataset.im_size
     return (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
-
-
-def _build_network(name: str, dataset, seed: int, **kw) -> nn.Module:
-    from pydistill.models import get_network
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return get_network(name, dataset.channel, dataset.num_classes, _im_size(dataset), **kw)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, *, flip: bool, pad: int,
@@ -119,7 +112,8 @@ def train_teacher(
     h, w = _im_size(dataset)
     pad = max(1, h // 8)
 
-    net = _build_network(model, dataset, seed, **model_kwargs).to(device)
+    net = seeded_network(model, dataset.channel, dataset.num_classes, _im_size(dataset), seed, device=device,
+                         **model_kwargs)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     start = 0
