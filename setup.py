@@ -14,6 +14,7 @@ libraries do: 0.1.0+pt214cu130 (torch 2.14, CUDA 13.0), 0.1.0+pt214cpu (C++ CPU 
 pydistill/_build_info.py records the exact torch version; importing pydistill beside another torch
 raises an ImportError naming both (see pydistill/_backend.py).
 """
+
 import glob
 import os
 
@@ -45,9 +46,11 @@ def _build_info_text(version: str, with_cuda: bool) -> str:
     """pydistill/_build_info.py: the torch this build's _C is compiled against (checked at import)."""
     import torch
 
-    return ('"""Written by setup.py when it builds pydistill._C: the torch that build is compiled against."""\n'
-            f"VERSION = {version!r}\nTORCH_VERSION = {torch.__version__!r}\n"
-            f"CUDA_VERSION = {(torch.version.cuda if with_cuda else None)!r}\n")
+    return (
+        '"""Written by setup.py when it builds pydistill._C: the torch that build is compiled against."""\n'
+        f"VERSION = {version!r}\nTORCH_VERSION = {torch.__version__!r}\n"
+        f"CUDA_VERSION = {(torch.version.cuda if with_cuda else None)!r}\n"
+    )
 
 
 def _extensions(with_cuda: bool):
@@ -99,8 +102,9 @@ def _build_ext():
 
 
 _WITH_CUDA = _with_cuda()
-VERSION = BASE_VERSION if os.getenv("PYDISTILL_NO_LOCAL_VERSION") == "1" else \
-    f"{BASE_VERSION}+{_local_version(_WITH_CUDA)}"
+VERSION = (
+    BASE_VERSION if os.getenv("PYDISTILL_NO_LOCAL_VERSION") == "1" else f"{BASE_VERSION}+{_local_version(_WITH_CUDA)}"
+)
 
 setup(
     name="pydistill",

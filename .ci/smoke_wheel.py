@@ -1,6 +1,7 @@
 """Smoke test of an installed pydistill wheel, run by .ci/run from a folder outside the repository with the fresh
 virtual environment's python: the wheel's package is the one imported, its _C loads, one op runs forward and
 backward and equals the PyTorch reference."""
+
 import sys
 from pathlib import Path
 
@@ -19,7 +20,9 @@ g = torch.Generator().manual_seed(0)
 real = [torch.randn(5, 3, 3, 3, generator=g), torch.randn(4, 7, generator=g)]
 grads = {}
 for backend in ("cpp", "reference"):
-    syn = [torch.randn(t.shape, generator=torch.Generator().manual_seed(i)).requires_grad_() for i, t in enumerate(real)]
+    syn = [
+        torch.randn(t.shape, generator=torch.Generator().manual_seed(i)).requires_grad_() for i, t in enumerate(real)
+    ]
     loss = match_loss(syn, real, backend=backend)
     loss.backward()
     grads[backend] = (loss.detach(), [s.grad for s in syn])

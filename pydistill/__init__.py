@@ -5,6 +5,7 @@ Entry points: ``load_dataset`` (pydistill.data), ``get_network`` (pydistill.mode
 ``run_distillation`` (pydistill.runner), the methods in ``pydistill.methods``, the ops in ``pydistill.ops``.
 Everything beyond the backend queries is imported lazily.
 """
+
 import importlib
 
 from pydistill._backend import backends, has_compiled

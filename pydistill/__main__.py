@@ -1,4 +1,5 @@
 """``python -m pydistill``: the command line (see :mod:`pydistill.cli`)."""
+
 import sys
 
 from pydistill.cli import main

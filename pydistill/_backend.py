@@ -27,11 +27,13 @@ def check_torch_version(built: str, built_cuda: str | None, running: str, runnin
             f"{'' if running_cuda is None else f' (CUDA {running_cuda})'} is installed. Install the pydistill wheel "
             f"built for your torch (its version tag +pt<major><minor>cu<cuda> names it), or build one: "
             "pip install --no-build-isolation . (README: 'Build wheels for your torch/CUDA'). "
-            "PYDISTILL_SKIP_TORCH_CHECK=1 skips this check at your own risk.")
+            "PYDISTILL_SKIP_TORCH_CHECK=1 skips this check at your own risk."
+        )
 
 
 try:  # recorded by setup.py at build time; absent in a source tree never built
-    from pydistill._build_info import CUDA_VERSION as _BUILT_CUDA, TORCH_VERSION as _BUILT_TORCH
+    from pydistill._build_info import CUDA_VERSION as _BUILT_CUDA
+    from pydistill._build_info import TORCH_VERSION as _BUILT_TORCH
 except ImportError:  # pragma: no cover - depends on the install
     _BUILT_TORCH = _BUILT_CUDA = None
 if _BUILT_TORCH is not None:

@@ -12,6 +12,7 @@ dedicated flags follow one precedence rule (:mod:`pydistill.config_overrides`).
 Modules may contribute subcommands with ``register_cli(subparsers)``: they add a parser and call
 ``parser.set_defaults(func=fn)``, where ``fn(args)`` runs the command and returns an exit code (or None).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,11 +23,24 @@ import sys
 
 from pydistill.config_overrides import FIELD_FLAGS, make_config, parse_overrides
 
-__all__ = ["main", "build_parser", "parse_overrides", "make_config", "EXTENSION_MODULES", "QUICK_EVAL_EPOCHS",
-           "DISTRIBUTED_COMMANDS", "LOCKED_OUTPUTS", "check_ipc"]
+__all__ = [
+    "main",
+    "build_parser",
+    "parse_overrides",
+    "make_config",
+    "EXTENSION_MODULES",
+    "QUICK_EVAL_EPOCHS",
+    "DISTRIBUTED_COMMANDS",
+    "LOCKED_OUTPUTS",
+    "check_ipc",
+]
 
-EXTENSION_MODULES = ("pydistill.methods.mtt", "pydistill.methods.ssdkd", "pydistill.diffusion.train",
-                     "pydistill.export")
+EXTENSION_MODULES = (
+    "pydistill.methods.mtt",
+    "pydistill.methods.ssdkd",
+    "pydistill.diffusion.train",
+    "pydistill.export",
+)
 # Default evaluation epochs for small datasets (a CPU run finishes in minutes); others use the published 1000/300.
 QUICK_EVAL_EPOCHS = {"digits": 300}
 # Commands that split their work across torchrun processes; the others refuse to run with WORLD_SIZE > 1.
@@ -53,8 +67,14 @@ def _eval_kwargs(args, dataset_name: str) -> dict:
     models = tuple(m.strip() for m in args.eval_models.split(",") if m.strip())
     if not models:
         raise ValueError("--eval-models must name at least one network, e.g. ConvNet,MLP")
-    return {"models": models, "num_eval": args.num_eval, "epochs": epochs, "dsa": False if args.no_eval_dsa else None,
-            "seed": args.seed, "protocol": args.protocol}
+    return {
+        "models": models,
+        "num_eval": args.num_eval,
+        "epochs": epochs,
+        "dsa": False if args.no_eval_dsa else None,
+        "seed": args.seed,
+        "protocol": args.protocol,
+    }
 
 
 def check_ipc(dataset, ipc: int, allow_repeat: bool = False) -> None:
@@ -69,13 +89,19 @@ def check_ipc(dataset, ipc: int, allow_repeat: bool = False) -> None:
     if not small:
         return
     sizes = ", ".join(f"class {c}: {n}" for c, n in list(small.items())[:10]) + (" ..." if len(small) > 10 else "")
-    text = (f"--ipc {ipc} is above the size of {len(small)} class(es) of {dataset.name!r} ({sizes}; smallest "
-            f"{min(counts)})")
+    text = (
+        f"--ipc {ipc} is above the size of {len(small)} class(es) of {dataset.name!r} ({sizes}; smallest {min(counts)})"
+    )
     if not allow_repeat:
-        raise ValueError(f"{text}: their real images would repeat. Use --ipc <= {min(counts)}, or --allow-repeat "
-                         "to accept repeated images")
-    print(f"pydistill: warning: {text}; their real images are reused (repeated in a real-image initialisation, "
-          "all of them taken by `random`) as --allow-repeat asks", file=sys.stderr)
+        raise ValueError(
+            f"{text}: their real images would repeat. Use --ipc <= {min(counts)}, or --allow-repeat "
+            "to accept repeated images"
+        )
+    print(
+        f"pydistill: warning: {text}; their real images are reused (repeated in a real-image initialisation, "
+        "all of them taken by `random`) as --allow-repeat asks",
+        file=sys.stderr,
+    )
 
 
 def _cmd_distill(args) -> int:
@@ -109,19 +135,29 @@ def _cmd_distill(args) -> int:
     try:
         method = cls(dataset, args.ipc, config=cfg, device=device, seed=args.seed)
     except (TypeError, RuntimeError) as exc:  # a value the Config accepted but the method cannot use
-        raise ValueError(f"method {args.method!r} cannot start with this configuration ({exc}); check the --set "
-                         "values") from exc
+        raise ValueError(
+            f"method {args.method!r} cannot start with this configuration ({exc}); check the --set values"
+        ) from exc
     from pydistill.distributed import is_main
     from pydistill.loggers import make_logger
 
     logger = make_logger(args.logger, args.out) if is_main() else None
-    metrics = run_distillation(method, args.out, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
-                               eval_kwargs=_eval_kwargs(args, dataset.name), progress=not args.no_progress,
-                               final_eval=not args.no_eval, logger=logger)
+    metrics = run_distillation(
+        method,
+        args.out,
+        checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every,
+        eval_kwargs=_eval_kwargs(args, dataset.name),
+        progress=not args.no_progress,
+        final_eval=not args.no_eval,
+        logger=logger,
+    )
     _print_accuracies(metrics["accuracies"])
     if is_main():
-        print(f"wrote {args.out}/synthetic.safetensors, grid.png, curves.png, metrics.json "
-              f"({metrics['wall_time_s']:.1f} s distillation, {metrics['eval_time_s']:.1f} s evaluation)")
+        print(
+            f"wrote {args.out}/synthetic.safetensors, grid.png, curves.png, metrics.json "
+            f"({metrics['wall_time_s']:.1f} s distillation, {metrics['eval_time_s']:.1f} s evaluation)"
+        )
     return 0
 
 
@@ -152,10 +188,18 @@ def _cmd_evaluate(args) -> int:
     zca = args.zca if args.zca is not None else bool(syn.meta.get("zca", False))
     dataset = load_dataset(name, args.data_root, zca=zca, device=device, download=args.download)
     if recorded and dataset.name != recorded and not args.force:
-        raise ValueError(f"--dataset {args.dataset!r} ({dataset.name}) differs from the dataset {recorded!r} recorded "
-                         f"in {args.synthetic}; pass --force to evaluate on it anyway")
-    res = evaluate(syn, dataset, device=device, progress=not args.no_progress, resume_dir=_resume_dir(args),
-                   **_eval_kwargs(args, dataset.name))
+        raise ValueError(
+            f"--dataset {args.dataset!r} ({dataset.name}) differs from the dataset {recorded!r} recorded "
+            f"in {args.synthetic}; pass --force to evaluate on it anyway"
+        )
+    res = evaluate(
+        syn,
+        dataset,
+        device=device,
+        progress=not args.no_progress,
+        resume_dir=_resume_dir(args),
+        **_eval_kwargs(args, dataset.name),
+    )
     _print_accuracies(res)
     from pydistill.distributed import is_main
 
@@ -176,10 +220,16 @@ def _cmd_baseline(args) -> int:
     dataset = load_dataset(args.dataset, args.data_root, zca=args.zca, device=device, download=args.download)
     if args.kind == "random":
         check_ipc(dataset, args.ipc)
-    res = evaluate_baseline(dataset, args.kind, args.ipc if args.kind == "random" else None, device=device,
-                            progress=not args.no_progress, resume_dir=_resume_dir(args),
-                            compared_with=args.compared_with,
-                            **_eval_kwargs(args, dataset.name))
+    res = evaluate_baseline(
+        dataset,
+        args.kind,
+        args.ipc if args.kind == "random" else None,
+        device=device,
+        progress=not args.no_progress,
+        resume_dir=_resume_dir(args),
+        compared_with=args.compared_with,
+        **_eval_kwargs(args, dataset.name),
+    )
     _print_accuracies(res)
     from pydistill.distributed import is_main
 
@@ -196,27 +246,45 @@ def _resume_dir(args):
 
 
 def _add_resume(p):
-    p.add_argument("--resume-dir", default=None,
-                   help="record each finished network here; a rerun skips them (default: OUT.progress with --out)")
+    p.add_argument(
+        "--resume-dir",
+        default=None,
+        help="record each finished network here; a rerun skips them (default: OUT.progress with --out)",
+    )
 
 
 def _add_common(p, *, dataset_required=False):
-    p.add_argument("--dataset", default=None if not dataset_required else "digits",
-                   help="digits (default for distill), mnist, fashionmnist, svhn, cifar10, cifar100, imagefolder:PATH")
-    p.add_argument("--data-root", default=None,
-                   help="dataset folder (default: $PYDISTILL_DATA, else ~/.cache/pydistill/datasets)")
-    p.add_argument("--download", action="store_true",
-                   help="let torchvision download MNIST/FashionMNIST/CIFAR/SVHN into the data folder (needs a network)")
+    p.add_argument(
+        "--dataset",
+        default=None if not dataset_required else "digits",
+        help="digits (default for distill), mnist, fashionmnist, svhn, cifar10, cifar100, imagefolder:PATH",
+    )
+    p.add_argument(
+        "--data-root", default=None, help="dataset folder (default: $PYDISTILL_DATA, else ~/.cache/pydistill/datasets)"
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="let torchvision download MNIST/FashionMNIST/CIFAR/SVHN into the data folder (needs a network)",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-models", default="ConvNet", help="comma-separated networks to evaluate with")
     p.add_argument("--num-eval", type=int, default=5, help="networks trained per model (mean +- std)")
-    p.add_argument("--eval-epochs", type=int, default=None,
-                   help="training epochs per evaluation network (default: 300 for digits, else 1000 with DSA)")
+    p.add_argument(
+        "--eval-epochs",
+        type=int,
+        default=None,
+        help="training epochs per evaluation network (default: 300 for digits, else 1000 with DSA)",
+    )
     p.add_argument("--no-eval-dsa", action="store_true", help="evaluate without DSA augmentation")
-    p.add_argument("--protocol", choices=("paper", "uniform"), default="paper",
-                   help="paper: each method's published evaluation (DC: DC augmentation; DSA/DM/MTT: DSA); "
-                        "uniform: DSA + 1000 epochs for every set")
+    p.add_argument(
+        "--protocol",
+        choices=("paper", "uniform"),
+        default="paper",
+        help="paper: each method's published evaluation (DC: DC augmentation; DSA/DM/MTT: DSA); "
+        "uniform: DSA + 1000 epochs for every set",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -232,40 +300,71 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--method", required=True, choices=sorted(METHODS))
     p.add_argument("--ipc", type=int, default=10, help="images per class")
     p.add_argument("--out", required=True, help="run folder (checkpoint, synthetic set, figures, metrics)")
-    p.add_argument("--iterations", type=int, default=None,
-                   help="outer iterations (default: the method's); alias of --set iterations=N (rounds for ssdkd)")
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="outer iterations (default: the method's); alias of --set iterations=N (rounds for ssdkd)",
+    )
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=None, help="evaluate every N iterations (default: at the end)")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
-    p.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None,
-                   help="ZCA-whiten the dataset (default: the method's official setting, MTT's table; else off)")
-    p.add_argument("--logger", choices=("none", "tensorboard"), default="none",
-                   help="tensorboard: write the training scalars and evaluation accuracy to OUT/tensorboard")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field of the method's Config (repeatable); a field also given by a dedicated "
-                        "flag (--iterations, --buffers, ...) must get the same value, else it is an error")
+    p.add_argument(
+        "--zca",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ZCA-whiten the dataset (default: the method's official setting, MTT's table; else off)",
+    )
+    p.add_argument(
+        "--logger",
+        choices=("none", "tensorboard"),
+        default="none",
+        help="tensorboard: write the training scalars and evaluation accuracy to OUT/tensorboard",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of the method's Config (repeatable); a field also given by a dedicated "
+        "flag (--iterations, --buffers, ...) must get the same value, else it is an error",
+    )
     for name, text in FIELD_FLAGS.items():  # aliases of --set FIELD=VALUE
         p.add_argument(f"--{name}", default=None, help=text)
-    p.add_argument("--allow-repeat", action="store_true",
-                   help="accept --ipc above a class's size (its real images repeat); refused otherwise")
+    p.add_argument(
+        "--allow-repeat",
+        action="store_true",
+        help="accept --ipc above a class's size (its real images repeat); refused otherwise",
+    )
     _add_common(p, dataset_required=True)
     p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser("evaluate", help="evaluate a synthetic set (train fresh networks on it, test on real data)")
     p.add_argument("--synthetic", required=True, help="synthetic.safetensors file")
     p.add_argument("--out", default=None, help="write the accuracies to this JSON file")
-    p.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None,
-                   help="ZCA-whiten the dataset (default: as recorded in the file)")
-    p.add_argument("--force", action="store_true",
-                   help="evaluate on --dataset even when it differs from the dataset recorded in the file")
+    p.add_argument(
+        "--zca",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ZCA-whiten the dataset (default: as recorded in the file)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="evaluate on --dataset even when it differs from the dataset recorded in the file",
+    )
     _add_resume(p)
     _add_common(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("baseline", help="accuracy of a random real subset (--ipc) or of the full training set")
     p.add_argument("--kind", choices=("random", "full"), default="random")
-    p.add_argument("--compared-with", default=None, choices=("dc", "dsa", "dm", "mtt"),
-                   help="--protocol paper: evaluate as this method's paper does (default: DSA/DM/MTT's protocol)")
+    p.add_argument(
+        "--compared-with",
+        default=None,
+        choices=("dc", "dsa", "dm", "mtt"),
+        help="--protocol paper: evaluate as this method's paper does (default: DSA/DM/MTT's protocol)",
+    )
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--out", default=None, help="write the accuracies to this JSON file")
     p.add_argument("--zca", action="store_true")
@@ -283,14 +382,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         register = getattr(module, "register_cli", None)
         if register is not None:
             register(sub)
-    for name, sp in sub.choices.items():  # every command takes --deterministic
+    for sp in sub.choices.values():  # every command takes --deterministic
         if not any("--deterministic" in a.option_strings for a in sp._actions):
             sp.add_argument("--deterministic", action="store_true", help=_DET_HELP)
     return parser, skipped
 
 
-_DET_HELP = ("bit-reproducible run: deterministic algorithms, one CPU thread (PYDISTILL_NUM_THREADS to change), "
-             "cuDNN deterministic, CUBLAS_WORKSPACE_CONFIG; some GPU kernels stay nondeterministic (see README)")
+_DET_HELP = (
+    "bit-reproducible run: deterministic algorithms, one CPU thread (PYDISTILL_NUM_THREADS to change), "
+    "cuDNN deterministic, CUBLAS_WORKSPACE_CONFIG; some GPU kernels stay nondeterministic (see README)"
+)
 
 
 def _setup_run(args) -> bool:
@@ -308,9 +409,11 @@ def _setup_run(args) -> bool:
     started = False
     if pdist.env_world_size() > 1:
         if args.command not in DISTRIBUTED_COMMANDS:
-            raise ValueError(f"{args.command!r} does not split its work across processes; run it without torchrun "
-                             f"(WORLD_SIZE={pdist.env_world_size()}). Multi-process commands: "
-                             f"{', '.join(DISTRIBUTED_COMMANDS)}")
+            raise ValueError(
+                f"{args.command!r} does not split its work across processes; run it without torchrun "
+                f"(WORLD_SIZE={pdist.env_world_size()}). Multi-process commands: "
+                f"{', '.join(DISTRIBUTED_COMMANDS)}"
+            )
         device = getattr(args, "device", "auto")
         started = not pdist.is_initialized()
         pdist.init(device=device)
@@ -326,8 +429,10 @@ def _setup_run(args) -> bool:
     return started
 
 
-_RESUME_HINT = ("what was finished is kept (checkpoints and per-network/per-expert records are written atomically); "
-                "rerun the same command to resume")
+_RESUME_HINT = (
+    "what was finished is kept (checkpoints and per-network/per-expert records are written atomically); "
+    "rerun the same command to resume"
+)
 
 
 def _output_lock(args):
@@ -353,8 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         if skipped:
-            print("\nunavailable subcommand modules: " + "; ".join(f"{m} ({r})" for m, r in skipped.items()),
-                  file=sys.stderr)
+            print(
+                "\nunavailable subcommand modules: " + "; ".join(f"{m} ({r})" for m, r in skipped.items()),
+                file=sys.stderr,
+            )
         return 2
     from pydistill.utils import StopSignal, stop_signals_raise
 
@@ -365,8 +472,10 @@ def main(argv: list[str] | None = None) -> int:
             with _output_lock(args):
                 rc = args.func(args)
     except StopSignal as exc:
-        print(f"pydistill {args.command}: {exc.message}" + ("" if "resume" in exc.message else f"; {_RESUME_HINT}"),
-              file=sys.stderr)
+        print(
+            f"pydistill {args.command}: {exc.message}" + ("" if "resume" in exc.message else f"; {_RESUME_HINT}"),
+            file=sys.stderr,
+        )
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"pydistill {args.command}: interrupted (SIGINT); {_RESUME_HINT}", file=sys.stderr)

@@ -10,6 +10,7 @@ Every resulting value is checked generically before any work: floats must be fin
 (no Config field of the shipped methods has a meaningful negative value), and a method's own ``__post_init__``
 / constructor checks run after that.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,7 @@ FIELD_FLAGS = {
     "buffers": "mtt: expert trajectories folder (from `pydistill experts`); alias of --set buffers=...",
     "teacher": "ssdkd: teacher checkpoint (from `pydistill teacher`); alias of --set teacher=...",
     "model": "the Config's `model` field (mgd3: diffusion model folder from `pydistill train-diffusion`; "
-             "dc/dsa/dm/mtt: network name); alias of --set model=...",
+    "dc/dsa/dm/mtt: network name); alias of --set model=...",
 }
 
 
@@ -122,8 +123,10 @@ def parse_overrides(config_cls, items: list[str]) -> dict:
         key, text = item.split("=", 1)
         key = key.strip().replace("-", "_")
         if key not in names:
-            raise ValueError(f"--set {key}: {config_cls.__module__}.{config_cls.__qualname__} has no field {key!r}; "
-                             f"fields: {', '.join(names)}")
+            raise ValueError(
+                f"--set {key}: {config_cls.__module__}.{config_cls.__qualname__} has no field {key!r}; "
+                f"fields: {', '.join(names)}"
+            )
         val = _convert(text.strip(), hints.get(key, Any), key)
         if key in out and out[key] != val:
             raise ValueError(f"--set {key} is given twice with different values ({out[key]!r} and {val!r})")
@@ -158,8 +161,15 @@ def _check_value(name: str, v) -> None:
         raise ValueError(f"{name}={v!r} is negative; it must be >= 0")
 
 
-def make_config(method_cls, dataset_name: str, ipc: int, *, iterations: int | None = None,
-                overrides: dict | None = None, extra: dict | None = None):
+def make_config(
+    method_cls,
+    dataset_name: str,
+    ipc: int,
+    *,
+    iterations: int | None = None,
+    overrides: dict | None = None,
+    extra: dict | None = None,
+):
     """The method's default Config for (dataset, ipc) with ``iterations``, ``extra`` and ``overrides`` applied.
 
     ``iterations``: the ``--iterations`` flag (sets :func:`iterations_field`). ``extra``: ``{field: value}``
@@ -177,8 +187,9 @@ def make_config(method_cls, dataset_name: str, ipc: int, *, iterations: int | No
             raise ValueError(f"--iterations must be an int >= 0, got {iterations!r}")
         field = iterations_field(method_cls, config_cls) if dataclasses.is_dataclass(config_cls) else None
         if field is None:
-            raise ValueError(f"--iterations: method {method_cls.name!r} has no iteration-count field in its "
-                             "Config; use --set")
+            raise ValueError(
+                f"--iterations: method {method_cls.name!r} has no iteration-count field in its Config; use --set"
+            )
         flags[field] = ("--iterations", iterations)
     names = {f.name for f in dataclasses.fields(config_cls)} if dataclasses.is_dataclass(config_cls) else set()
     for key, val in (extra or {}).items():
@@ -190,8 +201,10 @@ def make_config(method_cls, dataset_name: str, ipc: int, *, iterations: int | No
     changes = {}
     for field, (flag, val) in flags.items():
         if field in overrides and overrides[field] != val:
-            raise ValueError(f"{flag} {val} and --set {field}={overrides[field]!r} both set {field!r} to different "
-                             "values; give only one")
+            raise ValueError(
+                f"{flag} {val} and --set {field}={overrides[field]!r} both set {field!r} to different "
+                "values; give only one"
+            )
         changes[field] = val
     changes.update(overrides)
     for name, v in changes.items():  # before the Config's own checks, which may not name the field
@@ -215,5 +228,6 @@ def check_network(cfg, dataset) -> None:
     try:
         get_network(model, dataset.channel, dataset.num_classes, dataset.im_size, **kwargs)
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"model_kwargs={json.dumps(kwargs)}: cannot build network {model!r} with them ({exc})") \
-            from None
+        raise ValueError(
+            f"model_kwargs={json.dumps(kwargs)}: cannot build network {model!r} with them ({exc})"
+        ) from None

@@ -7,6 +7,7 @@ Every loader returns a :class:`Dataset` whose images are float32 ``[N, C, H, W]`
 lets torchvision fetch them. ``"digits"`` ships with scikit-learn and needs no files. Your own data:
 :meth:`Dataset.from_tensors`, :meth:`Dataset.from_torch`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,8 +35,18 @@ _STATS = {
     "cifar100": ([0.5071, 0.4866, 0.4409], [0.2673, 0.2564, 0.2762]),
 }
 _CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-_FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                    "Ankle boot")
+_FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -87,8 +98,8 @@ class ZCA:
         mean, mat = self.mean.to(x.device, x.dtype), mat.to(x.device, x.dtype)
         out = torch.empty_like(flat)
         for i in range(0, flat.shape[0], batch_size):
-            b = flat[i:i + batch_size]
-            out[i:i + batch_size] = ((b - mean) @ mat) if center else (b @ mat + mean)
+            b = flat[i : i + batch_size]
+            out[i : i + batch_size] = ((b - mean) @ mat) if center else (b @ mat + mean)
         return out.reshape(shape)
 
     def to(self, device) -> "ZCA":
@@ -124,16 +135,26 @@ class Dataset:
         for arg in ("x_train", "x_test"):
             t = getattr(self, arg)
             if t.dim() != 4 or t.shape[1] != self.channel or tuple(t.shape[2:]) != tuple(self.im_size):
-                raise ValueError(f"{arg} must be [N, {self.channel}, {self.im_size[0]}, {self.im_size[1]}], "
-                                 f"got {tuple(t.shape)}")
+                raise ValueError(
+                    f"{arg} must be [N, {self.channel}, {self.im_size[0]}, {self.im_size[1]}], got {tuple(t.shape)}"
+                )
         for x, y, arg in ((self.x_train, self.y_train, "y_train"), (self.x_test, self.y_test, "y_test")):
             if y.dtype != torch.int64 or y.shape != (x.shape[0],):
                 raise ValueError(f"{arg} must be int64 [{x.shape[0]}], got {y.dtype} {tuple(y.shape)}")
         self.im_size = (int(self.im_size[0]), int(self.im_size[1]))
 
     @classmethod
-    def from_tensors(cls, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-                     *, name: str, class_names: list[str] | None = None, normalize: bool = True) -> "Dataset":
+    def from_tensors(
+        cls,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        x_test: torch.Tensor,
+        y_test: torch.Tensor,
+        *,
+        name: str,
+        class_names: list[str] | None = None,
+        normalize: bool = True,
+    ) -> "Dataset":
         """Bring your own data: images [N, C, H, W] (float in [0, 1], or uint8 0..255) and int labels [N] in
         [0, num_classes). normalize: scale by the per-channel mean/std of ``x_train`` (recorded, so
         :meth:`denormalize` returns the [0, 1] images); False keeps the images as given (mean 0, std 1).
@@ -152,8 +173,10 @@ class Dataset:
                 raise TypeError(f"{arg} must be float images in [0, 1] or uint8, got {x.dtype}")
             xs.append(x.detach().cpu().float())
         if xs[0].shape[1:] != xs[1].shape[1:]:
-            raise ValueError(f"x_train images are {tuple(xs[0].shape[1:])} but x_test images are "
-                             f"{tuple(xs[1].shape[1:])}; both must be [C, H, W] alike")
+            raise ValueError(
+                f"x_train images are {tuple(xs[0].shape[1:])} but x_test images are "
+                f"{tuple(xs[1].shape[1:])}; both must be [C, H, W] alike"
+            )
         ys = []
         for arg, y, x in (("y_train", y_train, xs[0]), ("y_test", y_test, xs[1])):
             y = torch.as_tensor(y)
@@ -164,27 +187,32 @@ class Dataset:
         num_classes = len(class_names) if class_names is not None else top
         for arg, y in (("y_train", ys[0]), ("y_test", ys[1])):
             if int(y.min()) < 0 or int(y.max()) >= num_classes:
-                raise ValueError(f"{arg} must hold class ids in [0, {num_classes}), got [{int(y.min())}, "
-                                 f"{int(y.max())}]")
+                raise ValueError(
+                    f"{arg} must hold class ids in [0, {num_classes}), got [{int(y.min())}, {int(y.max())}]"
+                )
         missing = sorted(set(range(num_classes)) - set(ys[0].unique().tolist()))
         if missing:
             raise ValueError(f"y_train has no image of the classes {missing[:10]}; every class needs training images")
         c = xs[0].shape[1]
         mean, std = (None, None) if normalize else ([0.0] * c, [1.0] * c)
-        return _make_dataset(name, xs[0], ys[0], xs[1], ys[1], class_names=class_names, mean=mean, std=std,
-                             num_classes=num_classes)
+        return _make_dataset(
+            name, xs[0], ys[0], xs[1], ys[1], class_names=class_names, mean=mean, std=std, num_classes=num_classes
+        )
 
     @classmethod
-    def from_torch(cls, train_dataset, test_dataset, *, name: str, class_names: list[str] | None = None,
-                   normalize: bool = True) -> "Dataset":
+    def from_torch(
+        cls, train_dataset, test_dataset, *, name: str, class_names: list[str] | None = None, normalize: bool = True
+    ) -> "Dataset":
         """Bring your own ``torch.utils.data.Dataset``s (map-style, items ``(image tensor [C, H, W] in [0, 1],
         int label)``, e.g. a torchvision dataset with ``transform=ToTensor()``); read once into memory.
         class_names: default the train dataset's ``classes`` attribute when it has one. See :meth:`from_tensors`."""
         splits = []
         for arg, d in (("train_dataset", train_dataset), ("test_dataset", test_dataset)):
             if not hasattr(d, "__getitem__") or not hasattr(d, "__len__"):
-                raise TypeError(f"{arg} must be a map-style torch.utils.data.Dataset (with __getitem__ and "
-                                f"__len__), got {type(d).__name__}")
+                raise TypeError(
+                    f"{arg} must be a map-style torch.utils.data.Dataset (with __getitem__ and "
+                    f"__len__), got {type(d).__name__}"
+                )
             xs, ys = [], []
             for i in range(len(d)):
                 item = d[i]
@@ -192,8 +220,10 @@ class Dataset:
                     got = type(item).__name__
                     if isinstance(item, (tuple, list)):
                         got += " of " + ", ".join(type(v).__name__ for v in item)
-                    raise TypeError(f"{arg}[{i}] must be (image tensor [C, H, W], int label), got {got} "
-                                    "(a torchvision dataset needs transform=torchvision.transforms.ToTensor())")
+                    raise TypeError(
+                        f"{arg}[{i}] must be (image tensor [C, H, W], int label), got {got} "
+                        "(a torchvision dataset needs transform=torchvision.transforms.ToTensor())"
+                    )
                 x, y = item
                 if x.dim() != 3:
                     raise ValueError(f"{arg}[{i}] image must be [C, H, W], got shape {tuple(x.shape)}")
@@ -211,8 +241,10 @@ class Dataset:
         return cls.from_tensors(xtr, ytr, xte, yte, name=name, class_names=class_names, normalize=normalize)
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.name!r}, train={tuple(self.x_train.shape)}, test={tuple(self.x_test.shape)}, "
-                f"classes={self.num_classes}, zca={self.zca is not None}, device={self.device})")
+        return (
+            f"Dataset({self.name!r}, train={tuple(self.x_train.shape)}, test={tuple(self.x_test.shape)}, "
+            f"classes={self.num_classes}, zca={self.zca is not None}, device={self.device})"
+        )
 
     @property
     def device(self) -> torch.device:
@@ -224,8 +256,13 @@ class Dataset:
         if self.x_train.device == device:
             return self
         return dataclasses.replace(
-            self, x_train=self.x_train.to(device), y_train=self.y_train.to(device), x_test=self.x_test.to(device),
-            y_test=self.y_test.to(device), zca=None if self.zca is None else self.zca.to(device))
+            self,
+            x_train=self.x_train.to(device),
+            y_train=self.y_train.to(device),
+            x_test=self.x_test.to(device),
+            y_test=self.y_test.to(device),
+            zca=None if self.zca is None else self.zca.to(device),
+        )
 
     @property
     def indices_by_class(self) -> list[torch.Tensor]:
@@ -317,14 +354,19 @@ def _missing(name: str, looked: list[Path], how: str) -> FileNotFoundError:
         "  1. pass root=... (CLI: --data-root DIR) naming the folder that holds it,\n"
         "  2. set the PYDISTILL_DATA environment variable to that folder, or\n"
         f"  3. put the files in the default data home {cache_home() / 'datasets'} (or let torchvision download "
-        "them there: download=True, CLI --download).")
+        "them there: download=True, CLI --download)."
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Loaders (through torchvision.datasets; return uint8/float images as NCHW arrays + int labels)
 # ----------------------------------------------------------------------------------------------------------------
-_MNIST_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                "t10k-labels-idx1-ubyte")
+_MNIST_STEMS = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def _staged_idx_root(cls_name: str, folder: Path, files: dict[str, Path]) -> Path:
@@ -374,8 +416,12 @@ def _load_mnist_like(name: str, root: Path, download: bool):
                 found = (d, files)
                 break
         if found is None:
-            raise _missing(name, looked, f"Expected the four idx files ({', '.join(s + '[.gz]' for s in _MNIST_STEMS)})"
-                                         f" in <root>/{folders[0]}/raw/ (torchvision's layout).")
+            raise _missing(
+                name,
+                looked,
+                f"Expected the four idx files ({', '.join(s + '[.gz]' for s in _MNIST_STEMS)})"
+                f" in <root>/{folders[0]}/raw/ (torchvision's layout).",
+            )
         staged = _staged_idx_root(cls.__name__, *found)
         parts = [cls(str(staged), train=t, download=False) for t in (True, False)]
     (xtr, ytr), (xte, yte) = [(p.data.numpy()[:, None], p.targets.numpy()) for p in parts]
@@ -423,8 +469,13 @@ def _load_cifar(name: str, root: Path, download: bool):
                     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z]
                     if missing:
                         raise ValueError(f"{cand} lacks the arrays {missing} (expected x_train/y_train/x_test/y_test)")
-                    return (_hwc_to_chw(z["x_train"]), z["y_train"].reshape(-1), _hwc_to_chw(z["x_test"]),
-                            z["y_test"].reshape(-1), None)
+                    return (
+                        _hwc_to_chw(z["x_train"]),
+                        z["y_train"].reshape(-1),
+                        _hwc_to_chw(z["x_test"]),
+                        z["y_test"].reshape(-1),
+                        None,
+                    )
         parts = None
         for d in (root / folder, root / name / folder, root / name.upper() / folder):
             looked.append(d)
@@ -433,8 +484,12 @@ def _load_cifar(name: str, root: Path, download: bool):
                 parts = [reader(str(d.parent), train=t, download=False) for t in (True, False)]
                 break
         if parts is None:
-            raise _missing(name, looked, f"Expected {name}.npz (x_train [N,32,32,3] uint8, y_train, x_test, y_test) "
-                                         f"or torchvision's {folder} folder.")
+            raise _missing(
+                name,
+                looked,
+                f"Expected {name}.npz (x_train [N,32,32,3] uint8, y_train, x_test, y_test) "
+                f"or torchvision's {folder} folder.",
+            )
     (xtr, ytr), (xte, yte) = [(p.data.transpose(0, 3, 1, 2), np.asarray(p.targets)) for p in parts]
     classes = parts[0].classes
     return xtr, ytr, xte, yte, None if classes is None else list(classes)
@@ -491,16 +546,20 @@ def _load_imagefolder(path: str, image_size, channels):
     tr = base / "train"
     te = next((base / s for s in ("val", "test") if (base / s).is_dir()), None)
     if not tr.is_dir() or te is None:
-        raise _missing(f"imagefolder:{path}", [tr, base / "val", base / "test"],
-                       "Expected <path>/train/<class>/*.png|jpg and <path>/val/<class>/... (or test/).")
+        raise _missing(
+            f"imagefolder:{path}",
+            [tr, base / "val", base / "test"],
+            "Expected <path>/train/<class>/*.png|jpg and <path>/val/<class>/... (or test/).",
+        )
     try:
         train = ImageFolder(str(tr))  # torchvision: classes = sorted subfolders, samples = (file, class id)
     except FileNotFoundError as exc:
         raise ValueError(f"{tr}: {exc}") from None
     classes = list(train.classes)
     mode = {1: "L", 3: "RGB"}[channels]
-    size = None if image_size is None else (image_size, image_size) if isinstance(image_size, int) \
-        else tuple(image_size)
+    size = (
+        None if image_size is None else (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    )
 
     def read(samples, split, fixed_size):
         nonlocal size
@@ -514,8 +573,10 @@ def _load_imagefolder(path: str, image_size, channels):
             if size is None:
                 size = arr.shape[:2]
             elif fixed_size and arr.shape[:2] != tuple(size):
-                raise ValueError(f"{f} is {arr.shape[1]}x{arr.shape[0]} but earlier images are "
-                                 f"{size[1]}x{size[0]}; pass image_size= to resize")
+                raise ValueError(
+                    f"{f} is {arr.shape[1]}x{arr.shape[0]} but earlier images are "
+                    f"{size[1]}x{size[0]}; pass image_size= to resize"
+                )
             xs.append(arr.reshape(arr.shape[0], arr.shape[1], -1).transpose(2, 0, 1))
             ys.append(c)
         if not xs:
@@ -531,9 +592,17 @@ def _load_imagefolder(path: str, image_size, channels):
     return xtr, ytr, xte, yte, classes
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None, *, zca: bool = False, device="cpu",
-                 zca_eps: float = 0.1, image_size: int | tuple[int, int] | None = None,
-                 channels: int = 3, download: bool = False) -> Dataset:
+def load_dataset(
+    name: str,
+    root: str | os.PathLike | None = None,
+    *,
+    zca: bool = False,
+    device="cpu",
+    zca_eps: float = 0.1,
+    image_size: int | tuple[int, int] | None = None,
+    channels: int = 3,
+    download: bool = False,
+) -> Dataset:
     """Load a dataset by name into memory.
 
     name: "digits" (scikit-learn, 1x8x8), "mnist"/"fashionmnist" (1x28x28 idx files), "svhn", "cifar10",
@@ -584,14 +653,15 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, zca: bool 
     y_train = torch.from_numpy(np.asarray(ytr).astype(np.int64))
     y_test = torch.from_numpy(np.asarray(yte).astype(np.int64))
     if key.startswith("imagefolder:") and x_test.shape[2:] != x_train.shape[2:]:
-        x_test = torch.nn.functional.interpolate(x_test, size=x_train.shape[2:], mode="bilinear",
-                                                 align_corners=False)
-    return _make_dataset(key, x_train, y_train, x_test, y_test, class_names=class_names, mean=mean, std=std,
-                         zca=zca, zca_eps=zca_eps).to(device)
+        x_test = torch.nn.functional.interpolate(x_test, size=x_train.shape[2:], mode="bilinear", align_corners=False)
+    return _make_dataset(
+        key, x_train, y_train, x_test, y_test, class_names=class_names, mean=mean, std=std, zca=zca, zca_eps=zca_eps
+    ).to(device)
 
 
-def _make_dataset(name, x_train, y_train, x_test, y_test, *, class_names, mean, std, zca=False, zca_eps=0.1,
-                  num_classes=None) -> Dataset:
+def _make_dataset(
+    name, x_train, y_train, x_test, y_test, *, class_names, mean, std, zca=False, zca_eps=0.1, num_classes=None
+) -> Dataset:
     """A Dataset from [0, 1] float images [N, C, H, W] and int64 labels: ZCA-whitened (``zca``), else scaled by
     ``mean``/``std`` (per channel; None: the training images' own statistics)."""
     if num_classes is None:
@@ -610,10 +680,20 @@ def _make_dataset(name, x_train, y_train, x_test, y_test, *, class_names, mean, 
         m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         x_train, x_test = (x_train - m) / s, (x_test - m) / s
-    return Dataset(name=name, x_train=x_train.contiguous(), y_train=y_train, x_test=x_test.contiguous(),
-                   y_test=y_test, num_classes=int(num_classes), class_names=list(class_names),
-                   channel=int(x_train.shape[1]), im_size=(int(x_train.shape[2]), int(x_train.shape[3])),
-                   mean=[float(v) for v in mean], std=[float(v) for v in std], zca=zca_t)
+    return Dataset(
+        name=name,
+        x_train=x_train.contiguous(),
+        y_train=y_train,
+        x_test=x_test.contiguous(),
+        y_test=y_test,
+        num_classes=int(num_classes),
+        class_names=list(class_names),
+        channel=int(x_train.shape[1]),
+        im_size=(int(x_train.shape[2]), int(x_train.shape[3])),
+        mean=[float(v) for v in mean],
+        std=[float(v) for v in std],
+        zca=zca_t,
+    )
 
 
 def random_subset_indices(dataset: Dataset, ipc: int, seed: int, draw: int) -> torch.Tensor:
@@ -622,4 +702,6 @@ def random_subset_indices(dataset: Dataset, ipc: int, seed: int, draw: int) -> t
     g = torch.Generator().manual_seed(int(seed) * 7919 + int(draw))
     picks = [idx.cpu()[torch.randperm(idx.numel(), generator=g)[:ipc]] for idx in dataset.indices_by_class]
     return torch.cat(picks).to(dataset.device)
+
+
 __all__ += ["random_subset_indices"]

@@ -14,6 +14,7 @@ batch gets ONE transform drawn uniformly from the strategy's parts:
 
 Randomness comes from a ``torch.Generator`` (the original uses NumPy's global RNG).
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,8 +42,16 @@ def _uniform(gen, n):
     return torch.rand(n, generator=gen, device=gen.device, dtype=torch.float64).cpu()
 
 
-def dc_augment(images: torch.Tensor, strategy: str, generator: torch.Generator, *, crop: int = 4,
-               scale: float = 0.2, rotate: int = 45, noise: float = 0.001) -> torch.Tensor:
+def dc_augment(
+    images: torch.Tensor,
+    strategy: str,
+    generator: torch.Generator,
+    *,
+    crop: int = 4,
+    scale: float = 0.2,
+    rotate: int = 45,
+    noise: float = 0.001,
+) -> torch.Tensor:
     """A new tensor: ``images`` [N, C, H, W] (square) with one transform of ``strategy`` per image (see the
     module docstring); ``strategy`` "none" or "" returns ``images`` unchanged."""
     if strategy in ("none", "", None):
@@ -64,25 +73,25 @@ def dc_augment(images: torch.Tensor, strategy: str, generator: torch.Generator, 
         if kind == "crop":
             r, c = (_uniform(generator, 2) * (2 * crop)).long().clamp_max(2 * crop - 1).tolist()
             pad = mean.view(ch, 1, 1).expand(ch, h + 2 * crop, w + 2 * crop).clone()
-            pad[:, crop:crop + h, crop:crop + w] = x[i]
-            x[i] = pad[:, r:r + h, c:c + w]
+            pad[:, crop : crop + h, crop : crop + w] = x[i]
+            x[i] = pad[:, r : r + h, c : c + w]
         elif kind == "scale":
             u = _uniform(generator, 2) * (2 * scale) + (1 - scale)
             sh, sw = int(float(u[0]) * h), int(float(u[1]) * h)  # both from H, as the original
-            tmp = F.interpolate(x[i:i + 1], [sh, sw])[0]  # nearest
+            tmp = F.interpolate(x[i : i + 1], [sh, sw])[0]  # nearest
             m = max(sh, sw, h, w)
             canvas = x.new_zeros(ch, m, m)
             r, c = (m - sh) // 2, (m - sw) // 2
-            canvas[:, r:r + sh, c:c + sw] = tmp
+            canvas[:, r : r + sh, c : c + sw] = tmp
             r, c = (m - h) // 2, (m - w) // 2
-            x[i] = canvas[:, r:r + h, c:c + w]
+            x[i] = canvas[:, r : r + h, c : c + w]
         elif kind == "rotate":
             from scipy.ndimage import rotate as nd_rotate
 
             angle = int((_uniform(generator, 1) * (2 * rotate)).long().clamp_max(2 * rotate - 1)) - rotate
             out = nd_rotate(x[i].cpu().numpy(), angle=angle, axes=(-2, -1), cval=float(mean.mean()))
             r, c = (out.shape[-2] - h) // 2, (out.shape[-1] - w) // 2
-            x[i] = torch.as_tensor(out[:, r:r + h, c:c + w], dtype=x.dtype, device=x.device)
+            x[i] = torch.as_tensor(out[:, r : r + h, c : c + w], dtype=x.dtype, device=x.device)
         else:  # noise
             x[i] = x[i] + noise * torch.randn(x.shape[1:], generator=generator, device=generator.device).to(x)
     return x

@@ -13,6 +13,7 @@ How the work is split (results equal a one-process run with the same seed, see e
   (:func:`all_gather_object`);
 - files are written by rank 0 only (:func:`is_main`, :func:`main_first`), after a barrier where it matters.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,10 +26,28 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "init", "destroy", "is_initialized", "get_rank", "get_world_size", "get_local_rank", "is_main",
-    "env_world_size", "owner", "owns", "shard", "shard_indices", "derive_seed", "derived_generator",
-    "all_reduce_", "all_reduce_grads_", "broadcast_", "all_gather_object", "broadcast_object", "barrier",
-    "main_first", "device_for_rank",
+    "init",
+    "destroy",
+    "is_initialized",
+    "get_rank",
+    "get_world_size",
+    "get_local_rank",
+    "is_main",
+    "env_world_size",
+    "owner",
+    "owns",
+    "shard",
+    "shard_indices",
+    "derive_seed",
+    "derived_generator",
+    "all_reduce_",
+    "all_reduce_grads_",
+    "broadcast_",
+    "all_gather_object",
+    "broadcast_object",
+    "barrier",
+    "main_first",
+    "device_for_rank",
 ]
 
 T = TypeVar("T")
@@ -59,8 +78,7 @@ def _env_int(name: str, default: int | None = None) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {text!r}") from None
 
 
-def init(backend: str | None = None, *, device: str | torch.device | None = None,
-         timeout_s: float = 1800.0) -> bool:
+def init(backend: str | None = None, *, device: str | torch.device | None = None, timeout_s: float = 1800.0) -> bool:
     """Start the process group from torchrun's environment; returns True when running with > 1 process.
 
     backend: None -> "nccl" when ``device`` (default: CUDA when available) is a GPU, else "gloo".
@@ -93,8 +111,9 @@ def init(backend: str | None = None, *, device: str | torch.device | None = None
         torch.cuda.set_device(local_rank)
         if backend == "nccl":
             kwargs["device_id"] = torch.device("cuda", local_rank)
-    dist.init_process_group(backend=backend, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=float(timeout_s)), **kwargs)
+    dist.init_process_group(
+        backend=backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=float(timeout_s)), **kwargs
+    )
     return True
 
 

@@ -9,6 +9,7 @@ sample; DD: its learned schedule), ``protocol="uniform"`` uses DSA for every set
 ``import pydistill.evaluate`` gives this module, which is itself callable: ``pydistill.evaluate(syn, ds)`` is
 ``pydistill.evaluate.evaluate(syn, ds)``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,9 +27,20 @@ from torch import nn
 
 from pydistill.data import random_subset_indices  # noqa: F401 (re-exported: public here before)
 
-__all__ = ["train_model", "test_accuracy", "evaluate", "evaluate_baseline", "random_subset_indices",
-           "soft_cross_entropy", "TRAIN_SCHEDULES", "schedule_evaluator", "PROTOCOLS",
-           "OFFICIAL_STATISTIC", "resolve_protocol", "LR_SCHEDULES"]
+__all__ = [
+    "train_model",
+    "test_accuracy",
+    "evaluate",
+    "evaluate_baseline",
+    "random_subset_indices",
+    "soft_cross_entropy",
+    "TRAIN_SCHEDULES",
+    "schedule_evaluator",
+    "PROTOCOLS",
+    "OFFICIAL_STATISTIC",
+    "resolve_protocol",
+    "LR_SCHEDULES",
+]
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -51,11 +63,15 @@ LR_SCHEDULES = ("half", "official")
 
 def _check_train_args(images, labels, epochs, lr, batch_size):
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
-        raise ValueError(f"images must be a float [N, C, H, W] tensor, got "
-                         f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
+        raise ValueError(
+            f"images must be a float [N, C, H, W] tensor, got "
+            f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}"
+        )
     if not isinstance(labels, torch.Tensor) or labels.dim() not in (1, 2) or labels.shape[0] != images.shape[0]:
-        raise ValueError(f"labels must be int64 [N] or float [N, K] with N = {images.shape[0]}, got "
-                         f"{tuple(getattr(labels, 'shape', ()))}")
+        raise ValueError(
+            f"labels must be int64 [N] or float [N, K] with N = {images.shape[0]}, got "
+            f"{tuple(getattr(labels, 'shape', ()))}"
+        )
     if labels.dim() == 1 and labels.dtype != torch.int64:
         raise TypeError(f"hard labels must be int64, got {labels.dtype}")
     if labels.dim() == 2 and not labels.is_floating_point():
@@ -68,11 +84,25 @@ def _check_train_args(images, labels, epochs, lr, batch_size):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
 
 
-def train_model(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float = 0.01,
-                batch_size: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4,
-                dsa_strategy: str | None = None, learned_lr=None, dd_steps: int | None = None, device=None,
-                generator: torch.Generator | None = None, progress: bool = False, dc_augmentation: str | None = None,
-                lr_schedule: str = "half") -> nn.Module:
+def train_model(
+    net: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float = 0.01,
+    batch_size: int = 256,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    dsa_strategy: str | None = None,
+    learned_lr=None,
+    dd_steps: int | None = None,
+    device=None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    dc_augmentation: str | None = None,
+    lr_schedule: str = "half",
+) -> nn.Module:
     """Train ``net`` in place on ``images`` [N, C, H, W] with ``labels`` (int64 [N] or soft float [N, K]).
 
     SGD(lr, momentum, weight_decay) for ``epochs`` epochs of shuffled mini-batches, lr x0.1 from epoch
@@ -119,7 +149,7 @@ def train_model(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, e
                 group["lr"] = float(lr) * 0.1
         perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
         for b in range(0, n, batch_size):
-            idx = perm[b:b + batch_size]
+            idx = perm[b : b + batch_size]
             x = x_all[idx]
             if dsa_strategy:
                 x = _augment(x, dsa_strategy, generator)
@@ -132,8 +162,7 @@ def train_model(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, e
             loss.backward()
             opt.step()
         if official and ep == epochs // 2 + 1:  # lr x0.1 and a fresh SGD (momentum cleared), as evaluate_synset
-            opt = torch.optim.SGD(net.parameters(), lr=float(lr) * 0.1, momentum=momentum,
-                                  weight_decay=weight_decay)
+            opt = torch.optim.SGD(net.parameters(), lr=float(lr) * 0.1, momentum=momentum, weight_decay=weight_decay)
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -146,8 +175,10 @@ def _replay_dd(net, x_all, y_all, lrs, dd_steps, dsa_strategy, generator):
     if lrs.dim() != 1:
         raise ValueError(f"learned_lr must be a scalar or a [T] vector, got shape {tuple(lrs.shape)}")
     if dd_steps is None or int(dd_steps) < 1:
-        raise ValueError("a [T] learned_lr (DD) needs dd_steps (the number of distillation steps; "
-                         "SyntheticSet.meta['distill_steps'])")
+        raise ValueError(
+            "a [T] learned_lr (DD) needs dd_steps (the number of distillation steps; "
+            "SyntheticSet.meta['distill_steps'])"
+        )
     dd_steps = int(dd_steps)
     if x_all.shape[0] % dd_steps:
         raise ValueError(f"{x_all.shape[0]} images cannot be split into dd_steps={dd_steps} equal chunks")
@@ -177,8 +208,8 @@ def test_accuracy(net: nn.Module, dataset, batch_size: int = 1024) -> float:
     if n == 0:
         raise ValueError("dataset has an empty test set")
     for i in range(0, n, batch_size):
-        x = dataset.x_test[i:i + batch_size].to(dev)
-        y = dataset.y_test[i:i + batch_size].to(dev)
+        x = dataset.x_test[i : i + batch_size].to(dev)
+        y = dataset.y_test[i : i + batch_size].to(dev)
         correct += (net(x).argmax(1) == y).sum()
     net.train(was_training)
     return int(correct) / n
@@ -190,8 +221,9 @@ test_accuracy.__test__ = False  # not a pytest test when imported into a test mo
 def _build(model, dataset, seed, model_kwargs, device):
     from pydistill.models import seeded_network
 
-    return seeded_network(model, dataset.channel, dataset.num_classes, dataset.im_size, seed, device=device,
-                          **(model_kwargs or {}))
+    return seeded_network(
+        model, dataset.channel, dataset.num_classes, dataset.im_size, seed, device=device, **(model_kwargs or {})
+    )
 
 
 # A synthetic set whose meta names a ``train_schedule`` is trained by that schedule's own evaluator, named here
@@ -221,8 +253,16 @@ OFFICIAL_STATISTIC = {
 }
 
 
-def resolve_protocol(protocol: str, method: str | None, dataset_name: str, model: str, *, dsa: bool | None = None,
-                     dsa_strategy: str | None = None, epochs: int | None = None) -> dict:
+def resolve_protocol(
+    protocol: str,
+    method: str | None,
+    dataset_name: str,
+    model: str,
+    *,
+    dsa: bool | None = None,
+    dsa_strategy: str | None = None,
+    epochs: int | None = None,
+) -> dict:
     """How an evaluation network of ``model`` is trained under ``protocol`` for a set made by ``method``.
 
     ``"paper"``: DC sets (``method == "dc"``) get the official DC augmentation
@@ -254,21 +294,54 @@ def resolve_protocol(protocol: str, method: str | None, dataset_name: str, model
         strategy = None
     if epochs is None:
         epochs = 300 if aug == "none" else 1000
-    return {"protocol": protocol, "augmentation": aug, "strategy": strategy, "epochs": int(epochs),
-            "lr_schedule": "official"}
+    return {
+        "protocol": protocol,
+        "augmentation": aug,
+        "strategy": strategy,
+        "epochs": int(epochs),
+        "lr_schedule": "official",
+    }
 
 
-def _job_key(data_key, dataset, model, model_kwargs, run_seed, epochs, lr, batch_size, strategy, learned_lr,
-             dd_steps, device, augmentation="dsa", lr_schedule="official") -> str:
+def _job_key(
+    data_key,
+    dataset,
+    model,
+    model_kwargs,
+    run_seed,
+    epochs,
+    lr,
+    batch_size,
+    strategy,
+    learned_lr,
+    dd_steps,
+    device,
+    augmentation="dsa",
+    lr_schedule="official",
+) -> str:
     """SHA-256 naming everything one evaluation network's accuracy depends on (its resume-cache key)."""
     from pydistill.utils import to_jsonable
 
-    spec = {"data": data_key, "dataset": dataset.name, "zca": dataset.zca is not None,
-            "num_train": int(dataset.x_train.shape[0]), "num_test": int(dataset.x_test.shape[0]), "model": model,
-            "model_kwargs": model_kwargs or {}, "seed": run_seed, "epochs": epochs, "lr": float(lr),
-            "batch_size": batch_size, "dsa": strategy, "learned_lr": learned_lr, "dd_steps": dd_steps,
-            "device": torch.device(device).type, "torch": torch.__version__, "augmentation": augmentation,
-            "lr_schedule": lr_schedule}
+    spec = {
+        "data": data_key,
+        "dataset": dataset.name,
+        "zca": dataset.zca is not None,
+        "num_train": int(dataset.x_train.shape[0]),
+        "num_test": int(dataset.x_test.shape[0]),
+        "model": model,
+        "model_kwargs": model_kwargs or {},
+        "seed": run_seed,
+        "epochs": epochs,
+        "lr": float(lr),
+        "batch_size": batch_size,
+        "dsa": strategy,
+        "learned_lr": learned_lr,
+        "dd_steps": dd_steps,
+        "device": torch.device(device).type,
+        "torch": torch.__version__,
+        "augmentation": augmentation,
+        "lr_schedule": lr_schedule,
+    }
     return hashlib.sha256(json.dumps(to_jsonable(spec), sort_keys=True).encode()).hexdigest()
 
 
@@ -282,9 +355,29 @@ def _cached_accuracy(path: Path, key: str):
     return float(acc) if isinstance(acc, (int, float)) and 0.0 <= acc <= 1.0 else None
 
 
-def _run_models(train_sets, dataset, *, models, num_eval, epochs, lr, learned_lr, dd_steps, batch_size, dsa,
-                dsa_strategy, device, seed, progress, model_kwargs, desc, resume_dir=None, data_key=None,
-                protocol="paper", method=None):
+def _run_models(
+    train_sets,
+    dataset,
+    *,
+    models,
+    num_eval,
+    epochs,
+    lr,
+    learned_lr,
+    dd_steps,
+    batch_size,
+    dsa,
+    dsa_strategy,
+    device,
+    seed,
+    progress,
+    model_kwargs,
+    desc,
+    resume_dir=None,
+    data_key=None,
+    protocol="paper",
+    method=None,
+):
     from pydistill import distributed as pdist
     from pydistill.utils import resolve_device
 
@@ -301,8 +394,10 @@ def _run_models(train_sets, dataset, *, models, num_eval, epochs, lr, learned_lr
     device = resolve_device(device if device is not None else dataset.device)
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0):
         raise ValueError(f"epochs must be None or an int >= 0, got {epochs!r}")
-    specs = [resolve_protocol(protocol, method, dataset.name, m, dsa=dsa, dsa_strategy=dsa_strategy, epochs=epochs)
-             for m in models]
+    specs = [
+        resolve_protocol(protocol, method, dataset.name, m, dsa=dsa, dsa_strategy=dsa_strategy, epochs=epochs)
+        for m in models
+    ]
     # Job j = (model mi, network i) runs on rank j % world (see pydistill.distributed); its seed depends on
     # (seed, mi, i) only, so the accuracies do not depend on the number of processes.
     jobs = [(mi, i) for mi in range(len(models)) for i in range(num_eval)]
@@ -326,8 +421,22 @@ def _run_models(train_sets, dataset, *, models, num_eval, epochs, lr, learned_lr
         spec = specs[mi]
         cache = None
         if resume_dir is not None:  # a finished network is read back, not retrained (same seed, same result)
-            key = _job_key(data_key, dataset, model, kwargs, run_seed, spec["epochs"], lr, batch_size,
-                           spec["strategy"], lr_list, dd_steps, device, spec["augmentation"], spec["lr_schedule"])
+            key = _job_key(
+                data_key,
+                dataset,
+                model,
+                kwargs,
+                run_seed,
+                spec["epochs"],
+                lr,
+                batch_size,
+                spec["strategy"],
+                lr_list,
+                dd_steps,
+                device,
+                spec["augmentation"],
+                spec["lr_schedule"],
+            )
             cache = resume_dir / f"net_{key[:20]}.json"
             acc = _cached_accuracy(cache, key)
             if acc is not None:
@@ -338,11 +447,21 @@ def _run_models(train_sets, dataset, *, models, num_eval, epochs, lr, learned_lr
         images, labels = train_sets(i)
         net = _build(model, dataset, run_seed, kwargs, device)
         gen = torch.Generator(device=device).manual_seed(run_seed)
-        train_model(net, images, labels, epochs=spec["epochs"], lr=lr, batch_size=batch_size,
-                    dsa_strategy=spec["strategy"] if spec["augmentation"] == "dsa" else None,
-                    dc_augmentation=spec["strategy"] if spec["augmentation"] == "dc" else None,
-                    lr_schedule=spec["lr_schedule"], learned_lr=learned_lr, dd_steps=dd_steps, device=device,
-                    generator=gen)
+        train_model(
+            net,
+            images,
+            labels,
+            epochs=spec["epochs"],
+            lr=lr,
+            batch_size=batch_size,
+            dsa_strategy=spec["strategy"] if spec["augmentation"] == "dsa" else None,
+            dc_augmentation=spec["strategy"] if spec["augmentation"] == "dc" else None,
+            lr_schedule=spec["lr_schedule"],
+            learned_lr=learned_lr,
+            dd_steps=dd_steps,
+            device=device,
+            generator=gen,
+        )
         done[(mi, i)] = test_accuracy(net, dataset)
         if cache is not None:
             from pydistill.utils import atomic_write_text
@@ -358,18 +477,38 @@ def _run_models(train_sets, dataset, *, models, num_eval, epochs, lr, learned_lr
     results = {}
     for mi, model in enumerate(models):
         accs = [done[(mi, i)] for i in range(num_eval)]
-        results[model] = {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "accs": [float(a) for a in accs],
-                          **specs[mi], "statistic": f"mean +- std over {num_eval} networks"}
+        results[model] = {
+            "mean": float(np.mean(accs)),
+            "std": float(np.std(accs)),
+            "accs": [float(a) for a in accs],
+            **specs[mi],
+            "statistic": f"mean +- std over {num_eval} networks",
+        }
         if protocol == "paper" and method in OFFICIAL_STATISTIC:
             results[model]["official_statistic"] = OFFICIAL_STATISTIC[method]
     return results
 
 
-def evaluate(synthetic_set, dataset, *, models=("ConvNet",), num_eval: int = 5, epochs: int | None = None,
-             lr: float = 0.01, batch_size: int = 256, dsa: bool | None = None, dsa_strategy: str | None = None,
-             use_learned_lr: bool = True, device=None, seed: int = 0, model_kwargs: dict | None = None,
-             progress: bool = True, resume_dir: str | os.PathLike | None = None, protocol: str = "paper",
-             compared_with: str | None = None) -> dict:
+def evaluate(
+    synthetic_set,
+    dataset,
+    *,
+    models=("ConvNet",),
+    num_eval: int = 5,
+    epochs: int | None = None,
+    lr: float = 0.01,
+    batch_size: int = 256,
+    dsa: bool | None = None,
+    dsa_strategy: str | None = None,
+    use_learned_lr: bool = True,
+    device=None,
+    seed: int = 0,
+    model_kwargs: dict | None = None,
+    progress: bool = True,
+    resume_dir: str | os.PathLike | None = None,
+    protocol: str = "paper",
+    compared_with: str | None = None,
+) -> dict:
     """Train ``num_eval`` fresh networks of each of ``models`` on ``synthetic_set``; test on ``dataset``.
 
     ``protocol`` "paper" (the method's published evaluation, see :func:`resolve_protocol`; the method is
@@ -397,23 +536,38 @@ def evaluate(synthetic_set, dataset, *, models=("ConvNet",), num_eval: int = 5, 
     imgs, labels = synthetic_set.images, synthetic_set.labels
     expect = (dataset.channel, *dataset.im_size)
     if tuple(imgs.shape[1:]) != expect:
-        raise ValueError(f"synthetic images are {tuple(imgs.shape[1:])} but dataset {dataset.name!r} has images "
-                         f"{expect}")
+        raise ValueError(
+            f"synthetic images are {tuple(imgs.shape[1:])} but dataset {dataset.name!r} has images {expect}"
+        )
     if synthetic_set.soft and labels.shape[1] != dataset.num_classes:
         raise ValueError(f"soft labels have {labels.shape[1]} classes, dataset has {dataset.num_classes}")
-    if not synthetic_set.soft and labels.numel() and not (0 <= int(labels.min()) and int(labels.max())
-                                                          < dataset.num_classes):
-        raise ValueError(f"labels must lie in [0, {dataset.num_classes}), got range "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
+    if (
+        not synthetic_set.soft
+        and labels.numel()
+        and not (0 <= int(labels.min()) and int(labels.max()) < dataset.num_classes)
+    ):
+        raise ValueError(
+            f"labels must lie in [0, {dataset.num_classes}), got range [{int(labels.min())}, {int(labels.max())}]"
+        )
     learned = synthetic_set.lr if (use_learned_lr and synthetic_set.lr is not None) else None
     schedule = synthetic_set.meta.get("train_schedule")
     if learned is not None and learned.dim() == 1 and schedule in TRAIN_SCHEDULES:
         # DD sets only make sense with their learned unrolled schedule (fixed/random init, chunked steps).
-        res = schedule_evaluator(schedule)(synthetic_set, dataset, num_models=num_eval, seed=seed,
-                                           device=device if device is not None else dataset.device)
+        res = schedule_evaluator(schedule)(
+            synthetic_set,
+            dataset,
+            num_models=num_eval,
+            seed=seed,
+            device=device if device is not None else dataset.device,
+        )
         for row in res.values():  # both protocols: the set's own learned schedule
-            row.update(protocol=protocol, augmentation="none", strategy=None, lr_schedule=schedule,
-                       statistic=f"mean +- std over {num_eval} networks")
+            row.update(
+                protocol=protocol,
+                augmentation="none",
+                strategy=None,
+                lr_schedule=schedule,
+                statistic=f"mean +- std over {num_eval} networks",
+            )
         return res
     dd_steps = synthetic_set.meta.get("distill_steps")
     data_key = None
@@ -421,19 +575,50 @@ def evaluate(synthetic_set, dataset, *, models=("ConvNet",), num_eval: int = 5, 
         from pydistill.synthetic import _digest
 
         data_key = "synthetic:" + _digest(synthetic_set._tensors())
-    return _run_models(lambda i: (imgs, labels), dataset, models=models, num_eval=num_eval, epochs=epochs, lr=lr,
-                       learned_lr=learned, dd_steps=dd_steps, batch_size=batch_size, dsa=dsa,
-                       dsa_strategy=dsa_strategy, device=device, seed=seed, progress=progress,
-                       model_kwargs=model_kwargs, desc="evaluate", resume_dir=resume_dir, data_key=data_key,
-                       protocol=protocol, method=compared_with or synthetic_set.meta.get("method"))
+    return _run_models(
+        lambda i: (imgs, labels),
+        dataset,
+        models=models,
+        num_eval=num_eval,
+        epochs=epochs,
+        lr=lr,
+        learned_lr=learned,
+        dd_steps=dd_steps,
+        batch_size=batch_size,
+        dsa=dsa,
+        dsa_strategy=dsa_strategy,
+        device=device,
+        seed=seed,
+        progress=progress,
+        model_kwargs=model_kwargs,
+        desc="evaluate",
+        resume_dir=resume_dir,
+        data_key=data_key,
+        protocol=protocol,
+        method=compared_with or synthetic_set.meta.get("method"),
+    )
 
 
-def evaluate_baseline(dataset, kind: str = "random", ipc: int | None = None, *, models=("ConvNet",),
-                      num_eval: int = 5, epochs: int | None = None, lr: float = 0.01, batch_size: int = 256,
-                      dsa: bool | None = None, dsa_strategy: str | None = None, device=None, seed: int = 0,
-                      model_kwargs: dict | None = None, progress: bool = True,
-                      resume_dir: str | os.PathLike | None = None, protocol: str = "paper",
-                      compared_with: str | None = None) -> dict:
+def evaluate_baseline(
+    dataset,
+    kind: str = "random",
+    ipc: int | None = None,
+    *,
+    models=("ConvNet",),
+    num_eval: int = 5,
+    epochs: int | None = None,
+    lr: float = 0.01,
+    batch_size: int = 256,
+    dsa: bool | None = None,
+    dsa_strategy: str | None = None,
+    device=None,
+    seed: int = 0,
+    model_kwargs: dict | None = None,
+    progress: bool = True,
+    resume_dir: str | os.PathLike | None = None,
+    protocol: str = "paper",
+    compared_with: str | None = None,
+) -> dict:
     """Reference points: ``kind="random"`` trains on ``ipc`` random real images per class (a new draw per
     network), ``kind="full"`` on the whole training set. Same output (and ``resume_dir``) as :func:`evaluate`;
     under ``protocol="paper"`` the networks are trained as the method ``compared_with`` evaluates its sets
@@ -446,15 +631,33 @@ def evaluate_baseline(dataset, kind: str = "random", ipc: int | None = None, *, 
             sel = random_subset_indices(dataset, ipc, seed, i)
             return dataset.x_train[sel], dataset.y_train[sel]
     elif kind == "full":
+
         def sets(i):
             return dataset.x_train, dataset.y_train
     else:
         raise ValueError(f"kind must be 'random' or 'full', got {kind!r}")
-    return _run_models(sets, dataset, models=models, num_eval=num_eval, epochs=epochs, lr=lr, learned_lr=None,
-                       dd_steps=None, batch_size=batch_size, dsa=dsa, dsa_strategy=dsa_strategy, device=device,
-                       seed=seed, progress=progress, model_kwargs=model_kwargs, desc=f"baseline-{kind}",
-                       resume_dir=resume_dir, data_key=f"baseline:{kind}:{ipc}", protocol=protocol,
-                       method=compared_with)
+    return _run_models(
+        sets,
+        dataset,
+        models=models,
+        num_eval=num_eval,
+        epochs=epochs,
+        lr=lr,
+        learned_lr=None,
+        dd_steps=None,
+        batch_size=batch_size,
+        dsa=dsa,
+        dsa_strategy=dsa_strategy,
+        device=device,
+        seed=seed,
+        progress=progress,
+        model_kwargs=model_kwargs,
+        desc=f"baseline-{kind}",
+        resume_dir=resume_dir,
+        data_key=f"baseline:{kind}:{ipc}",
+        protocol=protocol,
+        method=compared_with,
+    )
 
 
 class _CallableModule(types.ModuleType):

@@ -10,6 +10,7 @@
   by the dataset) quantised to 8 bits, one folder per class; the zero-padded class id keeps torchvision's
   ``ImageFolder`` (sorted folder names) giving back the same labels. Soft labels are exported by their argmax.
 """
+
 from __future__ import annotations
 
 import io
@@ -53,8 +54,12 @@ def export_synthetic(syn, out: str | os.PathLike, format: str, *, dataset=None) 
     t = syn.to_tensors()
     meta = dict(syn.meta)
     if dataset is not None:
-        meta.update(dataset_mean=list(dataset.mean), dataset_std=list(dataset.std), zca=dataset.zca is not None,
-                    class_names=list(dataset.class_names))
+        meta.update(
+            dataset_mean=list(dataset.mean),
+            dataset_std=list(dataset.std),
+            zca=dataset.zca is not None,
+            class_names=list(dataset.class_names),
+        )
     meta_json = json.dumps(to_jsonable(meta), sort_keys=True, indent=1) + "\n"
     out = Path(out)
     written = []
@@ -87,12 +92,16 @@ def _write_imagefolder(syn, out: Path, dataset) -> list[Path]:
     from PIL import Image
 
     if dataset is None:
-        raise ValueError("format='imagefolder' needs dataset= (its mean/std or ZCA turn the normalised images back "
-                         "into pixels); CLI: the set's recorded --dataset must be loadable, or pass --dataset")
+        raise ValueError(
+            "format='imagefolder' needs dataset= (its mean/std or ZCA turn the normalised images back "
+            "into pixels); CLI: the set's recorded --dataset must be loadable, or pass --dataset"
+        )
     images = syn.images.detach().float().to(dataset.device)
     if tuple(images.shape[1:]) != (dataset.channel, *dataset.im_size):
-        raise ValueError(f"the set's images are {tuple(images.shape[1:])} but dataset {dataset.name!r} has "
-                         f"{(dataset.channel, *dataset.im_size)}; pass the dataset it was distilled from")
+        raise ValueError(
+            f"the set's images are {tuple(images.shape[1:])} but dataset {dataset.name!r} has "
+            f"{(dataset.channel, *dataset.im_size)}; pass the dataset it was distilled from"
+        )
     pixels = (dataset.denormalize(images) * 255).round().to(torch.uint8).cpu()
     labels = syn.hard_labels.cpu()
     k = max(int(dataset.num_classes), int(labels.max()) + 1 if labels.numel() else 0)
@@ -133,14 +142,20 @@ def _cli_export(args) -> int:
 
 def register_cli(subparsers):
     """Add ``pydistill export --synthetic FILE --format {pt,npz,imagefolder} --out PATH``."""
-    p = subparsers.add_parser("export", help="write a synthetic set as .pt tensors (MTT/DD-Ranking layout), .npz "
-                                             "or a folder of PNGs per class")
+    p = subparsers.add_parser(
+        "export",
+        help="write a synthetic set as .pt tensors (MTT/DD-Ranking layout), .npz or a folder of PNGs per class",
+    )
     p.add_argument("--synthetic", required=True, help="synthetic.safetensors file")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True, help="output folder (pt, imagefolder) or file (npz)")
-    p.add_argument("--dataset", default=None,
-                   help="dataset the set was distilled from (default: as recorded; loaded for imagefolder)")
-    p.add_argument("--data-root", default=None,
-                   help="dataset folder (default: $PYDISTILL_DATA, else ~/.cache/pydistill/datasets)")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="dataset the set was distilled from (default: as recorded; loaded for imagefolder)",
+    )
+    p.add_argument(
+        "--data-root", default=None, help="dataset folder (default: $PYDISTILL_DATA, else ~/.cache/pydistill/datasets)"
+    )
     p.set_defaults(func=_cli_export)
     return p

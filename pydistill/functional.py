@@ -5,6 +5,7 @@ A model's parameters are addressed as one flat vector ``w`` of length ``P`` (the
 model with the parameters taken as views of ``w`` through ``torch.func.functional_call``, so gradients
 flow to ``w`` (and to ``x``) while the module's own parameters stay untouched.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,7 +41,7 @@ def unflatten_params(model: nn.Module, flat: torch.Tensor) -> dict[str, torch.Te
         raise ValueError(f"flat must have {n} elements (the model's parameter count), got {flat.numel()}")
     out, off = {}, 0
     for name, p in model.named_parameters():
-        out[name] = flat[off: off + p.numel()].view(p.shape)
+        out[name] = flat[off : off + p.numel()].view(p.shape)
         off += p.numel()
     return out
 

@@ -5,6 +5,7 @@ iteration, or ``{"iteration": i, "eval_acc": a, "eval_std": s, "eval_model": nam
 ``close()``. Scalars go to TensorBoard as ``train/<name>`` at step ``iteration``; evaluations as
 ``eval/<model>/accuracy`` and ``eval/<model>/std`` (fractions in [0, 1]).
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,10 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ImportError("--logger tensorboard needs the tensorboard package: "
-                              "pip install 'pydistill[tensorboard]' (or pip install tensorboard)") from None
+            raise ImportError(
+                "--logger tensorboard needs the tensorboard package: "
+                "pip install 'pydistill[tensorboard]' (or pip install tensorboard)"
+            ) from None
         self.log_dir = os.fspath(log_dir)
         self._writer = SummaryWriter(self.log_dir)
 

@@ -6,6 +6,7 @@ enter the last linear layer, [N, F]) and ``.classifier`` (that last ``nn.Linear`
 Architectures follow the DC/DSA/DM code base; for tiny inputs (e.g. 8x8 digits) pooling stages that would shrink
 a feature map below 1x1 are skipped instead of failing.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,13 +17,51 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["get_network", "register_network", "unregister_network", "available_networks", "network_name",
-           "embed_features", "default_model_kwargs", "NETWORKS", "ConvNet", "MLP", "LeNet", "AlexNet", "VGG", "ResNet",
-           "num_parameters"]
+__all__ = [
+    "get_network",
+    "register_network",
+    "unregister_network",
+    "available_networks",
+    "network_name",
+    "embed_features",
+    "default_model_kwargs",
+    "NETWORKS",
+    "ConvNet",
+    "MLP",
+    "LeNet",
+    "AlexNet",
+    "VGG",
+    "ResNet",
+    "num_parameters",
+]
 
-NETWORKS = ("ConvNet", "ConvNetD1", "ConvNetD2", "ConvNetD3", "ConvNetD4", "ConvNetD5", "ConvNetW32", "ConvNetW64",
-            "ConvNetW128", "ConvNetW256", "ConvNetBN", "ConvNetNoNorm", "ConvNetLN", "ConvNetGN", "ConvNetMP",
-            "MLP", "LeNet", "AlexNet", "AlexCifarNet", "VGG11", "VGG11BN", "ResNet18", "ResNet18BN", "ResNet34", "ResNet34BN")
+NETWORKS = (
+    "ConvNet",
+    "ConvNetD1",
+    "ConvNetD2",
+    "ConvNetD3",
+    "ConvNetD4",
+    "ConvNetD5",
+    "ConvNetW32",
+    "ConvNetW64",
+    "ConvNetW128",
+    "ConvNetW256",
+    "ConvNetBN",
+    "ConvNetNoNorm",
+    "ConvNetLN",
+    "ConvNetGN",
+    "ConvNetMP",
+    "MLP",
+    "LeNet",
+    "AlexNet",
+    "AlexCifarNet",
+    "VGG11",
+    "VGG11BN",
+    "ResNet18",
+    "ResNet18BN",
+    "ResNet34",
+    "ResNet34BN",
+)
 NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
 ACTS = ("relu", "sigmoid", "leakyrelu", "gelu")
 POOLS = ("avgpool", "maxpool", "none")
@@ -47,8 +86,12 @@ def _norm(kind: str, c: int, hw: tuple[int, int]) -> nn.Module:
 
 
 def _act(kind: str) -> nn.Module:
-    table = {"relu": lambda: nn.ReLU(inplace=True), "sigmoid": nn.Sigmoid,
-             "leakyrelu": lambda: nn.LeakyReLU(0.01), "gelu": nn.GELU}
+    table = {
+        "relu": lambda: nn.ReLU(inplace=True),
+        "sigmoid": nn.Sigmoid,
+        "leakyrelu": lambda: nn.LeakyReLU(0.01),
+        "gelu": nn.GELU,
+    }
     if kind not in table:
         raise ValueError(f"act must be one of {ACTS}, got {kind!r}")
     return table[kind]()
@@ -72,8 +115,9 @@ class ConvNet(_Net):
     28x28 inputs get padding 3 on the first conv (so they run at 32x32, as in the original).
     """
 
-    def __init__(self, channel, num_classes, im_size, *, width=128, depth=3, norm="instancenorm", act="relu",
-                 pool="avgpool"):
+    def __init__(
+        self, channel, num_classes, im_size, *, width=128, depth=3, norm="instancenorm", act="relu", pool="avgpool"
+    ):
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
@@ -134,8 +178,9 @@ class LeNet(_Net):
             h, w = h // 2, w // 2
         if min(h, w) < 1:
             raise ValueError(f"im_size {im_size} is too small for LeNet")
-        self.features = nn.Sequential(*layers, nn.Flatten(), nn.Linear(16 * h * w, 120), _act(act),
-                                      nn.Linear(120, 84), _act(act))
+        self.features = nn.Sequential(
+            *layers, nn.Flatten(), nn.Linear(16 * h * w, 120), _act(act), nn.Linear(120, 84), _act(act)
+        )
         self.classifier = nn.Linear(84, num_classes)
 
     def embed(self, x):
@@ -150,8 +195,13 @@ class AlexNet(_Net):
         h, w = im_size
         p1 = 4 if channel == 1 and (h, w) == (28, 28) else 2
         h, w = h + 2 * p1 - 4, w + 2 * p1 - 4
-        spec = [(channel, 128, 5, p1, True), (128, 192, 5, 2, True), (192, 256, 3, 1, False),
-                (256, 192, 3, 1, False), (192, 192, 3, 1, True)]
+        spec = [
+            (channel, 128, 5, p1, True),
+            (128, 192, 5, 2, True),
+            (192, 256, 3, 1, False),
+            (256, 192, 3, 1, False),
+            (192, 192, 3, 1, True),
+        ]
         layers: list[nn.Module] = []
         for i, (ci, co, k, p, pool) in enumerate(spec):
             layers += [nn.Conv2d(ci, co, k, padding=p), _act(act)]
@@ -220,8 +270,9 @@ class ResNet(_Net):
     def __init__(self, channel, num_classes, im_size, *, blocks=(2, 2, 2, 2), norm="instancenorm"):
         super().__init__()
         if norm == "layernorm":
-            raise ValueError("norm='layernorm' is not supported for ResNets; use instancenorm, batchnorm, "
-                             "groupnorm or none")
+            raise ValueError(
+                "norm='layernorm' is not supported for ResNets; use instancenorm, batchnorm, groupnorm or none"
+            )
         h, w = im_size
         self.conv1 = nn.Conv2d(channel, 64, 3, 1, 1, bias=False)
         self.bn1 = _norm(norm, 64, (h, w))
@@ -285,11 +336,15 @@ def register_network(name: str, factory: NetworkFactory | None = None, *, overwr
     if factory is None:
         return lambda f: register_network(name, f, overwrite=overwrite)
     if not callable(factory):
-        raise TypeError(f"factory must be callable as factory(channel, num_classes, im_size, **kwargs), "
-                        f"got {type(factory).__name__}")
+        raise TypeError(
+            f"factory must be callable as factory(channel, num_classes, im_size, **kwargs), "
+            f"got {type(factory).__name__}"
+        )
     if name in _REGISTRY and _REGISTRY[name] is not factory and not overwrite:
-        raise ValueError(f"network {name!r} is already registered (by {network_name(_REGISTRY[name])}); "
-                         "pass overwrite=True to replace it")
+        raise ValueError(
+            f"network {name!r} is already registered (by {network_name(_REGISTRY[name])}); "
+            "pass overwrite=True to replace it"
+        )
     _REGISTRY[name] = factory
     return factory
 
@@ -341,8 +396,9 @@ def _timm_network(name: str, channel: int, num_classes: int, im_size, **kwargs) 
     try:
         import timm
     except ImportError:
-        raise ImportError(f"network {TIMM_PREFIX}{name} needs timm: pip install 'pydistill[timm]' "
-                          "(or pip install timm)") from None
+        raise ImportError(
+            f"network {TIMM_PREFIX}{name} needs timm: pip install 'pydistill[timm]' (or pip install timm)"
+        ) from None
     if kwargs.pop("pretrained", False):
         raise ValueError("timm networks are built with pretrained=False (evaluation trains them from scratch)")
     try:
@@ -367,8 +423,10 @@ def embed_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if isinstance(m, nn.Linear):
             last = m
     if last is None:
-        raise TypeError(f"{type(net).__name__} has no embed(x) method and no nn.Linear layer, so its embedding "
-                        "(the features before the classifier) is unknown; add a method embed(x) -> [N, F] to it")
+        raise TypeError(
+            f"{type(net).__name__} has no embed(x) method and no nn.Linear layer, so its embedding "
+            "(the features before the classifier) is unknown; add a method embed(x) -> [N, F] to it"
+        )
     captured = []
     handle = last.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
     try:
@@ -376,8 +434,10 @@ def embed_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     finally:
         handle.remove()
     if not captured:
-        raise TypeError(f"{type(net).__name__}'s last nn.Linear was not called in forward; add a method "
-                        "embed(x) -> [N, F] giving the features before its classifier")
+        raise TypeError(
+            f"{type(net).__name__}'s last nn.Linear was not called in forward; add a method "
+            "embed(x) -> [N, F] giving the features before its classifier"
+        )
     return captured[-1].flatten(1)
 
 
@@ -397,26 +457,40 @@ def get_network(name: str | NetworkFactory, channel: int, num_classes: int, im_s
     if isinstance(name, str) and _is_builtin(name):
         return _builtin_network(name, int(channel), int(num_classes), im_size, **kwargs)
     if isinstance(name, str) and name.startswith(TIMM_PREFIX):
-        net = _timm_network(name[len(TIMM_PREFIX):], int(channel), int(num_classes), im_size, **kwargs)
+        net = _timm_network(name[len(TIMM_PREFIX) :], int(channel), int(num_classes), im_size, **kwargs)
     elif isinstance(name, str):
         if name not in _REGISTRY:
             _import_plugins()
         if name not in _REGISTRY:
-            raise ValueError(f"unknown network {name!r}; choose from {available_networks()}, a timm:<name> network, "
-                             "or register yours with pydistill.models.register_network")
+            raise ValueError(
+                f"unknown network {name!r}; choose from {available_networks()}, a timm:<name> network, "
+                "or register yours with pydistill.models.register_network"
+            )
         net = _REGISTRY[name](int(channel), int(num_classes), im_size, **kwargs)
     elif callable(name):
         net = name(int(channel), int(num_classes), im_size, **kwargs)
     else:
-        raise TypeError(f"model must be a network name or a factory(channel, num_classes, im_size, **kwargs), "
-                        f"got {type(name).__name__}")
+        raise TypeError(
+            f"model must be a network name or a factory(channel, num_classes, im_size, **kwargs), "
+            f"got {type(name).__name__}"
+        )
     if not isinstance(net, nn.Module):
         raise TypeError(f"network factory {network_name(name)} returned {type(net).__name__}, expected an nn.Module")
     return net
 
 
-def _builtin_network(name: str, channel: int, num_classes: int, im_size, *, width: int = 128, depth: int = 3,
-                     norm: str | None = None, act: str = "relu", pool: str = "avgpool") -> nn.Module:
+def _builtin_network(
+    name: str,
+    channel: int,
+    num_classes: int,
+    im_size,
+    *,
+    width: int = 128,
+    depth: int = 3,
+    norm: str | None = None,
+    act: str = "relu",
+    pool: str = "avgpool",
+) -> nn.Module:
     """A built-in network by name (see ``NETWORKS``); parameters use PyTorch's default initialization.
 
     ``norm=None`` means the name's default: instancenorm (ConvNet, VGG11, ResNet18), batchnorm for
@@ -427,15 +501,20 @@ def _builtin_network(name: str, channel: int, num_classes: int, im_size, *, widt
         raise ValueError(f"norm must be one of {NORMS} or None, got {norm!r}")
     args = (int(channel), int(num_classes), im_size)
     if name.startswith("ConvNet"):
-        suffix = name[len("ConvNet"):]
+        suffix = name[len("ConvNet") :]
         kw = dict(width=width, depth=depth, norm=norm or "instancenorm", act=act, pool=pool)
         if m := re.fullmatch(r"D(\d+)", suffix):
             kw["depth"] = int(m.group(1))
         elif m := re.fullmatch(r"W(\d+)", suffix):
             kw["width"] = int(m.group(1))
         elif suffix in ("BN", "NoNorm", "LN", "GN", "IN"):
-            kw["norm"] = {"BN": "batchnorm", "NoNorm": "none", "LN": "layernorm", "GN": "groupnorm",
-                          "IN": "instancenorm"}[suffix]
+            kw["norm"] = {
+                "BN": "batchnorm",
+                "NoNorm": "none",
+                "LN": "layernorm",
+                "GN": "groupnorm",
+                "IN": "instancenorm",
+            }[suffix]
         elif suffix in ("MP", "AP", "NP"):
             kw["pool"] = {"MP": "maxpool", "AP": "avgpool", "NP": "none"}[suffix]
         elif suffix:
@@ -471,8 +550,15 @@ class AlexCifarNet(_Net):
             h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
         lrn = dict(size=4, alpha=0.001 / 9.0, beta=0.75, k=1.0)
         self.features = nn.Sequential(
-            nn.Conv2d(channel, 64, 5, padding=2), _act(act), nn.MaxPool2d(3, 2, 1), nn.LocalResponseNorm(**lrn),
-            nn.Conv2d(64, 64, 5, padding=2), _act(act), nn.LocalResponseNorm(**lrn), nn.MaxPool2d(3, 2, 1))
+            nn.Conv2d(channel, 64, 5, padding=2),
+            _act(act),
+            nn.MaxPool2d(3, 2, 1),
+            nn.LocalResponseNorm(**lrn),
+            nn.Conv2d(64, 64, 5, padding=2),
+            _act(act),
+            nn.LocalResponseNorm(**lrn),
+            nn.MaxPool2d(3, 2, 1),
+        )
         self.fc = nn.Sequential(nn.Linear(64 * h * w, 384), _act(act), nn.Linear(384, 192), _act(act))
         self.classifier = nn.Linear(192, num_classes)
 
@@ -480,8 +566,9 @@ class AlexCifarNet(_Net):
         return self.fc(self.features(x).flatten(1))
 
 
-def seeded_network(name: str, channel: int, num_classes: int, im_size, seed: int, *, device="cpu",
-                   **kwargs) -> nn.Module:
+def seeded_network(
+    name: str, channel: int, num_classes: int, im_size, seed: int, *, device="cpu", **kwargs
+) -> nn.Module:
     """``get_network(name, channel, num_classes, im_size, **kwargs)`` with its initialisation drawn from the CPU
     generator seeded with ``seed`` (same seed -> same weights on every device), moved to ``device``. The global
     RNG is left untouched."""
@@ -491,4 +578,6 @@ def seeded_network(name: str, channel: int, num_classes: int, im_size, seed: int
         torch.random.default_generator.manual_seed(int(seed))
         net = get_network(name, channel, num_classes, im_size, **kwargs)
     return net.to(device)
+
+
 __all__ += ["seeded_network", "AlexCifarNet"]

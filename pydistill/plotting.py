@@ -1,4 +1,5 @@
 """Figures of a run: the synthetic image grid (one row per class) and the loss/accuracy curves (PNG files)."""
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,15 @@ from pydistill.utils import atomic_target
 __all__ = ["image_grid", "save_grid", "save_curves"]
 
 
-def image_grid(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, max_per_class: int = 10,
-               pad: int = 1, min_cell: int = 32) -> np.ndarray:
+def image_grid(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    max_per_class: int = 10,
+    pad: int = 1,
+    min_cell: int = 32,
+) -> np.ndarray:
     """Arrange images [N, C, H, W] in [0, 1] as a grid with one row per class; returns uint8 [H', W', 3].
 
     Soft labels [N, K] are reduced to their argmax. At most ``max_per_class`` images per row; tiny images are
@@ -39,12 +47,11 @@ def image_grid(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, 
         sel = images[labels == c][:cols]
         for j in range(sel.shape[0]):
             y0, x0 = pad + c * (h + pad), pad + j * (w + pad)
-            grid[y0:y0 + h, x0:x0 + w] = sel[j].permute(1, 2, 0).numpy()
+            grid[y0 : y0 + h, x0 : x0 + w] = sel[j].permute(1, 2, 0).numpy()
     return (grid * 255).round().astype(np.uint8)
 
 
-def save_grid(path: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-              **kw) -> None:
+def save_grid(path: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor, num_classes: int, **kw) -> None:
     """Write :func:`image_grid` (images already in [0, 1], e.g. ``dataset.denormalize(x)``) as a PNG."""
     import matplotlib.image
 
@@ -79,8 +86,10 @@ def save_curves(path: str | os.PathLike, log: list[dict], *, title: str = "") ->
     if series:
         ax_l.legend(fontsize=8)
         positive = all(v > 0 for _, ys in series.values() for v in ys)
-        if positive and max(max(ys) for _, ys in series.values()) / max(min(min(ys) for _, ys in series.values()),
-                                                                           1e-30) > 100:
+        if (
+            positive
+            and max(max(ys) for _, ys in series.values()) / max(min(min(ys) for _, ys in series.values()), 1e-30) > 100
+        ):
             ax_l.set_yscale("log")
     else:
         ax_l.text(0.5, 0.5, "no logged scalars", ha="center", va="center", transform=ax_l.transAxes)

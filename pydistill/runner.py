@@ -7,6 +7,7 @@ Reliability: the folder is checked writable and locked (:class:`pydistill.utils.
 SIGINT/SIGTERM finish the current iteration, checkpoint and raise :class:`pydistill.utils.StopSignal`; a
 non-finite loss or state stops the run with :class:`DivergedError` before anything non-finite is written.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,9 +19,22 @@ from pathlib import Path
 import torch
 
 from pydistill import distributed as pdist
-from pydistill.utils import (CorruptCheckpointError, RunLock, atomic_write_text, deferred_stop, ensure_writable_dir,
-                             get_rng_state, load_checked, nonfinite_names, peak_memory_mb, raise_if_stop_requested,
-                             save_checked, set_rng_state, stop_requested, to_jsonable)
+from pydistill.utils import (
+    CorruptCheckpointError,
+    RunLock,
+    atomic_write_text,
+    deferred_stop,
+    ensure_writable_dir,
+    get_rng_state,
+    load_checked,
+    nonfinite_names,
+    peak_memory_mb,
+    raise_if_stop_requested,
+    save_checked,
+    set_rng_state,
+    stop_requested,
+    to_jsonable,
+)
 
 __all__ = ["run_distillation", "CHECKPOINT", "run_signature", "DivergedError"]
 
@@ -45,10 +59,16 @@ def _flatten(obj, prefix: str = "", out: dict | None = None) -> dict:
 
 def _divergence_hint(method) -> str:
     cfg = method.config_dict() if hasattr(method, "config_dict") else {}
-    lrs = {k: v for k, v in cfg.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-           and (k.startswith("lr") or "_lr" in k or k.endswith("lr"))}
+    lrs = {
+        k: v
+        for k, v in cfg.items()
+        if isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and (k.startswith("lr") or "_lr" in k or k.endswith("lr"))
+    }
     text = ", ".join(f"{k}={v:g}" for k, v in lrs.items())
     return f"a learning rate too high for this setting ({text})" if text else "a learning rate too high"
+
 
 CHECKPOINT = "checkpoint.pt"
 _FORMAT = "pydistill-checkpoint-v2"  # v2: written by utils.save_checked (with a SHA-256 of its contents)
@@ -57,16 +77,18 @@ _FORMAT = "pydistill-checkpoint-v2"  # v2: written by utils.save_checked (with a
 def run_signature(method) -> dict:
     """What must match for a checkpoint to be resumed: method, dataset, ipc, seed, config."""
     ds = method.dataset
-    return to_jsonable({
-        "method": getattr(method, "name", type(method).__name__),
-        "class": f"{type(method).__module__}.{type(method).__qualname__}",
-        "dataset": ds.name,
-        "zca": ds.zca is not None,
-        "num_train": int(ds.x_train.shape[0]),
-        "ipc": int(method.ipc),
-        "seed": int(getattr(method, "seed", 0)),
-        "config": method.config_dict() if hasattr(method, "config_dict") else repr(getattr(method, "config", None)),
-    })
+    return to_jsonable(
+        {
+            "method": getattr(method, "name", type(method).__name__),
+            "class": f"{type(method).__module__}.{type(method).__qualname__}",
+            "dataset": ds.name,
+            "zca": ds.zca is not None,
+            "num_train": int(ds.x_train.shape[0]),
+            "ipc": int(method.ipc),
+            "seed": int(getattr(method, "seed", 0)),
+            "config": method.config_dict() if hasattr(method, "config_dict") else repr(getattr(method, "config", None)),
+        }
+    )
 
 
 def _diff(a, b, prefix=""):
@@ -101,25 +123,35 @@ def _as_synthetic(method, result):
         return result
     if isinstance(result, (tuple, list)) and len(result) in (2, 3):
         return SyntheticSet(result[0].detach(), result[1].detach(), result[2] if len(result) == 3 else None, {})
-    raise TypeError(f"{type(method).__name__}.synthetic_set() must return a SyntheticSet (or images, labels), got "
-                    f"{type(result).__name__}")
+    raise TypeError(
+        f"{type(method).__name__}.synthetic_set() must return a SyntheticSet (or images, labels), got "
+        f"{type(result).__name__}"
+    )
 
 
 def _fmt(scalars: dict) -> dict:
     return {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in scalars.items()}
 
 
-def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: int = 50, eval_every: int | None = None,
-                     eval_kwargs: dict | None = None, progress: bool = True, final_eval: bool = True,
-                     logger=None) -> dict:
+def run_distillation(
+    method,
+    out_dir: str | os.PathLike,
+    *,
+    checkpoint_every: int = 50,
+    eval_every: int | None = None,
+    eval_kwargs: dict | None = None,
+    progress: bool = True,
+    final_eval: bool = True,
+    logger=None,
+) -> dict:
     """Run ``method`` for ``method.num_iterations`` iterations, resuming from ``out_dir/checkpoint.pt``.
 
     checkpoint_every: iterations between checkpoints (the last iteration is always checkpointed).
     eval_every: evaluate the current set every this many iterations (None/0: only at the end).
     eval_kwargs: keyword arguments of :func:`pydistill.evaluate.evaluate` (models, num_eval, epochs, dsa, ...).
     A checkpoint whose method/dataset/ipc/seed/config differ raises ValueError (except a larger
-    ``config.iterations`` for a method with ``extendable = True``: the run continues to the new total); a truncated or corrupt one raises
-    ``pydistill.utils.CorruptCheckpointError`` (never loaded). Returns the metrics dict.
+    ``config.iterations`` for a method with ``extendable = True``: the run continues to the new total); a
+    truncated or corrupt one raises ``pydistill.utils.CorruptCheckpointError`` (never loaded). Returns the metrics dict.
     logger: an object with ``log(entry)`` and ``close()`` receiving each new log entry (see :mod:`pydistill.loggers`).
 
     Under ``torch.distributed`` (see :mod:`pydistill.distributed`) every rank calls this: the method shards its
@@ -130,23 +162,32 @@ def run_distillation(method, out_dir: str | os.PathLike, *, checkpoint_every: in
     if eval_every is not None and (isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0):
         raise ValueError(f"eval_every must be None or an int >= 0, got {eval_every!r}")
     if pdist.is_initialized() and not getattr(method, "supports_distributed", False):
-        raise ValueError(f"method {getattr(method, 'name', type(method).__name__)!r} does not split its work across "
-                         f"processes (world size {pdist.get_world_size()}); run it in one process (without torchrun)")
+        raise ValueError(
+            f"method {getattr(method, 'name', type(method).__name__)!r} does not split its work across "
+            f"processes (world size {pdist.get_world_size()}); run it in one process (without torchrun)"
+        )
     eval_kwargs = dict(eval_kwargs or {})
     out = ensure_writable_dir(out_dir, "out_dir") if pdist.is_main() else Path(out_dir)
     lock = RunLock(out, command="run_distillation") if pdist.is_main() else None
     if lock is not None:
         lock.acquire()  # a second run on this folder refuses, naming this process
     try:
-        return _run_locked(method, out, checkpoint_every=checkpoint_every, eval_every=eval_every,
-                           eval_kwargs=eval_kwargs, progress=progress, final_eval=final_eval, logger=logger)
+        return _run_locked(
+            method,
+            out,
+            checkpoint_every=checkpoint_every,
+            eval_every=eval_every,
+            eval_kwargs=eval_kwargs,
+            progress=progress,
+            final_eval=final_eval,
+            logger=logger,
+        )
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs, progress, final_eval,
-                logger) -> dict:
+def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs, progress, final_eval, logger) -> dict:
     from pydistill.evaluate import evaluate
     from pydistill.plotting import save_curves, save_grid
 
@@ -170,8 +211,10 @@ def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs,
             raise ValueError(f"{ckpt_path} is not a pydistill checkpoint; delete it or choose another out_dir")
         if ckpt["signature"] != sig and not _extends(method, ckpt, sig, n_iter):
             diffs = "\n  ".join(_diff(ckpt["signature"], sig))
-            raise ValueError(f"{ckpt_path} belongs to a different run; mismatches:\n  {diffs}\n"
-                             "Use another out_dir, or delete the checkpoint to start over.")
+            raise ValueError(
+                f"{ckpt_path} belongs to a different run; mismatches:\n  {diffs}\n"
+                "Use another out_dir, or delete the checkpoint to start over."
+            )
         method.load_state_dict(ckpt["method"])
         set_rng_state(ckpt["rng"])
         start, log, elapsed = int(ckpt["iteration"]), list(ckpt["log"]), float(ckpt["wall_time_s"])
@@ -187,8 +230,18 @@ def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs,
         if not pdist.is_main():
             return
         saved["iteration"] = iteration
-        save_checked({"format": _FORMAT, "signature": sig, "iteration": iteration, "method": method.state_dict(),
-                     "rng": get_rng_state(), "log": log, "wall_time_s": elapsed}, ckpt_path)
+        save_checked(
+            {
+                "format": _FORMAT,
+                "signature": sig,
+                "iteration": iteration,
+                "method": method.state_dict(),
+                "rng": get_rng_state(),
+                "log": log,
+                "wall_time_s": elapsed,
+            },
+            ckpt_path,
+        )
 
     def eval_now(progress_flag):
         syn = _as_synthetic(method, method.synthetic_set())
@@ -202,9 +255,15 @@ def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs,
     def save_best(iteration):
         if pdist.is_main():
             syn_best = _as_synthetic(method, method.synthetic_set())
-            syn_best.meta = {**syn_best.meta, "method": sig["method"], "dataset": method.dataset.name,
-                             "ipc": int(method.ipc), "iteration": int(iteration), "seed": sig["seed"],
-                             "zca": method.dataset.zca is not None}
+            syn_best.meta = {
+                **syn_best.meta,
+                "method": sig["method"],
+                "dataset": method.dataset.name,
+                "ipc": int(method.ipc),
+                "iteration": int(iteration),
+                "seed": sig["seed"],
+                "zca": method.dataset.zca is not None,
+            }
             syn_best.save(out / "synthetic_best.safetensors")
 
     bar = None
@@ -214,20 +273,30 @@ def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs,
         bar = tqdm(total=n_iter, initial=start, desc=f"{sig['method']} {sig['dataset']} ipc={sig['ipc']}")
 
     def check_finite(it, scalars):
-        bad = [f"loss/scalar {k!r}" for k in nonfinite_names({k: (float(v) if isinstance(v, torch.Tensor) and
-                                                                  v.numel() == 1 else v)
-                                                              for k, v in scalars.items()})]
+        bad = [
+            f"loss/scalar {k!r}"
+            for k in nonfinite_names(
+                {k: (float(v) if isinstance(v, torch.Tensor) and v.numel() == 1 else v) for k, v in scalars.items()}
+            )
+        ]
         bad += [f"state {p!r}" for p in nonfinite_names(_flatten(method.state_dict()))]
         if bad:
-            kept = (f"The last finite checkpoint (iteration {saved['iteration']}) is kept in {ckpt_path}"
-                    if saved["iteration"] is not None else "No checkpoint had been written yet")
-            raise DivergedError(f"the run diverged at iteration {it}: non-finite {', '.join(bad[:4])}"
-                                f"{' ...' if len(bad) > 4 else ''}; likely cause: {_divergence_hint(method)}. "
-                                f"{kept}; no synthetic set was written")
+            kept = (
+                f"The last finite checkpoint (iteration {saved['iteration']}) is kept in {ckpt_path}"
+                if saved["iteration"] is not None
+                else "No checkpoint had been written yet"
+            )
+            raise DivergedError(
+                f"the run diverged at iteration {it}: non-finite {', '.join(bad[:4])}"
+                f"{' ...' if len(bad) > 4 else ''}; likely cause: {_divergence_hint(method)}. "
+                f"{kept}; no synthetic set was written"
+            )
 
     def stop_message(iteration):
-        return (f"stopped after iteration {iteration}/{n_iter}; checkpoint saved to {ckpt_path}. Rerun the same "
-                "command to resume")
+        return (
+            f"stopped after iteration {iteration}/{n_iter}; checkpoint saved to {ckpt_path}. Rerun the same "
+            "command to resume"
+        )
 
     t0 = time.perf_counter()
     single = pdist.get_world_size() == 1  # (ranks would have to agree on when to stop: not deferred there)
@@ -249,14 +318,21 @@ def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs,
                     first = next(iter(res.values()))
                     if best_so_far(log) is None or first["mean"] > best_so_far(log)["eval_acc"]:
                         save_best(it + 1)  # MTT's protocol reports the best evaluated set: keep it (synthetic_best)
-                    log.append({"iteration": it + 1, "eval_acc": first["mean"], "eval_std": first["std"],
-                                "eval_model": next(iter(res))})
+                    log.append(
+                        {
+                            "iteration": it + 1,
+                            "eval_acc": first["mean"],
+                            "eval_std": first["std"],
+                            "eval_model": next(iter(res)),
+                        }
+                    )
                     if logger is not None:
                         logger.log(log[-1])
                     t0 = time.perf_counter()
                     if bar is not None:
-                        bar.write(f"iteration {it + 1}: test accuracy {100 * first['mean']:.2f} +- "
-                                  f"{100 * first['std']:.2f}")
+                        bar.write(
+                            f"iteration {it + 1}: test accuracy {100 * first['mean']:.2f} +- {100 * first['std']:.2f}"
+                        )
                 if bar is not None:
                     bar.set_postfix(_fmt(scalars))
                     bar.update(1)
@@ -278,19 +354,29 @@ def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs,
     syn = _as_synthetic(method, method.synthetic_set())
     bad = nonfinite_names({"images": syn.images, "labels": syn.labels, "lr": syn.lr})
     if bad:
-        raise DivergedError(f"the synthetic set holds non-finite {', '.join(bad)}; likely cause: "
-                            f"{_divergence_hint(method)}. It was not written")
+        raise DivergedError(
+            f"the synthetic set holds non-finite {', '.join(bad)}; likely cause: "
+            f"{_divergence_hint(method)}. It was not written"
+        )
     main = pdist.is_main()
     ds = method.dataset
     meta = dict(syn.meta)
     meta.setdefault("method", sig["method"])
-    meta.update(dataset=ds.name, ipc=int(method.ipc), num_classes=int(ds.num_classes), iterations=n_iter,
-                seed=sig["seed"], zca=ds.zca is not None, config=sig["config"])
+    meta.update(
+        dataset=ds.name,
+        ipc=int(method.ipc),
+        num_classes=int(ds.num_classes),
+        iterations=n_iter,
+        seed=sig["seed"],
+        zca=ds.zca is not None,
+        config=sig["config"],
+    )
     syn.meta = meta
     if main:
         syn.save(out / "synthetic.safetensors")
-        save_grid(out / "grid.png", ds.denormalize(syn.images.detach().float().to(ds.device)), syn.labels,
-                  ds.num_classes)
+        save_grid(
+            out / "grid.png", ds.denormalize(syn.images.detach().float().to(ds.device)), syn.labels, ds.num_classes
+        )
 
     accuracies, eval_time = {}, 0.0
     if final_eval and len(syn):
@@ -302,8 +388,14 @@ def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs,
         best = best_so_far(log)
         if best is not None and accuracies[first_model]["mean"] > best["eval_acc"]:
             save_best(n_iter)
-        log.append({"iteration": n_iter, "eval_acc": accuracies[first_model]["mean"],
-                    "eval_std": accuracies[first_model]["std"], "eval_model": first_model})
+        log.append(
+            {
+                "iteration": n_iter,
+                "eval_acc": accuracies[first_model]["mean"],
+                "eval_std": accuracies[first_model]["std"],
+                "eval_model": first_model,
+            }
+        )
         if logger is not None:
             logger.log(log[-1])
     if logger is not None:

@@ -1,4 +1,5 @@
 """The distilled (synthetic) set: images, labels, optional learned learning rates, metadata; safe file I/O."""
+
 from __future__ import annotations
 
 import hashlib
@@ -51,8 +52,9 @@ class SyntheticSet:
 
     def __post_init__(self):
         if not isinstance(self.images, torch.Tensor) or self.images.dim() != 4:
-            raise ValueError(f"images must be a [N, C, H, W] tensor, got "
-                             f"{getattr(self.images, 'shape', type(self.images).__name__)}")
+            raise ValueError(
+                f"images must be a [N, C, H, W] tensor, got {getattr(self.images, 'shape', type(self.images).__name__)}"
+            )
         if not self.images.is_floating_point():
             raise TypeError(f"images must be floating point, got {self.images.dtype}")
         if not isinstance(self.labels, torch.Tensor):
@@ -106,13 +108,21 @@ class SyntheticSet:
         return self.images.shape[0]
 
     def to(self, device) -> "SyntheticSet":
-        return SyntheticSet(self.images.to(device), self.labels.to(device),
-                            None if self.lr is None else self.lr.to(device), dict(self.meta))
+        return SyntheticSet(
+            self.images.to(device),
+            self.labels.to(device),
+            None if self.lr is None else self.lr.to(device),
+            dict(self.meta),
+        )
 
     def detach(self) -> "SyntheticSet":
         """A copy with detached, cloned tensors (safe to keep while the method keeps optimizing)."""
-        return SyntheticSet(self.images.detach().clone(), self.labels.detach().clone(),
-                            None if self.lr is None else self.lr.detach().clone(), dict(self.meta))
+        return SyntheticSet(
+            self.images.detach().clone(),
+            self.labels.detach().clone(),
+            None if self.lr is None else self.lr.detach().clone(),
+            dict(self.meta),
+        )
 
     # ------------------------------------------------------------------------------------------------------
     def _tensors(self) -> dict[str, torch.Tensor]:
@@ -152,21 +162,27 @@ class SyntheticSet:
         except Exception as exc:  # safetensors raises its own error type on malformed input
             raise CorruptFileError(f"{path} is truncated or corrupt (not a readable safetensors file: {exc})") from exc
         if metadata.get("format") != _FORMAT:
-            raise CorruptFileError(f"{path} is a safetensors file but not a pydistill synthetic set "
-                                   f"(format={metadata.get('format')!r})")
+            raise CorruptFileError(
+                f"{path} is a safetensors file but not a pydistill synthetic set (format={metadata.get('format')!r})"
+            )
         if "images" not in tensors or "labels" not in tensors:
             raise CorruptFileError(f"{path} lacks the 'images' or 'labels' tensor")
         expected = metadata.get("sha256")
         legacy = metadata.get("version") == "1"
         actual = _digest(tensors, None if legacy else metadata.get("meta", ""))
         if expected != actual:
-            raise CorruptFileError(f"{path} is corrupt: SHA-256 of its tensors and metadata is {actual}, the file "
-                                   f"records {expected} (edited or damaged)")
+            raise CorruptFileError(
+                f"{path} is corrupt: SHA-256 of its tensors and metadata is {actual}, the file "
+                f"records {expected} (edited or damaged)"
+            )
         if legacy:
             import warnings
 
-            warnings.warn(f"{path} was written by an older pydistill (format version 1): its metadata is not covered "
-                          "by the checksum; re-save it to protect it", stacklevel=2)
+            warnings.warn(
+                f"{path} was written by an older pydistill (format version 1): its metadata is not covered "
+                "by the checksum; re-save it to protect it",
+                stacklevel=2,
+            )
         try:
             meta = json.loads(metadata.get("meta", "{}"))
         except json.JSONDecodeError as exc:
@@ -180,5 +196,5 @@ def _read_metadata(data: bytes) -> dict:
     n = int.from_bytes(data[:8], "little")
     if n > len(data) - 8:
         raise ValueError("header length exceeds file size")
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     return dict(header.get("__metadata__", {}))

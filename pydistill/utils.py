@@ -1,5 +1,6 @@
 """Small shared helpers: atomic file writes, checked safe loading, run-folder locks, graceful stop signals,
 seeding, RNG state capture/restore, devices, memory."""
+
 from __future__ import annotations
 
 import contextlib
@@ -173,17 +174,20 @@ def _unseal(data: bytes, path) -> bytes | None:
     """The original ``torch.save`` bytes of a sealed file, verified against its SHA-256 (raises
     :class:`CorruptCheckpointError` on a mismatch); None when ``data`` carries no seal (an older file)."""
     n = _TRAILER_LEN
-    if len(data) < n + 22 or data[-n:-64] != _TRAILER_TAG or data[-n - 2:-n] != n.to_bytes(2, "little"):
+    if len(data) < n + 22 or data[-n:-64] != _TRAILER_TAG or data[-n - 2 : -n] != n.to_bytes(2, "little"):
         if len(data) >= 22 and data[-22:-18] == b"PK\x05\x06" and data[-2:] == b"\x00\x00":
             return None  # an unsealed zip (written before seals existed): its contents digest still applies
-        raise CorruptCheckpointError(f"{path} is truncated or corrupt (its zip end record / SHA-256 seal is "
-                                     "missing or damaged); delete it to start over")
-    original = data[:-n - 2] + b"\x00\x00"
+        raise CorruptCheckpointError(
+            f"{path} is truncated or corrupt (its zip end record / SHA-256 seal is "
+            "missing or damaged); delete it to start over"
+        )
+    original = data[: -n - 2] + b"\x00\x00"
     expected = data[-64:].decode("ascii", "replace")
     actual = hashlib.sha256(original).hexdigest()
     if actual != expected:
-        raise CorruptCheckpointError(f"{path} is corrupt: SHA-256 of its bytes is {actual}, the file records "
-                                     f"{expected}; delete it to start over")
+        raise CorruptCheckpointError(
+            f"{path} is corrupt: SHA-256 of its bytes is {actual}, the file records {expected}; delete it to start over"
+        )
     return original
 
 
@@ -221,21 +225,28 @@ def load_checked(path: str | os.PathLike, map_location="cpu", weights_only: bool
     data = path.read_bytes()
     original = _unseal(data, path)
     try:
-        obj = torch.load(io.BytesIO(data if original is None else original), map_location=map_location,
-                         weights_only=True)
+        obj = torch.load(
+            io.BytesIO(data if original is None else original), map_location=map_location, weights_only=True
+        )
     except Exception as exc:  # noqa: BLE001 - torch raises various errors on a damaged zip / refused pickle
-        raise CorruptCheckpointError(f"{path} is truncated, corrupt or holds objects a checkpoint cannot hold "
-                                     f"(torch.load(weights_only=True) failed: {str(exc)[:300]}); delete it to "
-                                     "start over") from exc
+        raise CorruptCheckpointError(
+            f"{path} is truncated, corrupt or holds objects a checkpoint cannot hold "
+            f"(torch.load(weights_only=True) failed: {str(exc)[:300]}); delete it to "
+            "start over"
+        ) from exc
     if not isinstance(obj, dict) or _DIGEST_KEY not in obj:
-        raise CorruptCheckpointError(f"{path} has no {_DIGEST_KEY!r} integrity entry (not written by "
-                                     "pydistill.utils.save_checked); it cannot be verified. Delete it to start over")
+        raise CorruptCheckpointError(
+            f"{path} has no {_DIGEST_KEY!r} integrity entry (not written by "
+            "pydistill.utils.save_checked); it cannot be verified. Delete it to start over"
+        )
     obj = dict(obj)
     expected = obj.pop(_DIGEST_KEY)
     actual = state_digest(obj)
     if actual != expected:
-        raise CorruptCheckpointError(f"{path} is corrupt: digest of its contents is {actual}, the file records "
-                                     f"{expected}; delete it to start over")
+        raise CorruptCheckpointError(
+            f"{path} is corrupt: digest of its contents is {actual}, the file records "
+            f"{expected}; delete it to start over"
+        )
     return obj
 
 
@@ -270,8 +281,10 @@ class RunLock:
     def _owner(self) -> str:
         try:
             info = json.loads(self.path.read_text())
-            return (f"pid {info.get('pid')} on host {info.get('host')!r} (started {info.get('started')}, "
-                    f"command: {info.get('command')})")
+            return (
+                f"pid {info.get('pid')} on host {info.get('host')!r} (started {info.get('started')}, "
+                f"command: {info.get('command')})"
+            )
         except (OSError, ValueError):
             return "another process (its lock file is unreadable)"
 
@@ -290,8 +303,10 @@ class RunLock:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
                     os.close(fd)
-                    raise FolderLockedError(f"{self.target} is in use by {self._owner()}; wait for that run to "
-                                            "finish or choose another output path") from None
+                    raise FolderLockedError(
+                        f"{self.target} is in use by {self._owner()}; wait for that run to "
+                        "finish or choose another output path"
+                    ) from None
                 try:
                     same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
                 except FileNotFoundError:
@@ -301,8 +316,12 @@ class RunLock:
                 os.close(fd)
             else:  # pragma: no cover - a pathological race
                 raise FolderLockedError(f"could not lock {self.path}: it keeps being replaced")
-            info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
-                    "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            info = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "command": self.command,
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            }
             os.ftruncate(fd, 0)
             os.write(fd, (json.dumps(info) + "\n").encode())
             _HELD_LOCKS[key] = [fd, 1]
@@ -392,12 +411,17 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def _deferring_handler(signum, frame):
     if _STOP["signum"] is not None:  # a second signal: stop now
-        raise StopSignal(signum, f"{signal.Signals(signum).name} received twice: stopped at once (the last "
-                                 "checkpoint is kept)")
+        raise StopSignal(
+            signum, f"{signal.Signals(signum).name} received twice: stopped at once (the last checkpoint is kept)"
+        )
     _STOP["signum"] = signum
     with contextlib.suppress(Exception):
-        print(f"\n{signal.Signals(signum).name}: stopping after the current step and saving a checkpoint "
-              "(send it again to stop at once)", file=sys.stderr, flush=True)
+        print(
+            f"\n{signal.Signals(signum).name}: stopping after the current step and saving a checkpoint "
+            "(send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _raising_handler(signum, frame):

@@ -1,5 +1,6 @@
 """Your own data and networks: Dataset.from_tensors/from_torch through DC and DM, register_network / a factory as
 Config.model through distill and evaluate, the embedding hook DM uses, $PYDISTILL_PLUGINS, timm networks."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ def _made_up(n_train=16, n_test=8, k=3, seed=0):
         y = torch.arange(n * k) % k
         x = 0.2 * torch.rand(n * k, 1, 8, 8, generator=g)
         for c in range(k):
-            x[y == c, :, 2 * c:2 * c + 2, :] += 0.7
+            x[y == c, :, 2 * c : 2 * c + 2, :] += 0.7
         return x.clamp(0, 1), y
 
     (xtr, ytr), (xte, yte) = split(n_train), split(n_test)
@@ -35,8 +36,9 @@ class TinyNet(nn.Module):
 
     def __init__(self, channel, num_classes, im_size, width=8):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channel, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-                                  nn.Flatten())
+        self.body = nn.Sequential(
+            nn.Conv2d(channel, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten()
+        )
         self.head = nn.Linear(width * 4, num_classes)
 
     def forward(self, x):
@@ -68,20 +70,29 @@ def _distill(method_name, dataset, out, **changes):
     cfg = type(cfg)(**{**cfg.__dict__, **changes})
     method = cls(dataset, 2, config=cfg, seed=0)
     method.initial_images = method.images.detach().clone()
-    metrics = run_distillation(method, out, progress=False, final_eval=True,
-                               eval_kwargs={"models": ("TestTinyNet",), "num_eval": 2, "epochs": 60, "dsa": False})
+    metrics = run_distillation(
+        method,
+        out,
+        progress=False,
+        final_eval=True,
+        eval_kwargs={"models": ("TestTinyNet",), "num_eval": 2, "epochs": 60, "dsa": False},
+    )
     return method, metrics
 
 
-@pytest.mark.parametrize("method_name,changes", [
-    ("dc", {"iterations": 2, "outer_loop": 2, "inner_loop": 1, "batch_real": 8, "bn_images_per_class": 4}),
-    ("dm", {"iterations": 4, "batch_real": 8}),
-])
+@pytest.mark.parametrize(
+    "method_name,changes",
+    [
+        ("dc", {"iterations": 2, "outer_loop": 2, "inner_loop": 1, "batch_real": 8, "bn_images_per_class": 4}),
+        ("dm", {"iterations": 4, "batch_real": 8}),
+    ],
+)
 def test_own_data_and_network_through_distill_and_evaluate(tmp_path, tiny_net, method_name, changes):
     xtr, ytr, xte, yte = _made_up()
     ds = Dataset.from_tensors(xtr, ytr, xte, yte, name="bands", class_names=["top", "middle", "bottom"])
-    method, metrics = _distill(method_name, ds, tmp_path, model=tiny_net, model_kwargs={"width": 8},
-                               dsa=method_name == "dm", **changes)
+    method, metrics = _distill(
+        method_name, ds, tmp_path, model=tiny_net, model_kwargs={"width": 8}, dsa=method_name == "dm", **changes
+    )
     syn = method.synthetic_set()
     assert syn.images.shape == (6, 1, 8, 8) and torch.isfinite(syn.images).all()
     assert metrics["dataset"] == "bands" and metrics["config"]["model"] == "TestTinyNet"
@@ -94,8 +105,9 @@ def test_own_data_and_network_through_distill_and_evaluate(tmp_path, tiny_net, m
 
 def test_from_torch_dataset_with_a_factory_as_config_model(tmp_path, tiny_net):
     xtr, ytr, xte, yte = _made_up(seed=1)
-    ds = Dataset.from_torch(torch.utils.data.TensorDataset(xtr, ytr), torch.utils.data.TensorDataset(xte, yte),
-                            name="bands-torch")
+    ds = Dataset.from_torch(
+        torch.utils.data.TensorDataset(xtr, ytr), torch.utils.data.TensorDataset(xte, yte), name="bands-torch"
+    )
 
     def factory(channel, num_classes, im_size):
         return TinyNet(channel, num_classes, im_size, width=4)
@@ -159,16 +171,33 @@ def test_cli_eval_models_with_a_plugin_network(tmp_path, monkeypatch, capsys):
         "@register_network('PluginMLP')\n"
         "def plugin_mlp(channel, num_classes, im_size):\n"
         "    return nn.Sequential(nn.Flatten(), nn.Linear(channel * im_size[0] * im_size[1], 16), nn.ReLU(),\n"
-        "                         nn.Linear(16, num_classes))\n")
+        "                         nn.Linear(16, num_classes))\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PYDISTILL_PLUGINS", "my_nets_plugin")
     digits = load_dataset("digits")
     idx = torch.cat([torch.nonzero(digits.y_train == c).flatten()[:5] for c in range(10)])
     SyntheticSet(digits.x_train[idx], digits.y_train[idx], meta={"dataset": "digits"}).save(tmp_path / "s.safetensors")
     try:
-        rc = main(["evaluate", "--synthetic", str(tmp_path / "s.safetensors"), "--eval-models", "PluginMLP",
-                   "--num-eval", "1", "--eval-epochs", "300", "--no-eval-dsa", "--no-progress", "--device", "cpu",
-                   "--out", str(tmp_path / "acc.json")])
+        rc = main(
+            [
+                "evaluate",
+                "--synthetic",
+                str(tmp_path / "s.safetensors"),
+                "--eval-models",
+                "PluginMLP",
+                "--num-eval",
+                "1",
+                "--eval-epochs",
+                "300",
+                "--no-eval-dsa",
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "acc.json"),
+            ]
+        )
     finally:
         unregister_network("PluginMLP")
     assert rc == 0, capsys.readouterr().err

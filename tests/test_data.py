@@ -1,4 +1,5 @@
 """Dataset loaders, normalization, ZCA, per-class sampling (pydistill.data)."""
+
 import gzip
 import pickle
 import struct
@@ -8,7 +9,6 @@ import pytest
 import torch
 
 from pydistill.data import ZCA, Dataset, cache_home, data_home, default_root, dsa_strategy_for, load_dataset
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -98,8 +98,9 @@ def _rand_u8(shape, seed):
 def test_cifar_npz_tmp(tmp_path):
     xtr, xte = _rand_u8((30, 32, 32, 3), 0), _rand_u8((10, 32, 32, 3), 1)
     ytr, yte = np.arange(30) % 10, np.arange(10)
-    np.savez(tmp_path / "cifar10.npz", x_train=xtr, y_train=ytr.astype(np.uint8), x_test=xte,
-             y_test=yte.astype(np.uint8))
+    np.savez(
+        tmp_path / "cifar10.npz", x_train=xtr, y_train=ytr.astype(np.uint8), x_test=xte, y_test=yte.astype(np.uint8)
+    )
     d = load_dataset("cifar10", root=tmp_path)
     assert d.x_train.shape == (30, 3, 32, 32) and d.channel == 3 and d.class_names[0] == "airplane"
     mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
@@ -159,8 +160,12 @@ def test_mnist_like_torchvision_layout(tmp_path, cache, name, folder):
     raw = tmp_path / folder / "raw"
     raw.mkdir(parents=True)
     xtr, xte = _rand_u8((7, 28, 28), 2), _rand_u8((3, 28, 28), 3)
-    for stem, arr in (("train-images-idx3-ubyte", xtr), ("train-labels-idx1-ubyte", np.arange(7)),
-                      ("t10k-images-idx3-ubyte", xte), ("t10k-labels-idx1-ubyte", np.array([9, 0, 5]))):
+    for stem, arr in (
+        ("train-images-idx3-ubyte", xtr),
+        ("train-labels-idx1-ubyte", np.arange(7)),
+        ("t10k-images-idx3-ubyte", xte),
+        ("t10k-labels-idx1-ubyte", np.array([9, 0, 5])),
+    ):
         _write_idx(raw / stem, arr)
     d = load_dataset(name, root=tmp_path)
     assert d.name == name and d.y_test.tolist() == [9, 0, 5] and d.x_test.shape == (3, 1, 28, 28)
@@ -182,8 +187,9 @@ def test_cifar100_pickles_with_meta(tmp_path):
         pickle.dump({"fine_label_names": names, "coarse_label_names": []}, f)
     d = load_dataset("cifar100", root=tmp_path)
     assert d.num_classes == 100 and d.class_names == names and d.y_train.tolist() == [99, 0, 1, 2, 3, 4]
-    torch.testing.assert_close(d.denormalize(d.x_test), torch.from_numpy(xte).float().view(2, 3, 32, 32) / 255,
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        d.denormalize(d.x_test), torch.from_numpy(xte).float().view(2, 3, 32, 32) / 255, atol=1e-6, rtol=0
+    )
 
 
 def test_svhn_mat_tmp(tmp_path):
@@ -246,8 +252,9 @@ def test_from_tensors(tmp_path):
     torch.testing.assert_close(d.x_train.std((0, 2, 3), correction=0), torch.ones(3), atol=1e-5, rtol=0)
     torch.testing.assert_close(d.mean, xtr.mean((0, 2, 3)).tolist())
     torch.testing.assert_close(d.denormalize(d.x_test), xte)
-    raw = Dataset.from_tensors((xtr * 255).to(torch.uint8), ytr, (xte * 255).to(torch.uint8), yte, name="toy",
-                               normalize=False)
+    raw = Dataset.from_tensors(
+        (xtr * 255).to(torch.uint8), ytr, (xte * 255).to(torch.uint8), yte, name="toy", normalize=False
+    )
     assert raw.mean == [0.0] * 3 and raw.num_classes == 3
     torch.testing.assert_close(raw.x_train, (xtr * 255).to(torch.uint8).float() / 255)
     with pytest.raises(ValueError, match=r"y_test must hold class ids in \[0, 3\)"):
@@ -293,7 +300,8 @@ def test_imagefolder_tmp(tmp_path):
             for i in range(n):
                 size = (12, 10) if split == "train" else (20, 16)
                 Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
-                    tmp_path / split / cname / f"{i}.png")
+                    tmp_path / split / cname / f"{i}.png"
+                )
     d = load_dataset(f"imagefolder:{tmp_path}")
     assert d.class_names == ["cat", "dog"] and d.x_train.shape == (6, 3, 10, 12)
     assert d.x_test.shape == (4, 3, 10, 12)  # resized to the training size
@@ -333,8 +341,9 @@ def _shared():
     return root
 
 
-@pytest.mark.skipif(_shared() is None or not (_shared() / "MNIST" / "raw").is_dir(),
-                    reason="MNIST not found under $PYDISTILL_DATA")
+@pytest.mark.skipif(
+    _shared() is None or not (_shared() / "MNIST" / "raw").is_dir(), reason="MNIST not found under $PYDISTILL_DATA"
+)
 def test_mnist_shared():
     d = load_dataset("mnist")
     assert d.x_train.shape == (60000, 1, 28, 28) and d.x_test.shape == (10000, 1, 28, 28)
@@ -342,8 +351,9 @@ def test_mnist_shared():
     assert abs(float(d.x_train.mean())) < 1e-2 and abs(float(d.x_train.std()) - 1) < 1e-2
 
 
-@pytest.mark.skipif(_shared() is None or not (_shared() / "cifar10.npz").is_file(),
-                    reason="cifar10.npz not found under $PYDISTILL_DATA")
+@pytest.mark.skipif(
+    _shared() is None or not (_shared() / "cifar10.npz").is_file(), reason="cifar10.npz not found under $PYDISTILL_DATA"
+)
 def test_cifar10_shared():
     d = load_dataset("cifar10")
     assert d.x_train.shape == (50000, 3, 32, 32) and d.x_test.shape == (10000, 3, 32, 32)

@@ -1,5 +1,6 @@
 """Method defaults follow the official code (DC, DD, DM, MTT), MTT's linear lr mode is the official SGD step, and
 the shared seeded network builder."""
+
 import dataclasses
 
 import pytest
@@ -22,13 +23,25 @@ def experts(digits, tmp_path_factory):
     from pydistill.methods.mtt import train_experts
 
     out = tmp_path_factory.mktemp("experts")
-    train_experts(digits, out, num_experts=1, epochs=3, lr=0.05, batch_size=64, dsa=False, model="ConvNet",
-                  model_kwargs=TINY, seed=0, log=None)
+    train_experts(
+        digits,
+        out,
+        num_experts=1,
+        epochs=3,
+        lr=0.05,
+        batch_size=64,
+        dsa=False,
+        model="ConvNet",
+        model_kwargs=TINY,
+        seed=0,
+        log=None,
+    )
     return out
 
 
 def test_dc_dsa_dm_defaults():
-    from pydistill.methods.dc import Config as DCConfig, DSAConfig
+    from pydistill.methods.dc import Config as DCConfig
+    from pydistill.methods.dc import DSAConfig
     from pydistill.methods.dm import Config as DMConfig
 
     assert DCConfig().init == "noise" and DCConfig.for_dataset("mnist", 1).init == "noise"
@@ -76,8 +89,15 @@ def test_mtt_table_rows_and_fallback():
     from pydistill.methods.mtt.method import MTT_TABLE, Config
 
     c = Config.for_dataset("cifar10", 1)
-    assert (c.syn_steps, c.expert_epochs, c.max_start_epoch, c.lr_img, c.lr_lr, c.lr_teacher, c.zca) == \
-        (50, 2, 2, 100.0, 1e-7, 0.01, True)
+    assert (c.syn_steps, c.expert_epochs, c.max_start_epoch, c.lr_img, c.lr_lr, c.lr_teacher, c.zca) == (
+        50,
+        2,
+        2,
+        100.0,
+        1e-7,
+        0.01,
+        True,
+    )
     c = Config.for_dataset("cifar10", 50)
     assert (c.lr_img, c.zca) == (1000.0, False)
     c = Config.for_dataset("cifar100", 50)
@@ -97,9 +117,20 @@ def _mtt(digits, experts, lr_param, **kw):
     from pydistill.methods.mtt import MTT
     from pydistill.methods.mtt.method import Config
 
-    cfg = dataclasses.replace(Config.for_dataset("digits", 1), buffers=str(experts), syn_steps=2, expert_epochs=1,
-                              max_start_epoch=2, iterations=2, lr_img=1.0, lr_lr=1e-5, dsa=False,
-                              lr_param=lr_param, model_kwargs=None, **kw)
+    cfg = dataclasses.replace(
+        Config.for_dataset("digits", 1),
+        buffers=str(experts),
+        syn_steps=2,
+        expert_epochs=1,
+        max_start_epoch=2,
+        iterations=2,
+        lr_img=1.0,
+        lr_lr=1e-5,
+        dsa=False,
+        lr_param=lr_param,
+        model_kwargs=None,
+        **kw,
+    )
     return MTT(digits, 1, config=cfg, seed=0)
 
 
@@ -132,13 +163,14 @@ def test_mtt_linear_lr_is_the_official_sgd_step(digits, experts):
 def test_dm_batchnorm_one_forward_over_all_classes(digits):
     from pydistill.methods.dm import DM, Config
 
-    cfg = dataclasses.replace(Config.for_dataset("digits", 2), model="ConvNetBN", model_kwargs=TINY, batch_real=4,
-                              iterations=1, dsa=False)
+    cfg = dataclasses.replace(
+        Config.for_dataset("digits", 2), model="ConvNetBN", model_kwargs=TINY, batch_real=4, iterations=1, dsa=False
+    )
     m = DM(digits, 2, config=cfg, seed=0)
     before = m.images.detach().clone()
     # the loss: per-class mean embeddings of ONE forward over every class (batch statistics over all classes)
-    from pydistill.methods.common import fresh_network
     from pydistill import distributed as pdist
+    from pydistill.methods.common import fresh_network
 
     probe = DM(digits, 2, config=cfg, seed=0)
     net = fresh_network(probe, cfg)

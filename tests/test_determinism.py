@@ -1,4 +1,5 @@
 """``--deterministic``: deterministic algorithms, fixed threads, cuDNN flags; two runs give identical outputs."""
+
 import json
 import os
 
@@ -13,9 +14,14 @@ from pydistill.utils import enable_determinism, load_checked
 
 @pytest.fixture(autouse=True)
 def _restore_global_flags():
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.get_num_threads(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-             os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.get_num_threads(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
     yield
     torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
     torch.set_num_threads(saved[2])
@@ -39,9 +45,31 @@ def test_enable_determinism_sets_the_flags(monkeypatch):
 
 
 def _distill(out, *flags, pre=()):
-    argv = [*pre, "distill", "--method", "dsa", "--dataset", "digits", "--ipc", "1", "--iterations", "3",
-            "--no-eval", "--no-progress", "--device", "cpu", "--seed", "5", "--set", "batch_real=8",
-            "--set", 'model_kwargs={"width": 8}', "--out", str(out), *flags]
+    argv = [
+        *pre,
+        "distill",
+        "--method",
+        "dsa",
+        "--dataset",
+        "digits",
+        "--ipc",
+        "1",
+        "--iterations",
+        "3",
+        "--no-eval",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--seed",
+        "5",
+        "--set",
+        "batch_real=8",
+        "--set",
+        'model_kwargs={"width": 8}',
+        "--out",
+        str(out),
+        *flags,
+    ]
     assert main(argv) == 0
     syn = SyntheticSet.load(out / "synthetic.safetensors")
     return syn, [e["loss"] for e in load_checked(out / CHECKPOINT)["log"]]
@@ -78,8 +106,24 @@ def test_evaluation_is_deterministic_given_the_seed():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU check (run on a CUDA machine)")
 def test_deterministic_gpu_run(tmp_path):
     """On a GPU the DC path (no Triton atomics in the matching loss) repeats exactly under --deterministic."""
-    argv = ["distill", "--method", "dc", "--dataset", "digits", "--ipc", "1", "--iterations", "2", "--no-eval",
-            "--no-progress", "--device", "cuda", "--set", "batch_real=8", "--deterministic"]
+    argv = [
+        "distill",
+        "--method",
+        "dc",
+        "--dataset",
+        "digits",
+        "--ipc",
+        "1",
+        "--iterations",
+        "2",
+        "--no-eval",
+        "--no-progress",
+        "--device",
+        "cuda",
+        "--set",
+        "batch_real=8",
+        "--deterministic",
+    ]
     assert main([*argv, "--out", str(tmp_path / "a")]) == 0
     assert main([*argv, "--out", str(tmp_path / "b")]) == 0
     a = SyntheticSet.load(tmp_path / "a" / "synthetic.safetensors")

@@ -1,4 +1,5 @@
 """torch.distributed on the CPU: 2 gloo processes on 127.0.0.1 against a single-process run with the same seeds."""
+
 import json
 import os
 import socket
@@ -54,28 +55,34 @@ def test_sharding_and_seeds():
     assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
 
 
-@pytest.mark.parametrize("call,needle", [
-    (lambda: pdist.shard([1], 2, 2), "rank"),
-    (lambda: pdist.shard([1], 0, 0), "world_size"),
-    (lambda: pdist.shard_indices(-1, 0, 1), "n"),
-    (lambda: pdist.owner(-1, 2), "i"),
-    (lambda: pdist.derive_seed(1.5), "seed"),
-    (lambda: pdist.derive_seed(1, 2.5), "keys"),
-    (lambda: pdist.all_reduce_([torch.ones(1)], op="max"), "op"),
-    (lambda: pdist.all_reduce_([1.0]), "tensors[0]"),
-])
+@pytest.mark.parametrize(
+    "call,needle",
+    [
+        (lambda: pdist.shard([1], 2, 2), "rank"),
+        (lambda: pdist.shard([1], 0, 0), "world_size"),
+        (lambda: pdist.shard_indices(-1, 0, 1), "n"),
+        (lambda: pdist.owner(-1, 2), "i"),
+        (lambda: pdist.derive_seed(1.5), "seed"),
+        (lambda: pdist.derive_seed(1, 2.5), "keys"),
+        (lambda: pdist.all_reduce_([torch.ones(1)], op="max"), "op"),
+        (lambda: pdist.all_reduce_([1.0]), "tensors[0]"),
+    ],
+)
 def test_helpers_reject_bad_arguments(call, needle):
     with pytest.raises((ValueError, TypeError)) as info:
         call()
     assert needle in str(info.value)
 
 
-@pytest.mark.parametrize("env,needle", [
-    ({"WORLD_SIZE": "0"}, "WORLD_SIZE"),
-    ({"WORLD_SIZE": "x"}, "WORLD_SIZE"),
-    ({"WORLD_SIZE": "2"}, "RANK"),
-    ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK"),
-])
+@pytest.mark.parametrize(
+    "env,needle",
+    [
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE"),
+        ({"WORLD_SIZE": "x"}, "WORLD_SIZE"),
+        ({"WORLD_SIZE": "2"}, "RANK"),
+        ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK"),
+    ],
+)
 def test_init_rejects_bad_environment(monkeypatch, env, needle):
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
@@ -92,13 +99,13 @@ def _tiny_dataset():
     return load_dataset("digits").subset(3, seed=0, n_test_per_class=2)
 
 
-EVAL_KW = dict(models=("MLP", "ConvNet"), num_eval=3, epochs=2, progress=False, seed=4,
-               model_kwargs={"width": 8})
+EVAL_KW = dict(models=("MLP", "ConvNet"), num_eval=3, epochs=2, progress=False, seed=4, model_kwargs={"width": 8})
 
 
 def _worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     result = {}
     try:
@@ -171,8 +178,20 @@ def _torchrun(args, out_env=None, nproc=WORLD):
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT"):
         env.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(_free_port()), "-m", "pydistill", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "pydistill",
+        *args,
+    ]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
@@ -182,8 +201,9 @@ def _single(args):
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"
     env.pop("WORLD_SIZE", None)
-    proc = subprocess.run([sys.executable, "-m", "pydistill", *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=500)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pydistill", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=500
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -192,32 +212,116 @@ def test_torchrun_refuses_single_process_method(tmp_path):
     """A method that does not shard its work stops with a clear message instead of duplicating it."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "pydistill", "distill", "--method", "random", "--ipc", "1",
-           "--dataset", "digits", "--device", "cpu", "--no-eval", "--no-progress", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "pydistill",
+        "distill",
+        "--method",
+        "random",
+        "--ipc",
+        "1",
+        "--dataset",
+        "digits",
+        "--device",
+        "cpu",
+        "--no-eval",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "does not split its work" in proc.stderr
 
 
 # ============================================================================================ sharded methods
-TINY = ("--dataset", "digits", "--device", "cpu", "--no-progress", "--no-eval", "--seed", "2",
-        "--set", "batch_real=8", "--set", 'model_kwargs={"width": 8}')
-DSA_ARGS = ("distill", "--method", "dsa", "--ipc", "2", "--iterations", "2", "--set", "outer_loop=2",
-            "--set", "inner_loop=1", *TINY)
+TINY = (
+    "--dataset",
+    "digits",
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--no-eval",
+    "--seed",
+    "2",
+    "--set",
+    "batch_real=8",
+    "--set",
+    'model_kwargs={"width": 8}',
+)
+DSA_ARGS = (
+    "distill",
+    "--method",
+    "dsa",
+    "--ipc",
+    "2",
+    "--iterations",
+    "2",
+    "--set",
+    "outer_loop=2",
+    "--set",
+    "inner_loop=1",
+    *TINY,
+)
 DM_ARGS = ("distill", "--method", "dm", "--ipc", "2", "--iterations", "3", *TINY)
-EXPERT_ARGS = ("experts", "--dataset", "digits", "--device", "cpu", "--num-experts", "3", "--epochs", "3",
-               "--width", "8", "--batch-size", "128")
+EXPERT_ARGS = (
+    "experts",
+    "--dataset",
+    "digits",
+    "--device",
+    "cpu",
+    "--num-experts",
+    "3",
+    "--epochs",
+    "3",
+    "--width",
+    "8",
+    "--batch-size",
+    "128",
+)
 
 
 def _mtt_args(buffers):
-    return ("distill", "--method", "mtt", "--ipc", "1", "--iterations", "2", "--buffers", str(buffers),
-            "--set", "num_segments=3", "--set", "syn_steps=3", "--set", "max_start_epoch=2",
-            "--set", "expert_epochs=1", "--set", 'model_kwargs={"width": 8}', "--dataset", "digits",
-            # a small image lr, so the image update (lr x gradient averaged over segments in another order)
-            # shows the gradient's float-order differences at the tolerance below, not lr_img x them
-            "--set", "lr_img=0.01",
-            "--device", "cpu", "--no-progress", "--no-eval")
+    return (
+        "distill",
+        "--method",
+        "mtt",
+        "--ipc",
+        "1",
+        "--iterations",
+        "2",
+        "--buffers",
+        str(buffers),
+        "--set",
+        "num_segments=3",
+        "--set",
+        "syn_steps=3",
+        "--set",
+        "max_start_epoch=2",
+        "--set",
+        "expert_epochs=1",
+        "--set",
+        'model_kwargs={"width": 8}',
+        "--dataset",
+        "digits",
+        # a small image lr, so the image update (lr x gradient averaged over segments in another order)
+        # shows the gradient's float-order differences at the tolerance below, not lr_img x them
+        "--set",
+        "lr_img=0.01",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--no-eval",
+    )
 
 
 def _driver(out: str) -> int:
@@ -281,8 +385,20 @@ def test_torchrun_dm_experts_mtt_equal_single_process(tmp_path, one_thread):
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT"):
         env.pop(k, None)
     multi = tmp_path / "multi"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_addr",
-           "127.0.0.1", "--master_port", str(_free_port()), str(Path(__file__).resolve()), "--driver", str(multi)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(WORLD),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(Path(__file__).resolve()),
+        "--driver",
+        str(multi),
+    ]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
@@ -292,16 +408,19 @@ def test_torchrun_dm_experts_mtt_equal_single_process(tmp_path, one_thread):
     assert main([*_mtt_args(single / "experts"), "--out", str(single / "mtt")]) == 0
 
     # DM: classes sharded, exact
-    assert torch.equal(_load(multi / "dm" / "synthetic.safetensors").images,
-                       _load(single / "dm" / "synthetic.safetensors").images)
+    assert torch.equal(
+        _load(multi / "dm" / "synthetic.safetensors").images, _load(single / "dm" / "synthetic.safetensors").images
+    )
     # experts: expert i trained on rank i % 2, each seeded from (seed, i) only
     from safetensors.torch import load_file
 
     files = sorted(p.name for p in (single / "experts").glob("expert_*.safetensors"))
     assert len(files) == 3 and files == sorted(p.name for p in (multi / "experts").glob("expert_*.safetensors"))
     for name in files:
-        assert torch.equal(load_file(str(multi / "experts" / name))["trajectory"],
-                           load_file(str(single / "experts" / name))["trajectory"])
+        assert torch.equal(
+            load_file(str(multi / "experts" / name))["trajectory"],
+            load_file(str(single / "experts" / name))["trajectory"],
+        )
     # MTT: segments split over ranks, gradients averaged: equal within float tolerance
     a, b = _load(multi / "mtt" / "synthetic.safetensors"), _load(single / "mtt" / "synthetic.safetensors")
     torch.testing.assert_close(a.images, b.images, rtol=1e-5, atol=1e-6)

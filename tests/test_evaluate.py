@@ -1,4 +1,5 @@
 """Training on a (synthetic) set and measuring test accuracy (pydistill.evaluate)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,7 +9,6 @@ from pydistill.data import load_dataset
 from pydistill.evaluate import evaluate, evaluate_baseline, soft_cross_entropy, test_accuracy, train_model
 from pydistill.models import get_network
 from pydistill.synthetic import SyntheticSet
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,8 +47,9 @@ def test_train_model_learns_digits(digits):
 def test_soft_labels_equal_hard_for_one_hot(tiny):
     x, y = tiny.x_train, tiny.y_train
     a = train_model(_net(tiny), x, y, epochs=3, batch_size=16, generator=torch.Generator().manual_seed(1))
-    b = train_model(_net(tiny), x, F.one_hot(y, 10).float(), epochs=3, batch_size=16,
-                    generator=torch.Generator().manual_seed(1))
+    b = train_model(
+        _net(tiny), x, F.one_hot(y, 10).float(), epochs=3, batch_size=16, generator=torch.Generator().manual_seed(1)
+    )
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     logits, t = torch.randn(5, 4), torch.softmax(torch.randn(5, 4), 1)
@@ -58,8 +59,9 @@ def test_soft_labels_equal_hard_for_one_hot(tiny):
 def test_learned_lr_scalar_replaces_lr(tiny):
     x, y = tiny.x_train, tiny.y_train
     a = train_model(_net(tiny), x, y, epochs=2, lr=0.05, generator=torch.Generator().manual_seed(2))
-    b = train_model(_net(tiny), x, y, epochs=2, lr=0.01, learned_lr=torch.tensor(0.05),
-                    generator=torch.Generator().manual_seed(2))
+    b = train_model(
+        _net(tiny), x, y, epochs=2, lr=0.01, learned_lr=torch.tensor(0.05), generator=torch.Generator().manual_seed(2)
+    )
     c = train_model(_net(tiny), x, y, epochs=2, lr=0.01, generator=torch.Generator().manual_seed(2))
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
@@ -100,8 +102,12 @@ def test_dsa_training_deterministic(tiny):
     pytest.importorskip("pydistill.ops.diff_augment")
     x, y = tiny.x_train, tiny.y_train
     s = "color_crop_cutout_scale_rotate"
-    a = train_model(_net(tiny), x, y, epochs=2, batch_size=16, dsa_strategy=s, generator=torch.Generator().manual_seed(3))
-    b = train_model(_net(tiny), x, y, epochs=2, batch_size=16, dsa_strategy=s, generator=torch.Generator().manual_seed(3))
+    a = train_model(
+        _net(tiny), x, y, epochs=2, batch_size=16, dsa_strategy=s, generator=torch.Generator().manual_seed(3)
+    )
+    b = train_model(
+        _net(tiny), x, y, epochs=2, batch_size=16, dsa_strategy=s, generator=torch.Generator().manual_seed(3)
+    )
     c = train_model(_net(tiny), x, y, epochs=2, batch_size=16, generator=torch.Generator().manual_seed(3))
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
@@ -121,8 +127,11 @@ def test_evaluate_structure_and_determinism(tiny):
     res = evaluate(syn, tiny, **kw)
     assert set(res) == {"ConvNetW32", "MLP"}
     for r in res.values():
-        assert set(r) == {"mean", "std", "accs", "protocol", "augmentation", "strategy", "epochs", "lr_schedule",
-                          "statistic"} and len(r["accs"]) == 2
+        assert (
+            set(r)
+            == {"mean", "std", "accs", "protocol", "augmentation", "strategy", "epochs", "lr_schedule", "statistic"}
+            and len(r["accs"]) == 2
+        )
         assert (r["protocol"], r["augmentation"], r["strategy"], r["epochs"]) == ("paper", "none", None, 2)
         assert all(0.0 <= a <= 1.0 for a in r["accs"])
         assert r["mean"] == pytest.approx(sum(r["accs"]) / 2)

@@ -1,4 +1,5 @@
 """SyntheticSet.to_tensors and pydistill export: .pt (MTT / DD-Ranking layout), .npz, imagefolder read back equal."""
+
 from __future__ import annotations
 
 import json
@@ -97,10 +98,26 @@ def test_cli_export(tmp_path, digits, capsys):
 
     syn = _set(digits, lr=torch.tensor(0.01))
     syn.save(tmp_path / "s.safetensors")
-    assert main(["export", "--synthetic", str(tmp_path / "s.safetensors"), "--format", "pt",
-                 "--out", str(tmp_path / "pt")]) == 0
+    assert (
+        main(
+            ["export", "--synthetic", str(tmp_path / "s.safetensors"), "--format", "pt", "--out", str(tmp_path / "pt")]
+        )
+        == 0
+    )
     assert torch.equal(torch.load(tmp_path / "pt" / "images_best.pt", weights_only=True), syn.images)
-    assert main(["export", "--synthetic", str(tmp_path / "s.safetensors"), "--format", "imagefolder",
-                 "--out", str(tmp_path / "png")]) == 0  # dataset "digits" as recorded in the file
+    assert (
+        main(
+            [
+                "export",
+                "--synthetic",
+                str(tmp_path / "s.safetensors"),
+                "--format",
+                "imagefolder",
+                "--out",
+                str(tmp_path / "png"),
+            ]
+        )
+        == 0
+    )  # dataset "digits" as recorded in the file
     assert len(list((tmp_path / "png").glob("*/*.png"))) == 20
     assert "wrote 20 file(s)" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """Hostile input: bad arguments to every public op and command give a clear error naming the argument;
 property tests (hypothesis) of the ops against their references; corrupt or truncated files are detected."""
+
 import importlib
 import json
 import os
@@ -21,8 +22,13 @@ from tests.conftest import TRITON_DEVICES
 
 BACKENDS = pydistill.backends()
 CPU_BACKENDS = [b for b in ("reference", "cpp") if BACKENDS.get(b)]
-HYP = settings(max_examples=12, deadline=None, derandomize=True, database=None,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+HYP = settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 def _raises(exc, fn, *names):
@@ -75,8 +81,11 @@ OP_CASES = {
     "da-per-sample": (TypeError, lambda: diff_augment(X, per_sample="yes"), "per_sample"),
     "da-backend": (ValueError, lambda: diff_augment(X, backend="fast"), "backend"),
     "da-params-type": (TypeError, lambda: diff_augment(X, params={"scale": 1}), "params"),
-    "da-params-batch": (ValueError, lambda: diff_augment(
-        X, params=sample_dsa_params(5, per_sample=True, height=9, width=9)), "params."),
+    "da-params-batch": (
+        ValueError,
+        lambda: diff_augment(X, params=sample_dsa_params(5, per_sample=True, height=9, width=9)),
+        "params.",
+    ),
     "da-params-size": (ValueError, lambda: diff_augment(X, params=sample_dsa_params(1, height=8, width=9)), "8x9"),
     "da-generator": (TypeError, lambda: diff_augment(X, generator=3), "generator"),
     "da-sample-batch": (ValueError, lambda: sample_dsa_params(0, height=9, width=9), "batch_size"),
@@ -173,9 +182,12 @@ def test_match_loss_matches_reference(data, metric, backend):
 
 
 @HYP
-@given(shapes=st.lists(st.tuples(st.integers(1, 40), st.integers(1, 3)), min_size=1, max_size=3),
-       seed=st.integers(0, 2**31 - 1), backend=st.sampled_from(_loss_backends()),
-       dtype=st.sampled_from([torch.float32, torch.float64]))
+@given(
+    shapes=st.lists(st.tuples(st.integers(1, 40), st.integers(1, 3)), min_size=1, max_size=3),
+    seed=st.integers(0, 2**31 - 1),
+    backend=st.sampled_from(_loss_backends()),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
 def test_trajectory_loss_matches_reference(shapes, seed, backend, dtype):
     g = torch.Generator().manual_seed(seed)
     mk = [lambda s=s: torch.randn(s, generator=g, dtype=dtype) for s in shapes]
@@ -194,9 +206,17 @@ def test_trajectory_loss_matches_reference(shapes, seed, backend, dtype):
 
 @pytest.mark.skipif("cpu" not in TRITON_DEVICES, reason="Triton on the CPU needs TRITON_INTERPRET=1")
 @settings(max_examples=6, deadline=None, derandomize=True, database=None)
-@given(n=st.integers(1, 3), c=st.integers(1, 3), h=st.integers(2, 9), w=st.integers(2, 9),
-       strategy=st.sampled_from(["color", "crop", "cutout", "flip", "scale", "rotate", "color_crop_cutout_flip_scale_rotate"]),
-       per_sample=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 3),
+    h=st.integers(2, 9),
+    w=st.integers(2, 9),
+    strategy=st.sampled_from(
+        ["color", "crop", "cutout", "flip", "scale", "rotate", "color_crop_cutout_flip_scale_rotate"]
+    ),
+    per_sample=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_diff_augment_triton_matches_reference(n, c, h, w, strategy, per_sample, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, c, h, w, generator=g)
@@ -315,24 +335,27 @@ Q = ("--no-progress",)
 DC1 = ("distill", "--method", "dc", "--ipc", "1", *D, *Q)
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (("distill", "--method", "dc", "--ipc", "0", *D, *Q), "ipc"),
-    ((*DC1, "--iterations", "-1"), "--iterations"),
-    ((*DC1, "--checkpoint-every", "0"), "checkpoint_every"),
-    ((*DC1, "--eval-models", ","), "--eval-models"),
-    ((*DC1, "--set", "lr_img=abc"), "lr_img"),
-    ((*DC1, "--set", "nope=1"), "nope"),
-    ((*DC1, "--set", "lr_img=-1"), "lr_img"),
-    ((*DC1, "--set", "init=zeros"), "init"),
-    (("distill", "--method", "mtt", "--ipc", "1", *D, *Q), "buffers"),
-    (("distill", "--method", "dc", "--ipc", "1", "--dataset", "digits", "--device", "cuda:99", *Q), "device"),
-    (("distill", "--method", "dc", "--ipc", "1", "--dataset", "nosuchset", "--device", "cpu", *Q), "nosuchset"),
-    (("baseline", "--kind", "random", "--ipc", "0", *D, *Q), "ipc"),
-    (("baseline", "--num-eval", "0", *D, *Q), "num_eval"),
-    (("evaluate", "--synthetic", "{tmp}/missing.safetensors", "--device", "cpu", *Q), "missing.safetensors"),
-    (("experts", "--out", "{tmp}", "--num-experts", "0", *D), "num_experts"),
-    (("experts", "--out", "{tmp}", "--epochs", "0", *D), "epochs"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (("distill", "--method", "dc", "--ipc", "0", *D, *Q), "ipc"),
+        ((*DC1, "--iterations", "-1"), "--iterations"),
+        ((*DC1, "--checkpoint-every", "0"), "checkpoint_every"),
+        ((*DC1, "--eval-models", ","), "--eval-models"),
+        ((*DC1, "--set", "lr_img=abc"), "lr_img"),
+        ((*DC1, "--set", "nope=1"), "nope"),
+        ((*DC1, "--set", "lr_img=-1"), "lr_img"),
+        ((*DC1, "--set", "init=zeros"), "init"),
+        (("distill", "--method", "mtt", "--ipc", "1", *D, *Q), "buffers"),
+        (("distill", "--method", "dc", "--ipc", "1", "--dataset", "digits", "--device", "cuda:99", *Q), "device"),
+        (("distill", "--method", "dc", "--ipc", "1", "--dataset", "nosuchset", "--device", "cpu", *Q), "nosuchset"),
+        (("baseline", "--kind", "random", "--ipc", "0", *D, *Q), "ipc"),
+        (("baseline", "--num-eval", "0", *D, *Q), "num_eval"),
+        (("evaluate", "--synthetic", "{tmp}/missing.safetensors", "--device", "cpu", *Q), "missing.safetensors"),
+        (("experts", "--out", "{tmp}", "--num-experts", "0", *D), "num_experts"),
+        (("experts", "--out", "{tmp}", "--epochs", "0", *D), "epochs"),
+    ],
+)
 def test_commands_reject_bad_arguments(run_cli, tmp_path, argv, needle):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     if argv[0] == "distill":

@@ -1,4 +1,5 @@
 """--logger tensorboard: the training scalars per iteration and the evaluation accuracy as TensorBoard events."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,35 @@ def test_distill_with_tensorboard_logger(tmp_path):
     from pydistill.cli import main
 
     out = tmp_path / "run"
-    rc = main(["distill", "--method", "dm", "--dataset", "digits", "--ipc", "1", "--iterations", "4",
-               "--eval-every", "2", "--eval-epochs", "5", "--num-eval", "1", "--no-eval-dsa", "--no-progress",
-               "--device", "cpu", "--set", "batch_real=8", "--logger", "tensorboard", "--out", str(out)])
+    rc = main(
+        [
+            "distill",
+            "--method",
+            "dm",
+            "--dataset",
+            "digits",
+            "--ipc",
+            "1",
+            "--iterations",
+            "4",
+            "--eval-every",
+            "2",
+            "--eval-epochs",
+            "5",
+            "--num-eval",
+            "1",
+            "--no-eval-dsa",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--set",
+            "batch_real=8",
+            "--logger",
+            "tensorboard",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     scalars = _scalars(out / "tensorboard")
     metrics = json.loads((out / "metrics.json").read_text())

@@ -1,5 +1,6 @@
 """DD, DC, DSA, DM and MTT: end to end on tiny digits budgets, exact resume, MTT's exact recompute unroll,
 DD's unroll gradient against finite differences, expert files and their resume."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,8 +29,19 @@ def experts(digits, tmp_path_factory):
     from pydistill.methods.mtt import train_experts
 
     out = tmp_path_factory.mktemp("experts")
-    train_experts(digits, out, num_experts=2, epochs=3, lr=0.05, batch_size=64, dsa=True, model="ConvNet",
-                  model_kwargs=TINY, seed=0, log=None)
+    train_experts(
+        digits,
+        out,
+        num_experts=2,
+        epochs=3,
+        lr=0.05,
+        batch_size=64,
+        dsa=True,
+        model="ConvNet",
+        model_kwargs=TINY,
+        seed=0,
+        log=None,
+    )
     return out
 
 
@@ -43,11 +55,27 @@ def _config(name, digits, experts=None):
     elif name == "dm":
         cfg = dataclasses.replace(cfg, model_kwargs=TINY, batch_real=16, iterations=6)
     elif name == "dd":
-        cfg = dataclasses.replace(cfg, model="ConvNet", model_kwargs=TINY, distill_steps=2, distill_epochs=2,
-                                  batch_real=32, iterations=6, init_mode="random")
+        cfg = dataclasses.replace(
+            cfg,
+            model="ConvNet",
+            model_kwargs=TINY,
+            distill_steps=2,
+            distill_epochs=2,
+            batch_real=32,
+            iterations=6,
+            init_mode="random",
+        )
     elif name == "mtt":
-        cfg = dataclasses.replace(cfg, buffers=str(experts), syn_steps=3, expert_epochs=1, max_start_epoch=2,
-                                  iterations=6, lr_img=10.0, model_kwargs=None)
+        cfg = dataclasses.replace(
+            cfg,
+            buffers=str(experts),
+            syn_steps=3,
+            expert_epochs=1,
+            max_start_epoch=2,
+            iterations=6,
+            lr_img=10.0,
+            model_kwargs=None,
+        )
     return cls, cfg
 
 
@@ -196,8 +224,16 @@ def test_dd_unroll_gradient_matches_finite_differences():
     x_real, y_real = torch.randn(6, 1, 2, 2, dtype=torch.float64), torch.tensor([0, 1, 0, 1, 1, 0])
 
     def outer_loss(images, raw):
-        w = _unroll(net, w0.clone().requires_grad_(True), images, labels, torch.nn.functional.softplus(raw),
-                    chunks, 2, create_graph=True)
+        w = _unroll(
+            net,
+            w0.clone().requires_grad_(True),
+            images,
+            labels,
+            torch.nn.functional.softplus(raw),
+            chunks,
+            2,
+            create_graph=True,
+        )
         return torch.nn.functional.cross_entropy(functional_forward(net, w, x_real), y_real)
 
     images = torch.randn(4, 1, 2, 2, dtype=torch.float64, requires_grad=True)
@@ -271,8 +307,9 @@ def test_mtt_recompute_equals_plain(dsa):
     for mode in ("plain", "recompute"):
         x = images.clone().requires_grad_(True)
         lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
-        loss = trajectory_loss(unroll_student(net, x, labels, lr, w0, idx, strategy=strategy, aug_params=aug,
-                                              unroll=mode), w0, target)
+        loss = trajectory_loss(
+            unroll_student(net, x, labels, lr, w0, idx, strategy=strategy, aug_params=aug, unroll=mode), w0, target
+        )
         loss.backward()
         grads[mode] = (loss.detach(), x.grad, lr.grad)
     for a, b in zip(grads["plain"], grads["recompute"]):
@@ -338,8 +375,26 @@ def test_experts_cli(tmp_path):
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd")
     register_cli(sub)
-    args = parser.parse_args(["experts", "--dataset", "digits", "--out", str(tmp_path), "--num-experts", "1",
-                              "--epochs", "1", "--width", "4", "--depth", "1", "--no-dsa", "--device", "cpu"])
+    args = parser.parse_args(
+        [
+            "experts",
+            "--dataset",
+            "digits",
+            "--out",
+            str(tmp_path),
+            "--num-experts",
+            "1",
+            "--epochs",
+            "1",
+            "--width",
+            "4",
+            "--depth",
+            "1",
+            "--no-dsa",
+            "--device",
+            "cpu",
+        ]
+    )
     assert args.func(args) == 0
     assert (tmp_path / "expert_00000.safetensors").is_file()
 

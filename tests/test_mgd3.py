@@ -1,4 +1,5 @@
 """MGD3: mode discovery, the guidance term against hand computations, stop step, loading, end-to-end run."""
+
 import json
 import math
 import os
@@ -30,8 +31,9 @@ def test_kmeans_modes_equal_sklearn():
     modes = G.discover_modes(x, 3, seed=3, n_init=4)
     assert modes.shape == (3, 2, 3, 3) and modes.dtype == x.dtype
     ref = KMeans(n_clusters=3, n_init=4, random_state=3).fit(x.reshape(x.shape[0], -1).double().numpy())
-    torch.testing.assert_close(modes.reshape(3, -1).double(), torch.from_numpy(ref.cluster_centers_),
-                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        modes.reshape(3, -1).double(), torch.from_numpy(ref.cluster_centers_), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_kmeans_one_run_equals_the_official_auto():
@@ -60,8 +62,7 @@ def test_oversampled_modes_are_the_densest_clusters(method):
     # three blobs of 60 / 25 / 15 samples: the class mean (k = 1, the paper) lies between them; with
     # oversample the single mode is the centre of the most populated blob, and modes come most populated first.
     gen = torch.Generator().manual_seed(4)
-    x = torch.cat([c + 0.3 * torch.randn(n, 2, 3, 3, generator=gen)
-                   for c, n in ((5.0, 60), (-4.0, 25), (0.5, 15))])
+    x = torch.cat([c + 0.3 * torch.randn(n, 2, 3, 3, generator=gen) for c, n in ((5.0, 60), (-4.0, 25), (0.5, 15))])
     x = x[torch.randperm(x.shape[0], generator=gen)]
     mean = G.discover_modes(x, 1, method=method, seed=0, n_init=2)
     torch.testing.assert_close(mean[0], x.mean(0), rtol=1e-4, atol=1e-4)
@@ -93,8 +94,13 @@ def _abar(s, t):
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_ddim_guided_step_by_hand(prediction_type):
-    s = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False, set_alpha_to_one=True,
-                      prediction_type=prediction_type)
+    s = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        prediction_type=prediction_type,
+    )
     s.set_timesteps(10)
     g = torch.Generator().manual_seed(0)
     x, out, mode = (torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64) for _ in range(3))
@@ -119,8 +125,9 @@ def test_ddim_guided_step_by_hand(prediction_type):
 
 
 def test_ddpm_guided_step_by_hand():
-    s = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
-                      variance_type="fixed_small")
+    s = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False, variance_type="fixed_small"
+    )
     s.set_timesteps(10)
     g = torch.Generator().manual_seed(0)
     x, eps, mode = (torch.randn(3, 1, 4, 6, generator=g, dtype=torch.float64) for _ in range(3))
@@ -160,13 +167,22 @@ def test_guidance_stops_at_t_stop(monkeypatch, sched, n_steps, t_stop, expect):
 
     shape = (2, 1, 3, 3)
     modes = torch.ones(shape)
-    _, info = G.mode_guided_sample(denoise, s, shape, modes, num_inference_steps=n_steps, lambda_=0.1,
-                                   t_stop=t_stop, generator=torch.Generator().manual_seed(0))
+    _, info = G.mode_guided_sample(
+        denoise,
+        s,
+        shape,
+        modes,
+        num_inference_steps=n_steps,
+        lambda_=0.1,
+        t_stop=t_stop,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert info["guided_steps"] == expect and seen == list(range(expect))
     guided_inputs = list(inputs)
     inputs.clear()
-    G.mode_guided_sample(denoise, s, shape, None, num_inference_steps=n_steps,
-                         generator=torch.Generator().manual_seed(0))
+    G.mode_guided_sample(
+        denoise, s, shape, None, num_inference_steps=n_steps, generator=torch.Generator().manual_seed(0)
+    )
     # same noise: the trajectories agree up to the first guided update, then differ
     torch.testing.assert_close(guided_inputs[0], inputs[0])
     if expect:
@@ -181,8 +197,9 @@ def test_sampler_bad_arguments():
 
         G.mode_guided_sample(lambda x, t: x, EulerDiscreteScheduler(), (1, 1, 2, 2), None, num_inference_steps=2)
     with pytest.raises(ValueError, match="modes must have the sample shape"):
-        G.mode_guided_sample(lambda x, t: x, DDIMScheduler(), (2, 1, 2, 2), torch.zeros(1, 1, 2, 2),
-                             num_inference_steps=2)
+        G.mode_guided_sample(
+            lambda x, t: x, DDIMScheduler(), (2, 1, 2, 2), torch.zeros(1, 1, 2, 2), num_inference_steps=2
+        )
 
 
 def test_coverage_and_diversity_by_hand():
@@ -210,9 +227,17 @@ def test_missing_model_errors(tmp_path):
 def _tiny_unet(num_class_embeds=3):
     from diffusers import UNet2DModel
 
-    return UNet2DModel(sample_size=4, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 8),
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4, num_class_embeds=num_class_embeds)
+    return UNet2DModel(
+        sample_size=4,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(8, 8),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        num_class_embeds=num_class_embeds,
+    )
 
 
 def test_unet_loading_errors(tmp_path):
@@ -231,7 +256,9 @@ def test_unet_loading_errors(tmp_path):
     # no learned variance: DDPM keeps the fixed small variance and the config's spacing
     assert not m.learned_variance
     assert (m.make_scheduler("ddpm").config.variance_type, m.make_scheduler("ddpm").config.timestep_spacing) == (
-        "fixed_small", "leading")
+        "fixed_small",
+        "leading",
+    )
     with pytest.raises(ValueError, match="null"):
         m.denoiser([0, 1], guidance_scale=2.0)
     with pytest.raises(ValueError, match="knows 3 classes"):
@@ -245,11 +272,27 @@ def tiny_dit_dir(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("dit")
     torch.manual_seed(0)
-    tr = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
-                               num_layers=1, sample_size=4, patch_size=2, num_embeds_ada_norm=3, norm_num_groups=2)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
-                        norm_num_groups=2, sample_size=8)
+    tr = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=1,
+        sample_size=4,
+        patch_size=2,
+        num_embeds_ada_norm=3,
+        norm_num_groups=2,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8),
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=8,
+    )
     DiTPipeline(tr, vae, DDIMScheduler()).save_pretrained(path)
     index = json.loads((path / "model_index.json").read_text())
     index["id2label"] = {"0": "tench, Tinca tinca", "1": "goldfish", "2": "great white shark"}  # as on the hub
@@ -273,7 +316,10 @@ def test_dit_ddpm_scheduler_is_dits_sampler(tiny_dit_dir):
     m = load_diffusion_model(tiny_dit_dir)
     s = m.make_scheduler("ddpm")
     assert (s.config.variance_type, s.config.timestep_spacing, s.config.clip_sample) == (
-        "learned_range", "linspace", False)
+        "learned_range",
+        "linspace",
+        False,
+    )
     for n in (50, 25, 7, 250):
         s.set_timesteps(n)
         assert s.timesteps.tolist() == _dit_respaced_chain(n)[0], n
@@ -367,8 +413,17 @@ def test_cfg_channels_as_dits_forward_with_cfg(kind, guided):
     from pydistill.diffusion.loading import DiffusionModel
 
     net = _LabelNet(4)
-    m = DiffusionModel(kind=kind, path="fake", network=net, scheduler_config={}, sample_shape=(4, 2, 2),
-                       image_size=(2, 2), image_channels=4, num_classes=3, null_class=3)
+    m = DiffusionModel(
+        kind=kind,
+        path="fake",
+        network=net,
+        scheduler_config={},
+        sample_shape=(4, 2, 2),
+        image_size=(2, 2),
+        image_channels=4,
+        num_classes=3,
+        null_class=3,
+    )
     assert m.learned_variance and m.cfg_channels == guided
     x = torch.arange(2 * 4 * 2 * 2, dtype=torch.float32).view(2, 4, 2, 2) / 10
     s = 4.0
@@ -395,15 +450,27 @@ def test_cfg_channels_as_dits_forward_with_cfg(kind, guided):
 def test_tiny_dit_pipeline(tiny_dit_dir):
     m = load_diffusion_model(tiny_dit_dir)
     assert (m.kind, m.sample_shape, m.image_size, m.null_class, m.learned_variance, m.cfg_channels) == (
-        "dit", (4, 4, 4), (8, 8), 3, True, 3)
+        "dit",
+        (4, 4, 4),
+        (8, 8),
+        3,
+        True,
+        3,
+    )
     assert m.class_ids_for(["goldfish", "Great_White_Shark"], 2) == [1, 2]
     with pytest.raises(ValueError, match="class_ids"):
         m.class_ids_for(["goldfish", "zebra"], 2)
     z = m.encode(m.to_model_images(torch.rand(3, 1, 5, 5)))  # grey 5x5 -> RGB 8x8 -> latents
     assert z.shape == (3, 4, 4, 4)
     for sched in ("ddim", "ddpm"):
-        out, info = G.mode_guided_sample(m.denoiser([1, 1, 1], 4.0), m.make_scheduler(sched), (3, 4, 4, 4), z,
-                                         num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+        out, info = G.mode_guided_sample(
+            m.denoiser([1, 1, 1], 4.0),
+            m.make_scheduler(sched),
+            (3, 4, 4, 4),
+            z,
+            num_inference_steps=4,
+            generator=torch.Generator().manual_seed(0),
+        )
         assert info["guided_steps"] == 2 and torch.isfinite(out).all()
     assert m.decode(out).shape == (3, 3, 8, 8)
 
@@ -414,8 +481,9 @@ def tiny_model(tmp_path_factory):
     from pydistill.diffusion.train import train_diffusion
 
     out = tmp_path_factory.mktemp("ddpm") / "digits-ddpm"
-    train_diffusion("digits", out, steps=3, batch_size=16, n_per_class=4, checkpoint_every=2, progress=False,
-                    device="cpu")
+    train_diffusion(
+        "digits", out, steps=3, batch_size=16, n_per_class=4, checkpoint_every=2, progress=False, device="cpu"
+    )
     return out
 
 
@@ -431,8 +499,9 @@ def test_train_diffusion_outputs_and_resume(tiny_model):
     # resume: two more steps continue from the checkpoint at step 3
     state = torch.load(tiny_model / "train_state.pt", weights_only=False)
     assert state["step"] == 3
-    train_diffusion("digits", tiny_model, steps=5, batch_size=16, n_per_class=4, checkpoint_every=2,
-                    progress=False, device="cpu")
+    train_diffusion(
+        "digits", tiny_model, steps=5, batch_size=16, n_per_class=4, checkpoint_every=2, progress=False, device="cpu"
+    )
     state = torch.load(tiny_model / "train_state.pt", weights_only=False)
     assert state["step"] == 5 and len(state["losses"]) == 5
     with pytest.raises(ValueError, match="other settings"):
@@ -479,8 +548,13 @@ def test_mgd3_end_to_end_through_runner(tiny_model, tmp_path):
     ds = load_dataset("digits").subset(5, seed=0, n_test_per_class=3)
     method = get_method("mgd3")(ds, 2, config=_cfg(tiny_model), seed=0)
     out = tmp_path / "run"
-    runner.run_distillation(method, out, checkpoint_every=5, progress=False,
-                            eval_kwargs=dict(epochs=2, num_eval=1, dsa=False, progress=False))
+    runner.run_distillation(
+        method,
+        out,
+        checkpoint_every=5,
+        progress=False,
+        eval_kwargs=dict(epochs=2, num_eval=1, dsa=False, progress=False),
+    )
     for f in ("synthetic.safetensors", "metrics.json", "checkpoint.pt"):
         assert (out / f).is_file(), f
     metrics = json.loads((out / "metrics.json").read_text())
@@ -501,8 +575,24 @@ def test_train_diffusion_cli(tmp_path):
 
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers(dest="cmd"))
-    args = parser.parse_args(["train-diffusion", "--dataset", "digits", "--out", str(tmp_path / "m"), "--steps",
-                              "1", "--batch-size", "8", "--n-per-class", "2", "--device", "cpu", "--no-progress"])
+    args = parser.parse_args(
+        [
+            "train-diffusion",
+            "--dataset",
+            "digits",
+            "--out",
+            str(tmp_path / "m"),
+            "--steps",
+            "1",
+            "--batch-size",
+            "8",
+            "--n-per-class",
+            "2",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert args.func(args) == 0
     assert (tmp_path / "m" / "pydistill.json").is_file()
     if os.path.exists("pydistill/cli.py"):

@@ -1,10 +1,10 @@
 """Networks: shapes, parameter counts, embed/classifier, norms (pydistill.models)."""
+
 import pytest
 import torch
 from torch import nn
 
 from pydistill.models import NETWORKS, ConvNet, get_network, num_parameters
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,5 +1,6 @@
 """Evaluation protocols (paper / uniform), DC's evaluation augmentation, the official lr schedule and the runner's
 best-evaluation tracking (MTT's reported statistic)."""
+
 import dataclasses
 
 import pytest
@@ -42,8 +43,9 @@ def test_resolve_protocol_paper_and_uniform():
     p = resolve_protocol("paper", "dsa", "mnist", "ConvNet", dsa=False, epochs=7)
     assert (p["augmentation"], p["strategy"], p["epochs"]) == ("none", None, 7)
     assert resolve_protocol("paper", "dc", "mnist", "ConvNet", dsa=True)["augmentation"] == "dsa"
-    assert all(resolve_protocol(pr, "dc", "mnist", "ConvNet")["lr_schedule"] == "official"
-               for pr in ("paper", "uniform"))
+    assert all(
+        resolve_protocol(pr, "dc", "mnist", "ConvNet")["lr_schedule"] == "official" for pr in ("paper", "uniform")
+    )
     with pytest.raises(ValueError, match="protocol"):
         resolve_protocol("published", "dc", "mnist", "ConvNet")
 
@@ -83,7 +85,7 @@ def test_dc_crop_is_a_mean_padded_shift():
     x = torch.arange(9.0).view(1, 1, 3, 3)  # batch mean 4.0
     pad = torch.full((5, 5), 4.0)
     pad[1:4, 1:4] = x[0, 0]
-    windows = [pad[r:r + 3, c:c + 3] for r in (0, 1) for c in (0, 1)]  # offsets 0 .. 2 * crop - 1
+    windows = [pad[r : r + 3, c : c + 3] for r in (0, 1) for c in (0, 1)]  # offsets 0 .. 2 * crop - 1
     seen = set()
     for seed in range(20):
         out = dc_augment(x, "crop", _gen(seed), crop=1)[0, 0]
@@ -104,12 +106,11 @@ def test_dc_scale_and_rotate_hand_cases():
         for img in out[:, 0]:
             rows, cols = img.sum(1) > 0, img.sum(0) > 0
             r, c = rows.nonzero().flatten(), cols.nonzero().flatten()
-            assert torch.equal(img[r.min():r.max() + 1, c.min():c.max() + 1], torch.ones(len(r), len(c)))
+            assert torch.equal(img[r.min() : r.max() + 1, c.min() : c.max() + 1], torch.ones(len(r), len(c)))
             assert abs(int(r.min()) - (7 - int(r.max()))) <= 1  # centred
     const = torch.full((4, 2, 7, 7), 2.0)
     torch.testing.assert_close(dc_augment(const, "rotate", _gen(0)), const, atol=1e-5, rtol=0)  # cval = mean
-    angles_zero = [torch.allclose(dc_augment(x[:1], "rotate", _gen(s), rotate=1), x[:1], atol=1e-5)
-                   for s in range(12)]
+    angles_zero = [torch.allclose(dc_augment(x[:1], "rotate", _gen(s), rotate=1), x[:1], atol=1e-5) for s in range(12)]
     assert any(angles_zero) and not all(angles_zero)  # angle in {-1, 0} degrees
 
 
@@ -133,8 +134,18 @@ def test_official_lr_schedule_hand_computed(tiny):
     net = get_network("ConvNetW32", tiny.channel, tiny.num_classes, tiny.im_size)
     ref = get_network("ConvNetW32", tiny.channel, tiny.num_classes, tiny.im_size)
     ref.load_state_dict(net.state_dict())
-    train_model(net, x, y, epochs=4, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=1000,
-                lr_schedule="official", generator=_gen(0))
+    train_model(
+        net,
+        x,
+        y,
+        epochs=4,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=0.0,
+        batch_size=1000,
+        lr_schedule="official",
+        generator=_gen(0),
+    )
     params = list(ref.parameters())
     buf = None
     for ep in range(5):

@@ -2,6 +2,7 @@
 SIGINT to a running `pydistill distill` (checkpoint, one line, exit 130, bit-exact resume), planted pickle
 payloads that never run, diverged runs, edited synthetic-set headers, unwritable outputs, --ipc above a class's
 size and the --set / flag precedence rule."""
+
 import json
 import os
 import signal
@@ -21,8 +22,25 @@ from pydistill.utils import CorruptCheckpointError, FolderLockedError, RunLock, 
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
-DM = ["distill", "--method", "dm", "--dataset", "digits", "--ipc", "1", "--no-eval", "--no-progress", "--device",
-      "cpu", "--seed", "5", "--set", "batch_real=8", "--set", 'model_kwargs={"width": 8}']
+DM = [
+    "distill",
+    "--method",
+    "dm",
+    "--dataset",
+    "digits",
+    "--ipc",
+    "1",
+    "--no-eval",
+    "--no-progress",
+    "--device",
+    "cpu",
+    "--seed",
+    "5",
+    "--set",
+    "batch_real=8",
+    "--set",
+    'model_kwargs={"width": 8}',
+]
 
 
 def _env():
@@ -59,8 +77,14 @@ def test_second_run_refuses_locked_out_and_sigint_checkpoints_a_resumable_run(tm
     continuing from that checkpoint gives, bit for bit, what an uninterrupted run gives."""
     out = tmp_path / "a"
     argv = [*DM, "--iterations", "100000", "--checkpoint-every", "100000", "--out", str(out)]
-    a = subprocess.Popen([sys.executable, "-m", "pydistill", *argv], env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    a = subprocess.Popen(
+        [sys.executable, "-m", "pydistill", *argv],
+        env=_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for(out / RunLock.LOCK_NAME, a)
         rc, err = run_cli(*argv)
@@ -97,10 +121,18 @@ def test_second_run_refuses_locked_out_and_sigint_checkpoints_a_resumable_run(tm
 
 def test_lock_names_live_owner_and_stale_lock_of_killed_process_is_taken_over(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pydistill.utils import RunLock; "
-                               f"RunLock({str(tmp_path)!r}, command='holder').acquire(); print('locked', flush=True); "
-                               "time.sleep(300)"],
-        env=_env(), cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pydistill.utils import RunLock; "
+            f"RunLock({str(tmp_path)!r}, command='holder').acquire(); print('locked', flush=True); "
+            "time.sleep(300)",
+        ],
+        env=_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(FolderLockedError) as info:
@@ -159,8 +191,21 @@ def test_planted_pickle_payload_never_runs(tmp_path, run_cli, sealed):
     _plant(out / CHECKPOINT, marker, sealed=sealed)
     with pytest.raises(CorruptCheckpointError, match="weights_only"):
         load_checked(out / CHECKPOINT)
-    rc, err = run_cli("distill", "--method", "random", "--ipc", "1", "--dataset", "digits", "--device", "cpu",
-                      "--no-progress", "--no-eval", "--out", out)
+    rc, err = run_cli(
+        "distill",
+        "--method",
+        "random",
+        "--ipc",
+        "1",
+        "--dataset",
+        "digits",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--no-eval",
+        "--out",
+        out,
+    )
     assert rc == 2 and str(out / CHECKPOINT) in err, err
     from pydistill.methods.ssdkd import load_teacher
 
@@ -229,8 +274,9 @@ def test_diverged_run_stops_keeps_last_finite_checkpoint_and_writes_no_result(tm
 
     ds = load_dataset("digits").subset(2, seed=0, n_test_per_class=2)
     with pytest.raises(DivergedError) as info:
-        run_distillation(_diverging_method(ds, bad_at=5), tmp_path, checkpoint_every=2, progress=False,
-                         final_eval=False)
+        run_distillation(
+            _diverging_method(ds, bad_at=5), tmp_path, checkpoint_every=2, progress=False, final_eval=False
+        )
     msg = str(info.value)
     assert "iteration 5" in msg and "lr_img=0.5" in msg and "iteration 4" in msg, msg
     ck = load_checked(tmp_path / CHECKPOINT)
@@ -244,12 +290,15 @@ def test_cli_diverged_run_is_an_error_not_a_result(tmp_path, run_cli):
     assert not (tmp_path / "synthetic.safetensors").exists() and not (tmp_path / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--set", "lr_img=inf"], "lr_img=inf is not finite"),
-    (["--set", "lr_img=nan"], "lr_img=nan is not finite"),
-    (["--eval-epochs", "0"], "--eval-epochs"),
-    (["--set", "iterations=-2"], "iterations=-2"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--set", "lr_img=inf"], "lr_img=inf is not finite"),
+        (["--set", "lr_img=nan"], "lr_img=nan is not finite"),
+        (["--eval-epochs", "0"], "--eval-epochs"),
+        (["--set", "iterations=-2"], "iterations=-2"),
+    ],
+)
 def test_impossible_values_are_rejected_before_any_work(tmp_path, run_cli, args, needle):
     rc, err = run_cli(*DM, "--iterations", "2", *args, "--out", tmp_path)
     assert rc == 2 and needle in err, err
@@ -257,8 +306,22 @@ def test_impossible_values_are_rejected_before_any_work(tmp_path, run_cli, args,
 
 
 def test_negative_epochs_rejected(tmp_path, run_cli):
-    rc, err = run_cli("distill", "--method", "dd", "--dataset", "digits", "--ipc", "1", "--device", "cpu",
-                      "--no-progress", "--set", "epochs=-1", "--out", tmp_path)
+    rc, err = run_cli(
+        "distill",
+        "--method",
+        "dd",
+        "--dataset",
+        "digits",
+        "--ipc",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--set",
+        "epochs=-1",
+        "--out",
+        tmp_path,
+    )
     assert rc == 2 and "epochs=-1 is negative" in err, err
 
 
@@ -267,13 +330,13 @@ def _rewrite_meta(path: Path, edit) -> None:
     """Rewrite the safetensors header of ``path`` with ``edit(meta_dict)`` applied (tensor bytes unchanged)."""
     data = path.read_bytes()
     n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     meta = json.loads(header["__metadata__"]["meta"])
     edit(meta)
     header["__metadata__"]["meta"] = json.dumps(meta, sort_keys=True)
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
-    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n:])
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n :])
 
 
 def test_edited_header_is_refused(tmp_path, run_cli):
@@ -297,8 +360,12 @@ def test_version_1_set_still_loads_with_a_warning(tmp_path):
     from pydistill import synthetic
 
     tensors = {"images": torch.zeros(2, 1, 8, 8), "labels": torch.tensor([0, 1])}
-    meta = {"format": "pydistill.SyntheticSet", "version": "1", "sha256": synthetic._digest(tensors),
-            "meta": json.dumps({"dataset": "digits"})}
+    meta = {
+        "format": "pydistill.SyntheticSet",
+        "version": "1",
+        "sha256": synthetic._digest(tensors),
+        "meta": json.dumps({"dataset": "digits"}),
+    }
     path = tmp_path / "v1.safetensors"
     path.write_bytes(save(tensors, metadata=meta))
     with pytest.warns(UserWarning, match="not covered by the checksum"):
@@ -311,8 +378,23 @@ def test_evaluate_refuses_other_dataset_unless_forced(tmp_path, run_cli):
     ds = load_dataset("digits")
     path = tmp_path / "s.safetensors"
     SyntheticSet(ds.x_train[:10].clone(), ds.y_train[:10].clone(), None, {"dataset": "mnist"}).save(path)
-    argv = ["evaluate", "--synthetic", path, "--dataset", "digits", "--device", "cpu", "--no-progress",
-            "--eval-models", "MLP", "--num-eval", "1", "--eval-epochs", "1", "--no-eval-dsa"]
+    argv = [
+        "evaluate",
+        "--synthetic",
+        path,
+        "--dataset",
+        "digits",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--eval-models",
+        "MLP",
+        "--num-eval",
+        "1",
+        "--eval-epochs",
+        "1",
+        "--no-eval-dsa",
+    ]
     rc, err = run_cli(*argv)
     assert rc == 2 and "'mnist'" in err and "--force" in err, err
     rc, err = run_cli(*argv, "--force")
@@ -323,8 +405,11 @@ def test_evaluate_refuses_other_dataset_unless_forced(tmp_path, run_cli):
 def test_bad_out_paths_get_one_line_errors_before_work(tmp_path, run_cli):
     afile = tmp_path / "afile"
     afile.write_text("x")
-    for out, needle in (("", "--out must name a folder"), (afile, "is an existing file"),
-                        (afile / "sub", "cannot create folder")):
+    for out, needle in (
+        ("", "--out must name a folder"),
+        (afile, "is an existing file"),
+        (afile / "sub", "cannot create folder"),
+    ):
         rc, err = run_cli(*DM, "--iterations", "1", "--out", out)
         assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     rc, err = run_cli("evaluate", "--synthetic", tmp_path / "missing.safetensors", "--out", tmp_path)
@@ -373,8 +458,22 @@ def test_set_and_flag_precedence_is_one_rule(tmp_path, run_cli):
     rc, err = run_cli(*DM, "--iterations", "3", "--set", "iterations=5", "--out", tmp_path)
     assert rc == 2 and "give only one" in err, err
     for bad, needle in (('model_kwargs={"width":"abc"}', "model_kwargs"), ("outer_loop=-1", "outer_loop=-1")):
-        rc, err = run_cli("distill", "--method", "dsa", "--dataset", "digits", "--ipc", "1", "--device", "cpu",
-                          "--no-progress", "--set", bad, "--out", tmp_path)
+        rc, err = run_cli(
+            "distill",
+            "--method",
+            "dsa",
+            "--dataset",
+            "digits",
+            "--ipc",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--set",
+            bad,
+            "--out",
+            tmp_path,
+        )
         assert rc == 2 and needle in err and "Traceback" not in err, err
     assert not (tmp_path / CHECKPOINT).exists()
 
@@ -416,8 +515,23 @@ def test_evaluate_sigterm_keeps_finished_networks_and_exits_143(tmp_path, run_cl
     ds = load_dataset("digits")
     path = tmp_path / "s.safetensors"
     SyntheticSet(ds.x_train[:20].clone(), ds.y_train[:20].clone(), None, {"dataset": "digits"}).save(path)
-    argv = ["evaluate", "--synthetic", path, "--device", "cpu", "--no-progress", "--eval-models", "MLP",
-            "--num-eval", "3", "--eval-epochs", "1", "--no-eval-dsa", "--out", tmp_path / "r.json"]
+    argv = [
+        "evaluate",
+        "--synthetic",
+        path,
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--eval-models",
+        "MLP",
+        "--num-eval",
+        "3",
+        "--eval-epochs",
+        "1",
+        "--no-eval-dsa",
+        "--out",
+        tmp_path / "r.json",
+    ]
     real_train, calls = ev.train_model, []
 
     def sigterm_on_second(*a, **k):

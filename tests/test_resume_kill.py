@@ -1,5 +1,6 @@
 """Resume after a crash: SIGKILL a `pydistill distill` run after a checkpoint is written, rerun the same command,
 and get the same synthetic set, bit for bit, as an uninterrupted run (CPU)."""
+
 import os
 import signal
 import subprocess
@@ -19,10 +20,34 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cmd(out: Path) -> list[str]:
-    return [sys.executable, "-m", "pydistill", "distill", "--method", "dsa", "--dataset", "digits", "--ipc", "1",
-            "--iterations", str(ITERATIONS), "--checkpoint-every", "1", "--no-eval", "--no-progress",
-            "--device", "cpu", "--seed", "3", "--set", "batch_real=8", "--set", 'model_kwargs={"width": 8}',
-            "--out", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "pydistill",
+        "distill",
+        "--method",
+        "dsa",
+        "--dataset",
+        "digits",
+        "--ipc",
+        "1",
+        "--iterations",
+        str(ITERATIONS),
+        "--checkpoint-every",
+        "1",
+        "--no-eval",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+        "--set",
+        "batch_real=8",
+        "--set",
+        'model_kwargs={"width": 8}',
+        "--out",
+        str(out),
+    ]
 
 
 def _env():
@@ -97,8 +122,21 @@ def test_evaluation_resumes_from_finished_networks(tmp_path, monkeypatch):
     ds = load_dataset("digits")
     syn = SyntheticSet(ds.x_train[:20].clone(), ds.y_train[:20].clone(), None, {"dataset": "digits"})
     syn.save(tmp_path / "s.safetensors")
-    argv = ["evaluate", "--synthetic", str(tmp_path / "s.safetensors"), "--device", "cpu", "--no-progress",
-            "--eval-models", "MLP", "--num-eval", "3", "--eval-epochs", "2", "--no-eval-dsa"]
+    argv = [
+        "evaluate",
+        "--synthetic",
+        str(tmp_path / "s.safetensors"),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--eval-models",
+        "MLP",
+        "--num-eval",
+        "3",
+        "--eval-epochs",
+        "2",
+        "--no-eval-dsa",
+    ]
     assert main([*argv, "--out", str(tmp_path / "full.json")]) == 0
     full = json.loads((tmp_path / "full.json").read_text())
 

@@ -1,4 +1,5 @@
 """Runner (checkpoint, exact resume, outputs) and the command line (pydistill.runner, pydistill.cli)."""
+
 import json
 import subprocess
 import sys
@@ -131,14 +132,17 @@ def test_extend_a_finished_run_equals_one_longer_run(tiny, tmp_path):
     out = run_distillation(ExtendableDummy(tiny, 2, seed=1), tmp_path / "ext", **kw)
     assert out["resumed_from_iteration"] == 4 and out["iterations"] == 6
     assert out["final_scalars"] == ref["final_scalars"]
-    assert torch.equal(SyntheticSet.load(tmp_path / "ext" / "synthetic.safetensors").images,
-                       SyntheticSet.load(tmp_path / "full" / "synthetic.safetensors").images)
+    assert torch.equal(
+        SyntheticSet.load(tmp_path / "ext" / "synthetic.safetensors").images,
+        SyntheticSet.load(tmp_path / "full" / "synthetic.safetensors").images,
+    )
     # fewer iterations than done, another field, or a method that is not extendable: still an error
     with pytest.raises(ValueError, match="config.iterations"):
         run_distillation(ExtendableDummy(tiny, 2, seed=1, config=DummyConfig(iterations=5)), tmp_path / "ext", **kw)
     with pytest.raises(ValueError, match="config.lr"):
-        run_distillation(ExtendableDummy(tiny, 2, seed=1, config=DummyConfig(iterations=8, lr=0.3)),
-                         tmp_path / "ext", **kw)
+        run_distillation(
+            ExtendableDummy(tiny, 2, seed=1, config=DummyConfig(iterations=8, lr=0.3)), tmp_path / "ext", **kw
+        )
     run_distillation(Dummy(tiny, 2, seed=1, config=DummyConfig(iterations=4)), tmp_path / "plain", **kw)
     with pytest.raises(ValueError, match="config.iterations"):
         run_distillation(Dummy(tiny, 2, seed=1), tmp_path / "plain", **kw)
@@ -146,13 +150,29 @@ def test_extend_a_finished_run_equals_one_longer_run(tiny, tmp_path):
 
 def test_outputs_and_metrics(tiny, tmp_path):
     ev = dict(models=("ConvNetW32",), num_eval=2, epochs=2, dsa=False)
-    m = run_distillation(Dummy(tiny, 1, config=DummyConfig(iterations=4)), tmp_path, checkpoint_every=10,
-                         eval_every=2, eval_kwargs=ev, progress=False)
+    m = run_distillation(
+        Dummy(tiny, 1, config=DummyConfig(iterations=4)),
+        tmp_path,
+        checkpoint_every=10,
+        eval_every=2,
+        eval_kwargs=ev,
+        progress=False,
+    )
     for f in OUTPUTS:
         assert (tmp_path / f).stat().st_size > 0, f
     disk = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("test_acc_mean", "test_acc_std", "method", "dataset", "ipc", "iterations", "wall_time_s",
-                "peak_memory_mb", "accuracies", "config"):
+    for key in (
+        "test_acc_mean",
+        "test_acc_std",
+        "method",
+        "dataset",
+        "ipc",
+        "iterations",
+        "wall_time_s",
+        "peak_memory_mb",
+        "accuracies",
+        "config",
+    ):
         assert key in disk, key
     assert disk["method"] == "dummy" and disk["dataset"] == "digits" and disk["ipc"] == 1 and disk["iterations"] == 4
     assert disk["config"]["lr"] == 0.1 and disk["peak_memory_mb"] > 0
@@ -205,7 +225,7 @@ def test_parse_overrides():
         f: tuple = ()
         g: dict = field(default_factory=dict)
 
-    got = parse_overrides(C, ["a=3", "b=1e-3", "c=true", "d=hello", "e=none", "f=1,2", "g={\"width\": 64}"])
+    got = parse_overrides(C, ["a=3", "b=1e-3", "c=true", "d=hello", "e=none", "f=1,2", 'g={"width": 64}'])
     assert got == {"a": 3, "b": 1e-3, "c": True, "d": "hello", "e": None, "f": (1, 2), "g": {"width": 64}}
     assert parse_overrides(C, ["e=7"]) == {"e": 7}
     with pytest.raises(ValueError, match="no field 'zz'"):
@@ -227,9 +247,29 @@ def test_make_config():
 
 def test_cli_distill_random_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["distill", "--method", "random", "--dataset", "digits", "--ipc", "2", "--out", str(out),
-               "--eval-models", "ConvNetW32", "--num-eval", "1", "--eval-epochs", "2", "--no-eval-dsa",
-               "--no-progress", "--device", "cpu"])
+    rc = main(
+        [
+            "distill",
+            "--method",
+            "random",
+            "--dataset",
+            "digits",
+            "--ipc",
+            "2",
+            "--out",
+            str(out),
+            "--eval-models",
+            "ConvNetW32",
+            "--num-eval",
+            "1",
+            "--eval-epochs",
+            "2",
+            "--no-eval-dsa",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     for f in OUTPUTS:
         assert (out / f).is_file(), f
@@ -238,19 +278,48 @@ def test_cli_distill_random_end_to_end(tmp_path, capsys):
     assert 0.0 <= metrics["test_acc_mean"] <= 1.0
     assert "ConvNetW32: test accuracy" in capsys.readouterr().out
     # evaluate subcommand on the written set; the dataset comes from the file's metadata
-    rc = main(["evaluate", "--synthetic", str(out / "synthetic.safetensors"), "--eval-models", "MLP",
-               "--num-eval", "1", "--eval-epochs", "1", "--no-eval-dsa", "--no-progress", "--out",
-               str(tmp_path / "acc.json")])
+    rc = main(
+        [
+            "evaluate",
+            "--synthetic",
+            str(out / "synthetic.safetensors"),
+            "--eval-models",
+            "MLP",
+            "--num-eval",
+            "1",
+            "--eval-epochs",
+            "1",
+            "--no-eval-dsa",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "acc.json"),
+        ]
+    )
     assert rc == 0 and "MLP" in json.loads((tmp_path / "acc.json").read_text())
     # user errors are reported, not raised
     assert main(["distill", "--method", "random", "--out", str(tmp_path / "x"), "--set", "nope=1"]) == 2
     assert "no field 'nope'" in capsys.readouterr().err
-    assert main(["distill", "--method", "random", "--dataset", "cifar10", "--data-root", str(tmp_path),
-                 "--out", str(tmp_path / "y")]) == 2
+    assert (
+        main(
+            [
+                "distill",
+                "--method",
+                "random",
+                "--dataset",
+                "cifar10",
+                "--data-root",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "y"),
+            ]
+        )
+        == 2
+    )
     assert "not found" in capsys.readouterr().err
 
 
 def test_python_dash_m_help():
-    r = subprocess.run([sys.executable, "-m", "pydistill", "distill", "--help"], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "pydistill", "distill", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0 and "--method" in r.stdout and "--set" in r.stdout

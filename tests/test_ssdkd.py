@@ -1,4 +1,5 @@
 """SSD-KD: phi / IS weights / meta update against hand-computed values, replay sampling, warm-up, end to end."""
+
 import dataclasses
 import json
 import math
@@ -47,20 +48,25 @@ def test_phi_hand_computed():
     torch.testing.assert_close(counts, torch.tensor([4.0, 1.0, 1.0]))
     # paper form: diversity = 1 - n_B(c_T)/|B| = [1 - 4/6, 1 - 1/6, 1 - 1/6]; difficulty (1 - p_T)^2 = [.04, .25, .25]
     phi = modulating_phi(t, counts, gamma=2.0)
-    torch.testing.assert_close(phi, torch.tensor([(2 / 6) * 0.04, (5 / 6) * 0.25, (5 / 6) * 0.25]),
-                               rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(modulating_phi(t, counts, 2.0, use_difficulty=False),
-                               torch.tensor([2 / 6, 5 / 6, 5 / 6]))
-    torch.testing.assert_close(modulating_phi(t, counts, 1.0, use_diversity=False), torch.tensor([0.2, 0.5, 0.5]),
-                               rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        phi, torch.tensor([(2 / 6) * 0.04, (5 / 6) * 0.25, (5 / 6) * 0.25]), rtol=1e-5, atol=1e-7
+    )
+    torch.testing.assert_close(
+        modulating_phi(t, counts, 2.0, use_difficulty=False), torch.tensor([2 / 6, 5 / 6, 5 / 6])
+    )
+    torch.testing.assert_close(
+        modulating_phi(t, counts, 1.0, use_diversity=False), torch.tensor([0.2, 0.5, 0.5]), rtol=1e-5, atol=1e-7
+    )
     # empty buffer: diversity 1; a class that fills the buffer: phi 0
     torch.testing.assert_close(modulating_phi(t, class_counts(None, 3), gamma=0.0), torch.ones(3))
-    torch.testing.assert_close(modulating_phi(t, torch.tensor([5.0, 0.0, 0.0]), gamma=0.0),
-                               torch.tensor([0.0, 1.0, 1.0]))
+    torch.testing.assert_close(
+        modulating_phi(t, torch.tensor([5.0, 0.0, 0.0]), gamma=0.0), torch.tensor([0.0, 1.0, 1.0])
+    )
     # our earlier ratio form on class frequencies: min(1, 1/(K f)) = [9/15, 1, 1]
     freq = torch.tensor([5 / 9, 2 / 9, 2 / 9])
-    torch.testing.assert_close(modulating_phi(t, freq, 2.0, diversity="ratio"),
-                               torch.tensor([0.6 * 0.04, 0.25, 0.25]), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        modulating_phi(t, freq, 2.0, diversity="ratio"), torch.tensor([0.6 * 0.04, 0.25, 0.25]), rtol=1e-5, atol=1e-7
+    )
     with pytest.raises(ValueError, match="buffer_counts"):
         modulating_phi(t, torch.tensor([0.5, 0.5]))
     with pytest.raises(ValueError, match="gamma"):
@@ -78,8 +84,9 @@ def test_task_and_adversarial_losses_hand_computed():
     kl0 = sum(p * math.log(p / q) for p, q in zip([0.8, 0.1, 0.1], [0.6, 0.3, 0.1]))
     kl1 = sum(p * math.log(p / q) for p, q in zip([0.2, 0.5, 0.3], [0.7, 0.2, 0.1]))
     torch.testing.assert_close(adversarial_loss(s, t), torch.tensor(-kl0 / 2, dtype=torch.float64))
-    torch.testing.assert_close(adversarial_loss(s, t, agree_mask=False),
-                               torch.tensor(-(kl0 + kl1) / 2, dtype=torch.float64))
+    torch.testing.assert_close(
+        adversarial_loss(s, t, agree_mask=False), torch.tensor(-(kl0 + kl1) / 2, dtype=torch.float64)
+    )
 
 
 def test_importance_weights_hand_computed():
@@ -89,7 +96,7 @@ def test_importance_weights_hand_computed():
     torch.testing.assert_close(w, torch.tensor([1.0, 0.5, math.sqrt(0.4)], dtype=torch.float64))
     # the paper's normalisation: max over the buffer, from its smallest probability: (4 * 0.05)^-0.5 = sqrt(5)
     w = importance_weights(p, 0.5, 4, min_probability=0.05)
-    ref = torch.tensor([0.4 ** -0.5, 1.6 ** -0.5, 1.0], dtype=torch.float64) / math.sqrt(5)
+    ref = torch.tensor([0.4**-0.5, 1.6**-0.5, 1.0], dtype=torch.float64) / math.sqrt(5)
     torch.testing.assert_close(w, ref)
     torch.testing.assert_close(importance_weights(p, 0.0, 4), torch.ones(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="beta"):
@@ -102,7 +109,7 @@ def test_replay_importance_weights_over_the_buffer():
     probs = torch.tensor([0.2, 0.4], dtype=torch.float64)  # P of slots 1 and 3 (priorities 2/10 and 4/10)
     # paper: (|B| P)^-beta / max over B, the max at the smallest P = 0.1: (0.4)^-1
     w = buf.importance_weights(probs, 1.0, "buffer")
-    torch.testing.assert_close(w, torch.tensor([(0.8 ** -1) / (0.4 ** -1), (1.6 ** -1) / (0.4 ** -1)]))
+    torch.testing.assert_close(w, torch.tensor([(0.8**-1) / (0.4**-1), (1.6**-1) / (0.4**-1)]))
     torch.testing.assert_close(buf.importance_weights(probs, 1.0, "batch"), torch.tensor([1.0, 0.5]))
     torch.testing.assert_close(buf.importance_weights(probs, 1.0, "mean"), torch.tensor([4 / 3, 2 / 3]))
     with pytest.raises(ValueError, match="norm"):
@@ -214,12 +221,13 @@ def test_bn_hook_momentum_hand_computed():
 def _tiny_meta(meta, **kw):
     torch.manual_seed(0)
     prior = nn.Linear(2, 3).double()
-    return prior, MetaGenerator(prior, lr_g=0.1, lr_z=0.05, g_steps=2, meta=meta, meta_optimizer="sgd",
-                                meta_lr=0.5, **kw)
+    return prior, MetaGenerator(
+        prior, lr_g=0.1, lr_z=0.05, g_steps=2, meta=meta, meta_optimizer="sgd", meta_lr=0.5, **kw
+    )
 
 
 def _tiny_loss(x):
-    return (x ** 2).sum() + x.sum(), {}
+    return (x**2).sum() + x.sum(), {}
 
 
 @pytest.mark.parametrize("meta", ["fomaml", "reptile"])
@@ -239,8 +247,8 @@ def test_meta_update_matches_hand_computed_first_order_step(meta):
         p1 = p0 - lr * g_first / (g_first.abs() + eps)
         g2 = g_second_fn(p1)
         m = b1 * (1 - b1) * g_first + (1 - b1) * g2
-        v = b2 * (1 - b2) * g_first ** 2 + (1 - b2) * g2 ** 2
-        m_hat, v_hat = m / (1 - b1 ** 2), v / (1 - b2 ** 2)
+        v = b2 * (1 - b2) * g_first**2 + (1 - b2) * g2**2
+        m_hat, v_hat = m / (1 - b1**2), v / (1 - b2**2)
         return p1, p1 - lr * m_hat / (v_hat.sqrt() + eps)
 
     gw0, gb0, gz0 = grads(w0, b0, z0)
@@ -367,8 +375,16 @@ def tiny_teacher(digits_small, tmp_path_factory):
     from pydistill.methods.ssdkd import train_teacher
 
     path = str(tmp_path_factory.mktemp("teacher") / "teacher.pt")
-    meta = train_teacher(digits_small, path, model="ConvNetBN", model_kwargs={"width": 8}, epochs=2,
-                         batch_size=32, lr=0.05, verbose=False)
+    meta = train_teacher(
+        digits_small,
+        path,
+        model="ConvNetBN",
+        model_kwargs={"width": 8},
+        epochs=2,
+        batch_size=32,
+        lr=0.05,
+        verbose=False,
+    )
     return path, meta
 
 
@@ -381,8 +397,19 @@ def test_teacher_file_and_resume(digits_small, tiny_teacher, tmp_path, monkeypat
     assert 0.0 <= meta["test_accuracy"] <= 1.0
     net, m2 = ssdkd.load_teacher(path)
     assert not net.training and m2["test_accuracy"] == meta["test_accuracy"]
-    assert ssdkd.train_teacher(digits_small, path, model="ConvNetBN", model_kwargs={"width": 8}, epochs=2,
-                               batch_size=32, lr=0.05, verbose=False)["epochs_done"] == 2  # complete: no work
+    assert (
+        ssdkd.train_teacher(
+            digits_small,
+            path,
+            model="ConvNetBN",
+            model_kwargs={"width": 8},
+            epochs=2,
+            batch_size=32,
+            lr=0.05,
+            verbose=False,
+        )["epochs_done"]
+        == 2
+    )  # complete: no work
     # crash during epoch 2, then resume: same weights as the uninterrupted run
     out = str(tmp_path / "t.pt")
     calls = {"n": 0}
@@ -414,9 +441,22 @@ def test_teacher_file_and_resume(digits_small, tiny_teacher, tmp_path, monkeypat
 def _tiny_config(teacher, **kw):
     from pydistill.methods.ssdkd import Config
 
-    cfg = Config(teacher=teacher, student="ConvNetW32", student_kwargs={}, rounds=4, warmup=1, synthesis_batch=10,
-                 g_steps=2, kd_steps=2, batch_size=12, buffer_size=25, latent_dim=16, gen_width=8,
-                 lr_student=0.05, reset_l0_round=2)
+    cfg = Config(
+        teacher=teacher,
+        student="ConvNetW32",
+        student_kwargs={},
+        rounds=4,
+        warmup=1,
+        synthesis_batch=10,
+        g_steps=2,
+        kd_steps=2,
+        batch_size=12,
+        buffer_size=25,
+        latent_dim=16,
+        gen_width=8,
+        lr_student=0.05,
+        reset_l0_round=2,
+    )
     return dataclasses.replace(cfg, **kw)
 
 
@@ -561,5 +601,6 @@ def test_priorities_refreshed_as_weight_times_kl(digits_small, tiny_teacher):
     with torch.no_grad():
         want = w * priority(m.teacher(x), student0.train()(x))
     torch.testing.assert_close(m.buffer.delta[slots], want, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(m.buffer.tree.get(slots).float(), (m.buffer.delta[slots] + 1e-3) ** 0.6,
-                               rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        m.buffer.tree.get(slots).float(), (m.buffer.delta[slots] + 1e-3) ** 0.6, rtol=1e-5, atol=1e-7
+    )

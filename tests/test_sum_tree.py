@@ -1,4 +1,5 @@
 """SumTree: every backend against numpy and the PyTorch reference, sampling statistics, errors, checkpoints."""
+
 import io
 import math
 
@@ -126,8 +127,11 @@ def test_sample_right_boundary_guard(device, backend):
         tree = SumTree(cap, device=device, backend=backend)
         tree.update(torch.tensor(nz), torch.tensor([0.1 * (j + 1) for j in range(len(nz))]))
         tot = tree.total().item()
-        u = torch.tensor([0.0, tot * 0.5, math.nextafter(tot, 0.0), tot, tot * (1 + 1e-12), tot * 2],
-                         dtype=torch.float64, device=device)
+        u = torch.tensor(
+            [0.0, tot * 0.5, math.nextafter(tot, 0.0), tot, tot * (1 + 1e-12), tot * 2],
+            dtype=torch.float64,
+            device=device,
+        )
         got = tree._sample_op(tree._sum, u)
         assert set(got.cpu().tolist()) <= set(nz)
         assert got[-1].item() == max(nz) and got[0].item() == min(nz)
@@ -174,8 +178,7 @@ def test_update_touches_only_changed_paths(device, backend, k):
     tree.update(torch.arange(cap), torch.from_numpy(rng.random(cap)))
     expect = SumTree(cap, device=device, backend="reference")
     expect.load_state_dict(tree.state_dict())
-    idx = np.array([5, 6, 300, 300, 1024, 17]) if k == 6 else np.concatenate(
-        [rng.integers(0, 200, k - 2), [700, 1024]])
+    idx = np.array([5, 6, 300, 300, 1024, 17]) if k == 6 else np.concatenate([rng.integers(0, 200, k - 2), [700, 1024]])
     pri = rng.random(len(idx))
     P = tree._p
     touched = set()
@@ -252,7 +255,8 @@ def test_bad_input_raises(device, backend):
 def test_backend_device_mismatch():
     with pytest.raises(ValueError, match="backend"):
         SumTree(5, device="cpu", backend="cuda") if torch.cuda.is_available() else SumTree(
-            5, device="cpu", backend="triton")
+            5, device="cpu", backend="triton"
+        )
 
 
 @pytest.mark.parametrize("device,backend", COMBOS)
@@ -322,8 +326,9 @@ def test_opcheck_compiled_ops(device):
     P = 16
     tree = torch.zeros(2 * P, dtype=torch.float64, device=device)
     mn = torch.full((2 * P,), math.inf, dtype=torch.float64, device=device)
-    sum_tree_update_reference(tree, mn, torch.arange(11, device=device), torch.rand(11, dtype=torch.float64,
-                                                                                     device=device))
+    sum_tree_update_reference(
+        tree, mn, torch.arange(11, device=device), torch.rand(11, dtype=torch.float64, device=device)
+    )
     idx = torch.tensor([3, 1, 3, 9], device=device)
     pri = torch.rand(4, dtype=torch.float64, device=device)
     torch.library.opcheck(torch.ops.pydistill.sum_tree_update.default, (tree.clone(), mn.clone(), idx, pri))

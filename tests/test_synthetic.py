@@ -1,4 +1,5 @@
 """SyntheticSet: validation, save/load round trip, integrity checks (pydistill.synthetic)."""
+
 import json
 import os
 
@@ -10,8 +11,12 @@ from pydistill.synthetic import CorruptFileError, SyntheticSet
 
 def _hard():
     g = torch.Generator().manual_seed(0)
-    return SyntheticSet(torch.randn(6, 1, 5, 7, generator=g), torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor(0.0123),
-                        {"method": "mtt", "dataset": "digits", "ipc": 2, "note": (1, 2), "nested": {"a": [1.5]}})
+    return SyntheticSet(
+        torch.randn(6, 1, 5, 7, generator=g),
+        torch.tensor([0, 0, 1, 1, 2, 2]),
+        torch.tensor(0.0123),
+        {"method": "mtt", "dataset": "digits", "ipc": 2, "note": (1, 2), "nested": {"a": [1.5]}},
+    )
 
 
 def test_round_trip_hard_labels_scalar_lr(tmp_path):
@@ -72,10 +77,10 @@ def test_corruption_detected(tmp_path):
         SyntheticSet.load(tmp_path / "other.safetensors")
     # header tampering: change the recorded metadata but not the tensors
     n = int.from_bytes(data[:8], "little")
-    header = json.loads(bytes(data[8:8 + n]))
+    header = json.loads(bytes(data[8 : 8 + n]))
     header["__metadata__"]["sha256"] = "0" * 64
     hb = json.dumps(header).encode()
-    (tmp_path / "hdr.safetensors").write_bytes(len(hb).to_bytes(8, "little") + hb + bytes(data[8 + n:]))
+    (tmp_path / "hdr.safetensors").write_bytes(len(hb).to_bytes(8, "little") + hb + bytes(data[8 + n :]))
     with pytest.raises(CorruptFileError, match="SHA-256"):
         SyntheticSet.load(tmp_path / "hdr.safetensors")
 

@@ -1,5 +1,6 @@
 """Wheels: the local version tag names torch and CUDA, the build records its torch, a torch mismatch at import is a
 clear error naming both versions; a built wheel ($PYDISTILL_WHEEL, set by .ci/run) holds _C and the Triton kernels."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,14 @@ _MAJOR_MINOR = "".join(torch.__version__.split("+")[0].split(".")[:2])
 
 
 def _setup_version(**env) -> str:
-    out = subprocess.run([sys.executable, "setup.py", "--version"], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, **env}, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "setup.py", "--version"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().splitlines()[-1]
 
@@ -56,8 +63,9 @@ def test_import_beside_another_torch_fails_clearly(tmp_path):
     code = "import torch; torch.__version__ = '1.0.0'; import pydistill"
     env = {**os.environ, "PYTHONPATH": str(PKG_PARENT)}
     env.pop("PYDISTILL_SKIP_TORCH_CHECK", None)
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120
+    )
     assert out.returncode != 0
     assert "ImportError" in out.stderr and f"built against torch {torch.__version__}" in out.stderr
     assert "torch 1.0.0" in out.stderr and "undefined symbol" not in out.stderr

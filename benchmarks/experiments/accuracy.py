@@ -11,6 +11,7 @@ Evaluation: every set under each of ``--protocols`` (``pydistill.evaluate`` prot
 epochs (default: 300 on digits, else the protocol's 1000 with augmentation / 300 without); DD sets use their
 learned schedule (``pydistill.methods.dd.evaluate_dd``). Accuracies are in percent, mean +- std over networks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,10 +30,22 @@ RESULTS = os.path.join(os.path.dirname(HERE), "results")
 
 # Published ConvNet accuracies (IPC -> %), from the papers (see REFERENCE.md); None where not published.
 PUBLISHED = {
-    "mnist": {"random": {1: 64.9, 10: 95.1}, "dc": {1: 91.7, 10: 97.4}, "dsa": {1: 88.7, 10: 97.8},
-              "dd": {1: 93.8}, "dm": {}, "mtt": {}},
-    "cifar10": {"random": {1: 14.4, 10: 26.0}, "dc": {1: 28.3, 10: 44.9}, "dsa": {1: 28.8, 10: 52.1},
-                "dm": {1: 26.0, 10: 48.9}, "mtt": {1: 46.3, 10: 65.3}, "dd": {}},
+    "mnist": {
+        "random": {1: 64.9, 10: 95.1},
+        "dc": {1: 91.7, 10: 97.4},
+        "dsa": {1: 88.7, 10: 97.8},
+        "dd": {1: 93.8},
+        "dm": {},
+        "mtt": {},
+    },
+    "cifar10": {
+        "random": {1: 14.4, 10: 26.0},
+        "dc": {1: 28.3, 10: 44.9},
+        "dsa": {1: 28.8, 10: 52.1},
+        "dm": {1: 26.0, 10: 48.9},
+        "mtt": {1: 46.3, 10: 65.3},
+        "dd": {},
+    },
 }
 METHODS = ("dd", "dc", "dsa", "dm", "mtt")
 
@@ -86,9 +99,11 @@ PUBLISHED_BUDGET = {
 
 
 def _run_extra(method, metrics):
-    return {"iterations": method.num_iterations,
-            "distill_s_per_iter": metrics["wall_time_s"] / max(1, method.num_iterations),
-            "final_loss": metrics["final_scalars"].get("loss")}
+    return {
+        "iterations": method.num_iterations,
+        "distill_s_per_iter": metrics["wall_time_s"] / max(1, method.num_iterations),
+        "final_loss": metrics["final_scalars"].get("loss"),
+    }
 
 
 def main(argv=None):
@@ -102,23 +117,49 @@ def main(argv=None):
     p.add_argument("--eval-epochs", type=int, default=None)
     p.add_argument("--experts", type=int, default=5, help="MTT: number of expert trajectories")
     p.add_argument("--expert-epochs", type=int, default=15, help="MTT: epochs per expert")
-    p.add_argument("--expert-lr", type=float, default=None,
-                   help="MTT: expert SGD lr (default 0.05 on digits, where 0.01 barely trains; else 0.01)")
+    p.add_argument(
+        "--expert-lr",
+        type=float,
+        default=None,
+        help="MTT: expert SGD lr (default 0.05 on digits, where 0.01 barely trains; else 0.01)",
+    )
     p.add_argument("--expert-batch", type=int, default=None, help="MTT: expert batch (default 64 on digits, else 256)")
-    p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                   help="override a method's Config field, e.g. dc.iterations=50 (repeatable)")
-    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "pydistill-accuracy-runs"),
-                   help="where each run keeps its outputs (outside the repository by default)")
-    p.add_argument("--model-kwargs", default=None, metavar="JSON",
-                   help="ConvNet keyword arguments for every method, the experts and the random baseline, e.g. "
-                        "'{\"width\": 32}' for a CPU budget on MNIST (default: models.default_model_kwargs)")
-    p.add_argument("--skip-random", action="store_true",
-                   help="no random-subset rows (when another run of the same table already has them)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="override a method's Config field, e.g. dc.iterations=50 (repeatable)",
+    )
+    p.add_argument(
+        "--work",
+        default=os.path.join(tempfile.gettempdir(), "pydistill-accuracy-runs"),
+        help="where each run keeps its outputs (outside the repository by default)",
+    )
+    p.add_argument(
+        "--model-kwargs",
+        default=None,
+        metavar="JSON",
+        help="ConvNet keyword arguments for every method, the experts and the random baseline, e.g. "
+        "'{\"width\": 32}' for a CPU budget on MNIST (default: models.default_model_kwargs)",
+    )
+    p.add_argument(
+        "--skip-random",
+        action="store_true",
+        help="no random-subset rows (when another run of the same table already has them)",
+    )
     p.add_argument("--tag", default="", help="suffix of the results file name (e.g. ipc10 for a split run)")
-    p.add_argument("--protocols", default="paper,uniform",
-                   help="evaluation protocols of pydistill.evaluate, each set is evaluated under each (comma list)")
-    p.add_argument("--mtt-eval-every", type=int, default=0,
-                   help="MTT: evaluate every N iterations and report the best set (its paper's statistic; 0: final)")
+    p.add_argument(
+        "--protocols",
+        default="paper,uniform",
+        help="evaluation protocols of pydistill.evaluate, each set is evaluated under each (comma list)",
+    )
+    p.add_argument(
+        "--mtt-eval-every",
+        type=int,
+        default=0,
+        help="MTT: evaluate every N iterations and report the best set (its paper's statistic; 0: final)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy CPU)")
     args = p.parse_args(argv)
@@ -149,33 +190,55 @@ def main(argv=None):
         date = datetime.date.today().isoformat()
         stem = os.path.join(RESULTS, f"accuracy-{ds.name}-{args.device}-{date}" + (f"-{args.tag}" if args.tag else ""))
         os.makedirs(RESULTS, exist_ok=True)
-        env = {"date": date, "torch": torch.__version__, "device": args.device, "dataset": ds.name,
-               "num_eval": args.num_eval, "eval_epochs": eval_epochs, "seed": args.seed,
-               "mtt_experts": args.experts if "mtt" in methods else None, "model_kwargs": net_kwargs,
-               "overrides": overrides, "protocols": protocols, "mtt_eval_every": args.mtt_eval_every}
+        env = {
+            "date": date,
+            "torch": torch.__version__,
+            "device": args.device,
+            "dataset": ds.name,
+            "num_eval": args.num_eval,
+            "eval_epochs": eval_epochs,
+            "seed": args.seed,
+            "mtt_experts": args.experts if "mtt" in methods else None,
+            "model_kwargs": net_kwargs,
+            "overrides": overrides,
+            "protocols": protocols,
+            "mtt_eval_every": args.mtt_eval_every,
+        }
         with open(stem + ".json", "w") as f:
             json.dump({"environment": env, "rows": rows}, f, indent=1)
-        lines = [f"# Accuracy on {ds.name} ({args.device}, {date})", "",
-                 "Environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), "",
-                 "| method | IPC | protocol | eval (aug, epochs) | eval model | test acc % (mean +- std) | published % "
-                 "| iterations | s/iter | published budget |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
+        lines = [
+            f"# Accuracy on {ds.name} ({args.device}, {date})",
+            "",
+            "Environment: " + ", ".join(f"{k}={v}" for k, v in env.items()),
+            "",
+            "| method | IPC | protocol | eval (aug, epochs) | eval model | test acc % (mean +- std) | published % "
+            "| iterations | s/iter | published budget |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
             pub = "-" if r["published"] is None else f"{r['published']:.1f}"
             its = r.get("iterations", "-")
             spi = f"{r['distill_s_per_iter']:.3f}" if r.get("distill_s_per_iter") is not None else "-"
             aug = r.get("strategy") or r.get("augmentation") or "-"
             ev = f"{aug}, {r['epochs']}" if r.get("epochs") else aug
-            lines.append(f"| {r['method']} | {r['ipc']} | {r.get('protocol')} | {ev} | {r['model']} | "
-                         f"{r['acc_mean']:.2f} +- {r['acc_std']:.2f} ({r['num_eval']} nets) | {pub} | {its} | {spi} | "
-                         f"{r.get('published_budget') or '-'} |")
-        lines += ["", "random (vs dc / vs dsa): a random real subset (a new draw per network) trained under the paper "
-                      "protocol of DC, resp. of DSA/DM/MTT; under uniform, DSA for every set. "
-                      "dd-random: DD's own baseline, random real images trained with DD's schedule (same network, "
-                      "initialisation and number of steps; best constant lr of a grid, picked on the test set)."]
+            lines.append(
+                f"| {r['method']} | {r['ipc']} | {r.get('protocol')} | {ev} | {r['model']} | "
+                f"{r['acc_mean']:.2f} +- {r['acc_std']:.2f} ({r['num_eval']} nets) | {pub} | {its} | {spi} | "
+                f"{r.get('published_budget') or '-'} |"
+            )
+        lines += [
+            "",
+            "random (vs dc / vs dsa): a random real subset (a new draw per network) trained under the paper "
+            "protocol of DC, resp. of DSA/DM/MTT; under uniform, DSA for every set. "
+            "dd-random: DD's own baseline, random real images trained with DD's schedule (same network, "
+            "initialisation and number of steps; best constant lr of a grid, picked on the test set).",
+        ]
         if ds.name not in PUBLISHED:
-            lines += ["", f"No published numbers exist for {ds.name}; for scale, MNIST (ConvNet): random 64.9/95.1, "
-                          "DC 91.7/97.4, DSA 88.7/97.8 at IPC 1/10; DD fixed init 93.8 (10 images)."]
+            lines += [
+                "",
+                f"No published numbers exist for {ds.name}; for scale, MNIST (ConvNet): random 64.9/95.1, "
+                "DC 91.7/97.4, DSA 88.7/97.8 at IPC 1/10; DD fixed init 93.8 (10 images).",
+            ]
         if partial:
             lines += ["", "(partial: the run is still going or was stopped; rerun the same command to continue)"]
         with open(stem + ".md", "w") as f:
@@ -183,17 +246,31 @@ def main(argv=None):
         return stem, lines
 
     def record(method, ipc, res, seconds, extra=None):
-        (model, r), = res.items() if len(res) == 1 else [next(iter(res.items()))]
+        ((model, r),) = res.items() if len(res) == 1 else [next(iter(res.items()))]
         key = method.split(" ")[0].replace("dd-random", "dd")
-        row = {"method": method, "ipc": ipc, "model": model, "acc_mean": 100 * r["mean"], "acc_std": 100 * r["std"],
-               "num_eval": len(r["accs"]), "published": PUBLISHED.get(ds.name, {}).get(method.split(" ")[0], {}).get(ipc),
-               "seconds": seconds, "protocol": r.get("protocol"), "augmentation": r.get("augmentation"),
-               "strategy": r.get("strategy"), "epochs": r.get("epochs"),
-               "published_budget": PUBLISHED_BUDGET.get(key), **(extra or {})}
+        row = {
+            "method": method,
+            "ipc": ipc,
+            "model": model,
+            "acc_mean": 100 * r["mean"],
+            "acc_std": 100 * r["std"],
+            "num_eval": len(r["accs"]),
+            "published": PUBLISHED.get(ds.name, {}).get(method.split(" ")[0], {}).get(ipc),
+            "seconds": seconds,
+            "protocol": r.get("protocol"),
+            "augmentation": r.get("augmentation"),
+            "strategy": r.get("strategy"),
+            "epochs": r.get("epochs"),
+            "published_budget": PUBLISHED_BUDGET.get(key),
+            **(extra or {}),
+        }
         rows.append(row)
         write(rows, partial=True)  # a killed run keeps the rows it finished (reruns resume the distillations)
-        print(f"{method:7s} ipc {ipc:3d} [{row['protocol']}]: {row['acc_mean']:.2f} +- {row['acc_std']:.2f}  "
-              f"({seconds:.0f}s)", flush=True)
+        print(
+            f"{method:7s} ipc {ipc:3d} [{row['protocol']}]: {row['acc_mean']:.2f} +- {row['acc_std']:.2f}  "
+            f"({seconds:.0f}s)",
+            flush=True,
+        )
 
     if "mtt" in methods:
         from pydistill.methods.mtt import train_experts
@@ -201,10 +278,19 @@ def main(argv=None):
         t0 = time.time()
         mcfg = _config("mtt", ds, ipcs[0], overrides, buffers)[1]
         small = ds.name == "digits"
-        train_experts(ds, buffers, num_experts=args.experts, epochs=args.expert_epochs,
-                      lr=args.expert_lr or (0.05 if small else 0.01),
-                      batch_size=args.expert_batch or (64 if small else 256), dsa=mcfg.dsa, model=mcfg.model or "ConvNet",
-                      model_kwargs=mcfg.model_kwargs, device=args.device, seed=args.seed)
+        train_experts(
+            ds,
+            buffers,
+            num_experts=args.experts,
+            epochs=args.expert_epochs,
+            lr=args.expert_lr or (0.05 if small else 0.01),
+            batch_size=args.expert_batch or (64 if small else 256),
+            dsa=mcfg.dsa,
+            model=mcfg.model or "ConvNet",
+            model_kwargs=mcfg.model_kwargs,
+            device=args.device,
+            seed=args.seed,
+        )
         print(f"experts ready in {buffers} ({time.time() - t0:.0f}s)", flush=True)
 
     for ipc in ipcs:
@@ -212,11 +298,22 @@ def main(argv=None):
         t0 = time.time()
         if not args.skip_random:  # under "paper": once per compared protocol (DC's, and DSA/DM/MTT's)
             for protocol in protocols:
-                for compared in (("dc", "dsa") if protocol == "paper" else (None,)):
+                for compared in ("dc", "dsa") if protocol == "paper" else (None,):
                     t0 = time.time()
-                    res = evaluate_baseline(ds, "random", ipc, models=("ConvNet",), num_eval=args.num_eval,
-                                            epochs=eval_epochs, device=args.device, seed=args.seed, progress=False,
-                                            model_kwargs=net_kwargs, protocol=protocol, compared_with=compared)
+                    res = evaluate_baseline(
+                        ds,
+                        "random",
+                        ipc,
+                        models=("ConvNet",),
+                        num_eval=args.num_eval,
+                        epochs=eval_epochs,
+                        device=args.device,
+                        seed=args.seed,
+                        progress=False,
+                        model_kwargs=net_kwargs,
+                        protocol=protocol,
+                        compared_with=compared,
+                    )
                     record("random" + (f" (vs {compared})" if compared else ""), ipc, res, time.time() - t0)
         for name in methods:
             cls, cfg = _config(name, ds, ipc, overrides, buffers)
@@ -224,11 +321,20 @@ def main(argv=None):
             t0 = time.time()
             out = os.path.join(work, f"{name}-ipc{ipc}")
             every = args.mtt_eval_every if name == "mtt" else 0
-            metrics = run_distillation(method, out, checkpoint_every=max(1, method.num_iterations // 4),
-                                       eval_every=every or None, progress=False, final_eval=bool(every),
-                                       eval_kwargs={"num_eval": args.num_eval, "epochs": eval_epochs,
-                                                    "models": (_eval_model(cfg, name, buffers)[0],),
-                                                    "model_kwargs": _eval_model(cfg, name, buffers)[1]})
+            metrics = run_distillation(
+                method,
+                out,
+                checkpoint_every=max(1, method.num_iterations // 4),
+                eval_every=every or None,
+                progress=False,
+                final_eval=bool(every),
+                eval_kwargs={
+                    "num_eval": args.num_eval,
+                    "epochs": eval_epochs,
+                    "models": (_eval_model(cfg, name, buffers)[0],),
+                    "model_kwargs": _eval_model(cfg, name, buffers)[1],
+                },
+            )
             t_distill = time.time() - t0
             syn = method.synthetic_set()
             if syn.meta.get("train_schedule") == TRAIN_SCHEDULE:
@@ -248,8 +354,18 @@ def main(argv=None):
                 syn = SyntheticSet.load(os.path.join(out, "synthetic_best.safetensors"), device=args.device)
             model, kw = _eval_model(cfg, name, buffers)
             for protocol in protocols:
-                res = evaluate(syn, ds, models=(model,), model_kwargs=kw, num_eval=args.num_eval, epochs=eval_epochs,
-                               device=args.device, seed=args.seed, progress=False, protocol=protocol)
+                res = evaluate(
+                    syn,
+                    ds,
+                    models=(model,),
+                    model_kwargs=kw,
+                    num_eval=args.num_eval,
+                    epochs=eval_epochs,
+                    device=args.device,
+                    seed=args.seed,
+                    progress=False,
+                    protocol=protocol,
+                )
                 extra = _run_extra(method, metrics)
                 if best is not None:
                     extra["best_iteration"] = best["iteration"]

@@ -12,6 +12,7 @@ Rows:
 
     python benchmarks/experiments/bench_methods.py --device cpu --quick
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,13 +71,14 @@ def _dc_case(device, quick, dsa):
     def outer_step(match_fn, aug_fn):
         opt.zero_grad(set_to_none=True)
         for c in range(K):
-            xr, xs = real[c], images[c * ipc:(c + 1) * ipc]
+            xr, xs = real[c], images[c * ipc : (c + 1) * ipc]
             if dsa:
                 xr, xs = aug_fn(xr, xs)
             yr = torch.full((xr.shape[0],), c, device=device, dtype=torch.long)
             gr = [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(xr), yr), params)]
-            gs = torch.autograd.grad(F.cross_entropy(net(xs), labels[c * ipc:(c + 1) * ipc]), params,
-                                     create_graph=True)
+            gs = torch.autograd.grad(
+                F.cross_entropy(net(xs), labels[c * ipc : (c + 1) * ipc]), params, create_graph=True
+            )
             match_fn(list(gs), gr).backward()
         opt.step()
 
@@ -91,10 +93,19 @@ def _dc_case(device, quick, dsa):
     op = "dsa_outer" if dsa else "dc_outer"
     case = f"{'cifar-like' if not quick else 'digits-like'} ipc{ipc} w{width}"
     return [
-        measure(op, case, "baseline", lambda: outer_step(_match_loss_per_layer, aug_seq), device,
-                warmup=1, iters=3, min_time_s=0.0),
-        measure(op, case, "pydistill", lambda: outer_step(match_loss, aug_fused), device,
-                warmup=1, iters=3, min_time_s=0.0),
+        measure(
+            op,
+            case,
+            "baseline",
+            lambda: outer_step(_match_loss_per_layer, aug_seq),
+            device,
+            warmup=1,
+            iters=3,
+            min_time_s=0.0,
+        ),
+        measure(
+            op, case, "pydistill", lambda: outer_step(match_loss, aug_fused), device, warmup=1, iters=3, min_time_s=0.0
+        ),
     ]
 
 
@@ -120,11 +131,22 @@ def _mtt_setup(device, quick, steps=None):
     strategy = "color_crop_cutout_flip_scale_rotate"
     gen = torch.Generator(device=device).manual_seed(0)
     idx = [torch.arange(K * ipc, device=device) for _ in range(steps)]
-    aug = [diff_augment(images.detach(), strategy, per_sample=True, generator=gen, return_params=True)[1]
-           for _ in range(steps)]
-    return dict(net=net, start=start, target=target, images=images, labels=labels, log_lr=log_lr,
-                strategy=strategy, idx=idx, aug=aug, case=f"{'digits-like' if quick else 'cifar-like'} ipc{ipc} "
-                                                           f"N{steps} w{width}")
+    aug = [
+        diff_augment(images.detach(), strategy, per_sample=True, generator=gen, return_params=True)[1]
+        for _ in range(steps)
+    ]
+    return dict(
+        net=net,
+        start=start,
+        target=target,
+        images=images,
+        labels=labels,
+        log_lr=log_lr,
+        strategy=strategy,
+        idx=idx,
+        aug=aug,
+        case=f"{'digits-like' if quick else 'cifar-like'} ipc{ipc} N{steps} w{width}",
+    )
 
 
 def _mtt_iteration(s, impl):
@@ -142,8 +164,17 @@ def _mtt_iteration(s, impl):
             w = w - lr * torch.autograd.grad(loss, w, create_graph=True)[0]
         loss = _trajectory_loss_cat(w, s["start"], s["target"])
     else:
-        w = unroll_student(s["net"], s["images"], s["labels"], lr, s["start"], s["idx"], strategy=s["strategy"],
-                           aug_params=s["aug"], unroll="recompute" if impl == "pydistill-recompute" else "plain")
+        w = unroll_student(
+            s["net"],
+            s["images"],
+            s["labels"],
+            lr,
+            s["start"],
+            s["idx"],
+            strategy=s["strategy"],
+            aug_params=s["aug"],
+            unroll="recompute" if impl == "pydistill-recompute" else "plain",
+        )
         loss = trajectory_loss(w, s["start"], s["target"])
     s["images"].grad = None
     s["log_lr"].grad = None
@@ -179,7 +210,7 @@ def cpu_peak_extra_mb(fn) -> float | None:
 
 def _mtt_rows(device, quick):
     rows = []
-    for steps in ((10, 40) if quick else (30, 80)):  # activation memory grows with N for all but recompute
+    for steps in (10, 40) if quick else (30, 80):  # activation memory grows with N for all but recompute
         rows += _mtt_case(device, quick, steps)
     return rows
 
@@ -188,12 +219,15 @@ def _mtt_case(device, quick, steps):
     s = _mtt_setup(device, quick, steps)
     impls = ("baseline", "pydistill", "pydistill-recompute")
     # CPU peak memory first, each in a child forked before any iteration ran (no allocator caches inherited)
-    cpu_peak = {impl: cpu_peak_extra_mb(lambda: _mtt_iteration(s, impl)) if not str(device).startswith("cuda")
-                else None for impl in impls}
+    cpu_peak = {
+        impl: cpu_peak_extra_mb(lambda: _mtt_iteration(s, impl)) if not str(device).startswith("cuda") else None
+        for impl in impls
+    }
     rows = []
     for impl in impls:
-        row = measure("mtt_iter", s["case"], impl, lambda: _mtt_iteration(s, impl), device, warmup=1, iters=3,
-                      min_time_s=0.0)
+        row = measure(
+            "mtt_iter", s["case"], impl, lambda: _mtt_iteration(s, impl), device, warmup=1, iters=3, min_time_s=0.0
+        )
         if row["peak_mb"] is None:
             row["peak_mb"] = cpu_peak[impl]
         rows.append(row)

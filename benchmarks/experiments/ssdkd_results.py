@@ -25,6 +25,7 @@ two ways, and the ratio baseline / SSD-KD (the paper claims 2-10x):
 Writes ``benchmarks/results/ssdkd-<dataset>-<device>-<date>[-<tag>].{md,json,png}`` (the PNG: student test
 accuracy vs synthesized images, log-x, when matplotlib is installed and there are curves).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,10 @@ VARIANTS = {
     "baseline": ("baseline (use_phi=False, use_priority=False)", dict(use_phi=False, use_priority=False)),
     "phi_only": ("phi only (use_priority=False)", dict(use_priority=False)),
     "priority_only": ("priority only (use_phi=False)", dict(use_phi=False)),
-    "beta0_mean": ("SSD-KD, our earlier replay weights (beta 0, weight_norm=mean)",
-                   dict(beta=0.0, beta_final=0.0, weight_norm="mean")),
+    "beta0_mean": (
+        "SSD-KD, our earlier replay weights (beta 0, weight_norm=mean)",
+        dict(beta=0.0, beta_final=0.0, weight_norm="mean"),
+    ),
 }
 
 
@@ -82,17 +85,18 @@ def kd_on_real(ds, cfg: Config, n_real: int, steps: int, seed: int, device) -> t
     idx = torch.randperm(ds.x_train.shape[0], generator=g)[:n_real].to(device)
     x = ds.x_train[idx]
     aug = default_augment_args(ds)
-    student = seeded_network(cfg.student, ds.channel, ds.num_classes, _im_size(ds), seed + 1, device=device,
-                             **dict(cfg.student_kwargs))
-    opt = torch.optim.SGD(student.parameters(), lr=cfg.lr_student, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
+    student = seeded_network(
+        cfg.student, ds.channel, ds.num_classes, _im_size(ds), seed + 1, device=device, **dict(cfg.student_kwargs)
+    )
+    opt = torch.optim.SGD(student.parameters(), lr=cfg.lr_student, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     student.train()
     n_rounds = max(1, steps // cfg.kd_steps)
     for s in range(steps):
         j = min(s // cfg.kd_steps, n_rounds - 1)
         for grp in opt.param_groups:
             grp["lr"] = cfg.lr_student_min + 0.5 * (cfg.lr_student - cfg.lr_student_min) * (
-                1 + math.cos(math.pi * j / n_rounds))
+                1 + math.cos(math.pi * j / n_rounds)
+            )
         b = torch.randint(0, n_real, (cfg.batch_size,), generator=g).to(device)
         xb = augment(x[b], g, **aug) if cfg.augment else x[b]
         with torch.no_grad():
@@ -118,8 +122,15 @@ def run_variant(ds, cfg: Config, seed: int, device) -> dict:
     acc = m.student_accuracy()
     if not curve or curve[-1][0] != m.synthesized:
         curve.append((m.synthesized, acc))
-    return dict(accuracy=acc, synthesized=m.synthesized, student_steps=m.student_steps, wall_s=wall, cpu_s=cpu,
-                curve=curve, teacher_accuracy=m.teacher_accuracy())
+    return dict(
+        accuracy=acc,
+        synthesized=m.synthesized,
+        student_steps=m.student_steps,
+        wall_s=wall,
+        cpu_s=cpu,
+        curve=curve,
+        teacher_accuracy=m.teacher_accuracy(),
+    )
 
 
 def _variant_job(job) -> dict:
@@ -169,8 +180,15 @@ def ratio_of(base, ours):
         return None, "?"
     if kb == "<=" and ko == "<=":
         return None, "?"
-    table = {("=", "="): "=", ("=", "<="): ">=", ("=", ">"): "<", (">", "="): ">", (">", "<="): ">",
-             ("<=", "="): "<=", ("<=", ">"): "<"}
+    table = {
+        ("=", "="): "=",
+        ("=", "<="): ">=",
+        ("=", ">"): "<",
+        (">", "="): ">",
+        (">", "<="): ">",
+        ("<=", "="): "<=",
+        ("<=", ">"): "<",
+    }
     return b / o, table[(kb, ko)]
 
 
@@ -230,15 +248,20 @@ def _run_all(jobs, args, ds, dev, teacher_digest):
             with open(path + ".tmp", "w") as f:
                 json.dump(res, f)
             os.replace(path + ".tmp", path)
-        print(f"[run] {key}: acc {res['accuracy']:.4f}, {res['synthesized']} images, cpu {res['cpu_s']:.0f}s, "
-              f"wall {res['wall_s']:.0f}s", flush=True)
+        print(
+            f"[run] {key}: acc {res['accuracy']:.4f}, {res['synthesized']} images, cpu {res['cpu_s']:.0f}s, "
+            f"wall {res['wall_s']:.0f}s",
+            flush=True,
+        )
 
     if args.jobs > 1 and len(todo) > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(args.jobs) as pool:
-            futs = {pool.submit(_variant_job, (args.dataset, args.device, cfg, seed)): (key, path)
-                    for key, cfg, seed, path in todo}
+            futs = {
+                pool.submit(_variant_job, (args.dataset, args.device, cfg, seed)): (key, path)
+                for key, cfg, seed, path in todo
+            }
             for fut in as_completed(futs):
                 done(*futs[fut], fut.result())
     else:
@@ -275,9 +298,15 @@ def _plot(path, long_res, variants, mults, seeds_by_mult, ref_acc, title) -> str
             ax1.scatter([xs[-1]] * len(accs), accs, color=c, s=12, alpha=0.6)
             for si, r in enumerate(runs):
                 n, a = zip(*r["curve"])
-                ax2.plot(n, a, color=c, lw=0.8, alpha=0.35 + 0.65 * (mults.index(m) + 1) / len(mults),
-                         ls=["-", "--", ":", "-."][si % 4],
-                         label=f"{label}" if (m == mults[-1] and si == 0) else None)
+                ax2.plot(
+                    n,
+                    a,
+                    color=c,
+                    lw=0.8,
+                    alpha=0.35 + 0.65 * (mults.index(m) + 1) / len(mults),
+                    ls=["-", "--", ":", "-."][si % 4],
+                    label=f"{label}" if (m == mults[-1] and si == 0) else None,
+                )
         ax1.plot(xs, mean, "-o", color=c, label=label)
         ax1.fill_between(xs, lo, hi, color=c, alpha=0.15)
     for ax in (ax1, ax2):
@@ -313,22 +342,41 @@ def main(argv=None) -> str:
     ap.add_argument("--work", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "pydistill_ssdkd_bench"))
     ap.add_argument("--set", action="append", default=[], help="Config override key=value (repeatable)")
     ap.add_argument("--jobs", type=int, default=1, help="SSD-KD runs in parallel processes (CPU; 1 thread each)")
-    ap.add_argument("--variants", default=",".join(VARIANTS),
-                    help=f"comma-separated variants of the main table (of {', '.join(VARIANTS)})")
-    ap.add_argument("--targets", default="0.5,0.6,0.7",
-                    help="comma-separated test accuracies (fractions) for the images-to-accuracy columns")
-    ap.add_argument("--long-multipliers", default="",
-                    help="comma-separated ints > 1: also run --long-variants for that many times the rounds")
+    ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated variants of the main table (of {', '.join(VARIANTS)})",
+    )
+    ap.add_argument(
+        "--targets",
+        default="0.5,0.6,0.7",
+        help="comma-separated test accuracies (fractions) for the images-to-accuracy columns",
+    )
+    ap.add_argument(
+        "--long-multipliers",
+        default="",
+        help="comma-separated ints > 1: also run --long-variants for that many times the rounds",
+    )
     ap.add_argument("--long-variants", default="ssdkd,baseline", help="variants run at the longer budgets")
-    ap.add_argument("--scale", default="rounds", choices=("rounds", "batch"),
-                    help="larger budgets by more rounds (more student steps too) or by a larger synthesis batch "
-                         "(same rounds and student steps)")
+    ap.add_argument(
+        "--scale",
+        default="rounds",
+        choices=("rounds", "batch"),
+        help="larger budgets by more rounds (more student steps too) or by a larger synthesis batch "
+        "(same rounds and student steps)",
+    )
     ap.add_argument("--long-seeds", type=int, default=None, help="seeds of the longer runs (default --seeds)")
-    ap.add_argument("--long-targets", default="0.7,0.75,0.8",
-                    help="target accuracies of the sample-efficiency table (SSD-KD's 1x accuracy is added)")
-    ap.add_argument("--cache", action="store_true",
-                    help="reuse / store each run's result in --work/runs (keyed by dataset, config, seed and "
-                         "teacher file, not by code version)")
+    ap.add_argument(
+        "--long-targets",
+        default="0.7,0.75,0.8",
+        help="target accuracies of the sample-efficiency table (SSD-KD's 1x accuracy is added)",
+    )
+    ap.add_argument(
+        "--cache",
+        action="store_true",
+        help="reuse / store each run's result in --work/runs (keyed by dataset, config, seed and "
+        "teacher file, not by code version)",
+    )
     ap.add_argument("--tag", default="", help="suffix of the result file names")
     ap.add_argument("--skip-real", action="store_true", help="leave out the KD-on-random-real-images rows")
     ap.add_argument("--teacher-arch", default=None, help="teacher architecture (default: the dataset's preset)")
@@ -356,8 +404,10 @@ def main(argv=None) -> str:
         if long_seeds < 1:
             ap.error(f"--long-seeds must be >= 1, got {long_seeds}")
         if "ssdkd" not in variants or "ssdkd" not in long_variants:
-            ap.error("--long-multipliers needs 'ssdkd' in --variants and --long-variants (its 1x accuracy is the "
-                     "reference target)")
+            ap.error(
+                "--long-multipliers needs 'ssdkd' in --variants and --long-variants (its 1x accuracy is the "
+                "reference target)"
+            )
         variants += [v for v in long_variants if v not in variants]
     if args.tag and not all(ch.isalnum() or ch in "-_." for ch in args.tag):
         ap.error(f"--tag must be letters, digits, '-', '_' or '.', got {args.tag!r}")
@@ -410,25 +460,51 @@ def main(argv=None) -> str:
         runs = [res[(v, 1, s)] for s in seeds]
         synthesized = runs[0]["synthesized"]
         accs = [r["accuracy"] for r in runs]
-        rows.append(dict(variant=name, key=v, acc_mean=statistics.mean(accs), acc_std=statistics.pstdev(accs),
-                         accs=accs, synthesized=synthesized, student_steps=runs[0]["student_steps"],
-                         wall_s=statistics.mean(r["wall_s"] for r in runs),
-                         cpu_s=statistics.mean(r["cpu_s"] for r in runs)))
+        rows.append(
+            dict(
+                variant=name,
+                key=v,
+                acc_mean=statistics.mean(accs),
+                acc_std=statistics.pstdev(accs),
+                accs=accs,
+                synthesized=synthesized,
+                student_steps=runs[0]["student_steps"],
+                wall_s=statistics.mean(r["wall_s"] for r in runs),
+                cpu_s=statistics.mean(r["cpu_s"] for r in runs),
+            )
+        )
         curves[name] = [r["curve"] for r in runs]
-        print(f"{name}: acc {rows[-1]['acc_mean']:.4f} +- {rows[-1]['acc_std']:.4f} "
-              f"({synthesized} synthesized, {rows[-1]['wall_s']:.1f}s)", flush=True)
+        print(
+            f"{name}: acc {rows[-1]['acc_mean']:.4f} +- {rows[-1]['acc_std']:.4f} "
+            f"({synthesized} synthesized, {rows[-1]['wall_s']:.1f}s)",
+            flush=True,
+        )
 
     steps = (base_cfg.rounds - base_cfg.warmup) * base_cfg.kd_steps
     buf = base_cfg.buffer_size or math.ceil(base_cfg.buffer_fraction * ds.x_train.shape[0])
-    real_rows = () if args.skip_real else (
-        ("KD on random real images, n = buffer size", buf),
-        ("KD on random real images, n = synthesized count", min(synthesized, ds.x_train.shape[0])))
+    real_rows = (
+        ()
+        if args.skip_real
+        else (
+            ("KD on random real images, n = buffer size", buf),
+            ("KD on random real images, n = synthesized count", min(synthesized, ds.x_train.shape[0])),
+        )
+    )
     for label, n in real_rows:
         kres = [kd_on_real(ds, base_cfg, n, steps, s, dev) for s in seeds]
         accs = [r[0] for r in kres]
-        rows.append(dict(variant=f"{label} ({n})", acc_mean=statistics.mean(accs), acc_std=statistics.pstdev(accs),
-                         accs=accs, synthesized=0, real_images=n, student_steps=steps,
-                         wall_s=statistics.mean(r[1] for r in kres)))
+        rows.append(
+            dict(
+                variant=f"{label} ({n})",
+                acc_mean=statistics.mean(accs),
+                acc_std=statistics.pstdev(accs),
+                accs=accs,
+                synthesized=0,
+                real_images=n,
+                student_steps=steps,
+                wall_s=statistics.mean(r[1] for r in kres),
+            )
+        )
         print(f"{rows[-1]['variant']}: acc {rows[-1]['acc_mean']:.4f}", flush=True)
 
     teacher_acc = tmeta["test_accuracy"]
@@ -446,113 +522,203 @@ def main(argv=None) -> str:
     if mults:
         all_mults = [1] + mults
         seeds_by_mult = {1: seeds, **{m: lseeds for m in mults}}
-        long = dict(multipliers=all_mults, scale=args.scale, seeds=lseeds, targets=long_targets,
-                    reference_accuracy=ref_acc, variants={})
+        long = dict(
+            multipliers=all_mults,
+            scale=args.scale,
+            seeds=lseeds,
+            targets=long_targets,
+            reference_accuracy=ref_acc,
+            variants={},
+        )
         for v in long_variants:
             budgets, finals = [], []
             for m in all_mults:
                 runs = [res[(v, m, s)] for s in seeds_by_mult[m]]
                 budgets.append(runs[0]["synthesized"])
-                finals.append(dict(mult=m, synthesized=runs[0]["synthesized"],
-                                   rounds=base_cfg.rounds * (m if args.scale == "rounds" else 1),
-                                   student_steps=runs[0]["student_steps"], accs=[r["accuracy"] for r in runs],
-                                   acc_mean=statistics.mean(r["accuracy"] for r in runs),
-                                   acc_std=statistics.pstdev(r["accuracy"] for r in runs),
-                                   cpu_s=statistics.mean(r["cpu_s"] for r in runs),
-                                   wall_s=statistics.mean(r["wall_s"] for r in runs)))
+                finals.append(
+                    dict(
+                        mult=m,
+                        synthesized=runs[0]["synthesized"],
+                        rounds=base_cfg.rounds * (m if args.scale == "rounds" else 1),
+                        student_steps=runs[0]["student_steps"],
+                        accs=[r["accuracy"] for r in runs],
+                        acc_mean=statistics.mean(r["accuracy"] for r in runs),
+                        acc_std=statistics.pstdev(r["accuracy"] for r in runs),
+                        cpu_s=statistics.mean(r["cpu_s"] for r in runs),
+                        wall_s=statistics.mean(r["wall_s"] for r in runs),
+                    )
+                )
             reach = {}
             for tgt in long_targets:
-                per_seed = [earliest_to_reach([res[(v, m, s)] for m in all_mults if s in seeds_by_mult[m]], tgt)
-                            for s in sorted(set(seeds) | set(lseeds))]
+                per_seed = [
+                    earliest_to_reach([res[(v, m, s)] for m in all_mults if s in seeds_by_mult[m]], tgt)
+                    for s in sorted(set(seeds) | set(lseeds))
+                ]
                 if all(x is not None for x in per_seed):
                     earliest = (statistics.mean(per_seed), "=")
                 else:  # a seed that never reached it needs more than the largest budget
                     earliest = (statistics.mean(x if x is not None else budgets[-1] for x in per_seed), ">")
-                reach[str(tgt)] = dict(earliest_per_seed=per_seed, earliest=earliest,
-                                       budget=budget_to_reach(budgets, [f["acc_mean"] for f in finals], tgt))
-            long["variants"][v] = dict(label=VARIANTS[v][0], budgets=budgets, finals=finals, reach=reach,
-                                       curves={str(m): [res[(v, m, s)]["curve"] for s in seeds_by_mult[m]]
-                                               for m in all_mults})
+                reach[str(tgt)] = dict(
+                    earliest_per_seed=per_seed,
+                    earliest=earliest,
+                    budget=budget_to_reach(budgets, [f["acc_mean"] for f in finals], tgt),
+                )
+            long["variants"][v] = dict(
+                label=VARIANTS[v][0],
+                budgets=budgets,
+                finals=finals,
+                reach=reach,
+                curves={str(m): [res[(v, m, s)]["curve"] for s in seeds_by_mult[m]] for m in all_mults},
+            )
         if "baseline" in long["variants"]:
             long["ratios_baseline_over_ssdkd"] = {
-                str(t): {how: ratio_of(long["variants"]["baseline"]["reach"][str(t)][how],
-                                       long["variants"]["ssdkd"]["reach"][str(t)][how])
-                         for how in ("earliest", "budget")} for t in long_targets}
+                str(t): {
+                    how: ratio_of(
+                        long["variants"]["baseline"]["reach"][str(t)][how],
+                        long["variants"]["ssdkd"]["reach"][str(t)][how],
+                    )
+                    for how in ("earliest", "budget")
+                }
+                for t in long_targets
+            }
 
-    env = dict(date=datetime.date.today().isoformat(), torch=torch.__version__, python=platform.python_version(),
-               device=str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(), threads=torch.get_num_threads())
+    env = dict(
+        date=datetime.date.today().isoformat(),
+        torch=torch.__version__,
+        python=platform.python_version(),
+        device=str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(),
+        threads=torch.get_num_threads(),
+    )
     os.makedirs(RESULTS, exist_ok=True)
-    stem = os.path.join(RESULTS, f"ssdkd-{args.dataset}-{dev.type}-{env['date']}" + (f"-{args.tag}" if args.tag
-                                                                                        else ""))
+    stem = os.path.join(
+        RESULTS, f"ssdkd-{args.dataset}-{dev.type}-{env['date']}" + (f"-{args.tag}" if args.tag else "")
+    )
     png = None
     if ref_acc is not None and args.eval_every:
         pv = long_variants if mults else variants
-        png = _plot(stem + ".png", res, pv, [1] + mults, {1: seeds, **{m: lseeds for m in mults}}, ref_acc,
-                    f"SSD-KD variants on {args.dataset}")
-    record = dict(environment=env, dataset=args.dataset, teacher=dict(model=arch, kwargs=kw, epochs=epochs,
-                  test_accuracy=teacher_acc, train_s=teacher_s), config=dataclasses.asdict(base_cfg), seeds=seeds,
-                  rows=rows, curves=curves, long=long, argv=sys.argv[1:] if argv is None else list(argv))
+        png = _plot(
+            stem + ".png",
+            res,
+            pv,
+            [1] + mults,
+            {1: seeds, **{m: lseeds for m in mults}},
+            ref_acc,
+            f"SSD-KD variants on {args.dataset}",
+        )
+    record = dict(
+        environment=env,
+        dataset=args.dataset,
+        teacher=dict(model=arch, kwargs=kw, epochs=epochs, test_accuracy=teacher_acc, train_s=teacher_s),
+        config=dataclasses.asdict(base_cfg),
+        seeds=seeds,
+        rows=rows,
+        curves=curves,
+        long=long,
+        argv=sys.argv[1:] if argv is None else list(argv),
+    )
     with open(stem + ".json", "w") as f:
         json.dump(record, f, indent=1, default=str)
-    lines = [f"# SSD-KD on {args.dataset} ({env['device']}, {env['date']})", "",
-             "Environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), "",
-             f"Teacher: {arch} {kw}, {epochs} epochs, test accuracy {teacher_acc:.4f}. "
-             f"Student: {base_cfg.student}. Rounds {base_cfg.rounds} x (g_steps {base_cfg.g_steps}, "
-             f"kd_steps {base_cfg.kd_steps}), warm-up {base_cfg.warmup} rounds, synthesis batch {base_cfg.synthesis_batch}, "
-             f"buffer {buf}, "
-             f"seeds {seeds}. Accuracy on the test set ({ds.x_test.shape[0]} images).", "",
-             "| variant | student acc (mean +- std) | synthesized images | student steps | wall s / run | "
-             + " | ".join(f"images to {t:.2%}".replace(".00%", "%") for t in targets) + " |",
-             "|---|---|---|---|---|" + "---|" * len(targets)]
+    lines = [
+        f"# SSD-KD on {args.dataset} ({env['device']}, {env['date']})",
+        "",
+        "Environment: " + ", ".join(f"{k}={v}" for k, v in env.items()),
+        "",
+        f"Teacher: {arch} {kw}, {epochs} epochs, test accuracy {teacher_acc:.4f}. "
+        f"Student: {base_cfg.student}. Rounds {base_cfg.rounds} x (g_steps {base_cfg.g_steps}, "
+        f"kd_steps {base_cfg.kd_steps}), warm-up {base_cfg.warmup} rounds, synthesis batch {base_cfg.synthesis_batch}, "
+        f"buffer {buf}, "
+        f"seeds {seeds}. Accuracy on the test set ({ds.x_test.shape[0]} images).",
+        "",
+        "| variant | student acc (mean +- std) | synthesized images | student steps | wall s / run | "
+        + " | ".join(f"images to {t:.2%}".replace(".00%", "%") for t in targets)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(targets),
+    ]
     fmt = lambda v: "-" if v is None else ("/".join("never" if x is None else str(x) for x in v))  # noqa: E731
     for r in rows:
         reach = [r.get(f"samples_to_{t}") for t in targets]
-        lines.append(f"| {r['variant']} | {r['acc_mean']:.4f} +- {r['acc_std']:.4f} | {r['synthesized']} | "
-                     f"{r['student_steps']} | {r['wall_s']:.1f} | " + " | ".join(fmt(x) for x in reach) + " |")
-    lines += ["", "Images-to-accuracy columns: synthesized images when the student (evaluated every "
-              f"{args.eval_every} rounds) first reaches that accuracy, one value per seed"
-              + (f"; {ref_acc:.2%} is SSD-KD's mean final accuracy." if ref_acc is not None else ".")]
+        lines.append(
+            f"| {r['variant']} | {r['acc_mean']:.4f} +- {r['acc_std']:.4f} | {r['synthesized']} | "
+            f"{r['student_steps']} | {r['wall_s']:.1f} | " + " | ".join(fmt(x) for x in reach) + " |"
+        )
+    lines += [
+        "",
+        "Images-to-accuracy columns: synthesized images when the student (evaluated every "
+        f"{args.eval_every} rounds) first reaches that accuracy, one value per seed"
+        + (f"; {ref_acc:.2%} is SSD-KD's mean final accuracy." if ref_acc is not None else "."),
+    ]
     if args.jobs > 1:
-        lines += ["", f"SSD-KD rows ran {args.jobs} at a time (1 thread each): their wall times are not comparable "
-                  "with the KD-on-real rows."]
+        lines += [
+            "",
+            f"SSD-KD rows ran {args.jobs} at a time (1 thread each): their wall times are not comparable "
+            "with the KD-on-real rows.",
+        ]
     if long is not None:
         lv = long["variants"]
         b0 = lv[long_variants[0]]["budgets"]
         what = "the rounds" if args.scale == "rounds" else "the synthesis batch, equal student steps"
-        how_scaled = ("rounds, synthesized images and student steps all scale with the multiplier, and the "
-                      "student's cosine learning rate spans the whole run." if args.scale == "rounds" else
-                      f"the synthesis batch ({base_cfg.synthesis_batch} x the multiplier) and so the synthesized "
-                      f"images scale with the multiplier; rounds ({base_cfg.rounds}), generator steps and student "
-                      f"steps ({(base_cfg.rounds - base_cfg.warmup) * base_cfg.kd_steps}) stay the same.")
-        lines += ["", f"## Larger budgets: sample efficiency ({', '.join(f'{m}x' for m in long['multipliers'])} "
-                  f"{what}, seeds {lseeds} beyond 1x)", "",
-                  "Final student test accuracy per budget (mean +- std; per seed). Each budget is its own run: "
-                  + how_scaled, "",
-                  "| variant | " + " | ".join(f"{n:,} images ({m}x)" for n, m in zip(b0, long["multipliers"]))
-                  + " |", "|---|" + "---|" * len(b0)]
+        how_scaled = (
+            "rounds, synthesized images and student steps all scale with the multiplier, and the "
+            "student's cosine learning rate spans the whole run."
+            if args.scale == "rounds"
+            else f"the synthesis batch ({base_cfg.synthesis_batch} x the multiplier) and so the synthesized "
+            f"images scale with the multiplier; rounds ({base_cfg.rounds}), generator steps and student "
+            f"steps ({(base_cfg.rounds - base_cfg.warmup) * base_cfg.kd_steps}) stay the same."
+        )
+        lines += [
+            "",
+            f"## Larger budgets: sample efficiency ({', '.join(f'{m}x' for m in long['multipliers'])} "
+            f"{what}, seeds {lseeds} beyond 1x)",
+            "",
+            "Final student test accuracy per budget (mean +- std; per seed). Each budget is its own run: " + how_scaled,
+            "",
+            "| variant | " + " | ".join(f"{n:,} images ({m}x)" for n, m in zip(b0, long["multipliers"])) + " |",
+            "|---|" + "---|" * len(b0),
+        ]
         for v in long_variants:
-            cells = [f"{f['acc_mean']:.4f} +- {f['acc_std']:.4f} ({'/'.join(f'{a:.3f}' for a in f['accs'])})"
-                     for f in lv[v]["finals"]]
+            cells = [
+                f"{f['acc_mean']:.4f} +- {f['acc_std']:.4f} ({'/'.join(f'{a:.3f}' for a in f['accs'])})"
+                for f in lv[v]["finals"]
+            ]
             lines.append(f"| {lv[v]['label']} | " + " | ".join(cells) + " |")
-        lines += ["", "CPU seconds per run (1 thread): " + "; ".join(
-            f"{v}: " + ", ".join(f"{f['cpu_s']:.0f}" for f in lv[v]["finals"]) for v in long_variants) + ".", ""]
+        lines += [
+            "",
+            "CPU seconds per run (1 thread): "
+            + "; ".join(f"{v}: " + ", ".join(f"{f['cpu_s']:.0f}" for f in lv[v]["finals"]) for v in long_variants)
+            + ".",
+            "",
+        ]
         tcols = [f"{t:.2%}".replace(".00%", "%") + (" (SSD-KD 1x)" if t == ref_acc else "") for t in long_targets]
-        lines += ["Synthesized images needed to reach each target. *earliest*: per seed, the first evaluation (every "
-                  f"{args.eval_every} rounds) of any run of that variant at or above the target (mean of seeds; "
-                  "`never` = not within the largest budget); *budget*: the smallest budget whose mean final "
-                  "accuracy reaches it, log-interpolated between budgets.", "",
-                  "| variant | measure | " + " | ".join(tcols) + " |", "|---|---|" + "---|" * len(tcols)]
+        lines += [
+            "Synthesized images needed to reach each target. *earliest*: per seed, the first evaluation (every "
+            f"{args.eval_every} rounds) of any run of that variant at or above the target (mean of seeds; "
+            "`never` = not within the largest budget); *budget*: the smallest budget whose mean final "
+            "accuracy reaches it, log-interpolated between budgets.",
+            "",
+            "| variant | measure | " + " | ".join(tcols) + " |",
+            "|---|---|" + "---|" * len(tcols),
+        ]
         for v in long_variants:
             rc = lv[v]["reach"]
-            lines.append(f"| {lv[v]['label']} | earliest (per seed) | " + " | ".join(
-                f"{_fmt_est(rc[str(t)]['earliest'])} ({fmt(rc[str(t)]['earliest_per_seed'])})"
-                for t in long_targets) + " |")
-            lines.append(f"| {lv[v]['label']} | budget | " + " | ".join(
-                _fmt_est(rc[str(t)]["budget"]) for t in long_targets) + " |")
+            lines.append(
+                f"| {lv[v]['label']} | earliest (per seed) | "
+                + " | ".join(
+                    f"{_fmt_est(rc[str(t)]['earliest'])} ({fmt(rc[str(t)]['earliest_per_seed'])})" for t in long_targets
+                )
+                + " |"
+            )
+            lines.append(
+                f"| {lv[v]['label']} | budget | "
+                + " | ".join(_fmt_est(rc[str(t)]["budget"]) for t in long_targets)
+                + " |"
+            )
         if "ratios_baseline_over_ssdkd" in long:
             rt = long["ratios_baseline_over_ssdkd"]
-            lines += ["", "| sample-efficiency ratio (baseline images / SSD-KD images) | " + " | ".join(tcols)
-                      + " |", "|---|" + "---|" * len(tcols)]
+            lines += [
+                "",
+                "| sample-efficiency ratio (baseline images / SSD-KD images) | " + " | ".join(tcols) + " |",
+                "|---|" + "---|" * len(tcols),
+            ]
             for how in ("earliest", "budget"):
                 lines.append(f"| {how} | " + " | ".join(_fmt_ratio(rt[str(t)][how]) for t in long_targets) + " |")
     if png:

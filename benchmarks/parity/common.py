@@ -3,6 +3,7 @@
 The official repositories are never copied into pydistill: each script takes the path of a checkout
 (``--official PATH`` or an environment variable) and imports its modules from there at run time.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -18,8 +19,11 @@ import torch
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 ENV_VARS = {"dc": "PYDISTILL_OFFICIAL_DC", "mtt": "PYDISTILL_OFFICIAL_MTT", "dd": "PYDISTILL_OFFICIAL_DD"}
-EXPECTED_FILES = {"dc": ("utils.py", "networks.py", "main.py"), "mtt": ("utils.py", "reparam_module.py", "distill.py"),
-                  "dd": ("train_distilled_image.py", "base_options.py", "networks")}
+EXPECTED_FILES = {
+    "dc": ("utils.py", "networks.py", "main.py"),
+    "mtt": ("utils.py", "reparam_module.py", "distill.py"),
+    "dd": ("train_distilled_image.py", "base_options.py", "networks"),
+}
 
 
 def official_path(kind: str, arg: str | None) -> Path:
@@ -53,9 +57,14 @@ def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 def environment() -> dict:
     import numpy
 
-    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "device": "cpu: " + (platform.processor() or platform.machine()), "threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": "cpu: " + (platform.processor() or platform.machine()),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+    }
 
 
 def write_result(name: str, record: dict, table_md: str) -> None:
@@ -64,9 +73,11 @@ def write_result(name: str, record: dict, table_md: str) -> None:
     record = {**record, "environment": environment()}
     (RESULTS / f"parity-{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     env = record["environment"]
-    head = (f"# Parity: {name}\n\n{env['date']}, {env['device']}, {env['threads']} thread(s), torch {env['torch']}, "
-            f"python {env['python']}. Official checkout: {record.get('official_commit', 'unknown')}.\n"
-            f"Regenerate: `{record.get('command', '')}`\n\n")
+    head = (
+        f"# Parity: {name}\n\n{env['date']}, {env['device']}, {env['threads']} thread(s), torch {env['torch']}, "
+        f"python {env['python']}. Official checkout: {record.get('official_commit', 'unknown')}.\n"
+        f"Regenerate: `{record.get('command', '')}`\n\n"
+    )
     (RESULTS / f"parity-{name}.md").write_text(head + table_md.rstrip() + "\n")
 
 
@@ -94,7 +105,7 @@ def interleaved_timing(sides: dict, reps: int, warmup: int = 1) -> dict:
             f(-1 - r)
     out = {name: {"wall_s": [], "cpu_s": []} for name in sides}
     for r in range(reps):
-        for name, f in (sides.items() if r % 2 == 0 else reversed(list(sides.items()))):
+        for name, f in sides.items() if r % 2 == 0 else reversed(list(sides.items())):
             with Timer() as t:
                 f(r)
             out[name]["wall_s"].append(t.s)
@@ -110,8 +121,10 @@ def timing_table(tm: dict, label: str) -> str:
     """Markdown rows of :func:`interleaved_timing` output (medians and the pydistill / official ratios)."""
     o, p = tm["official"], tm["pydistill"]
     n = len(o["wall_s"])
-    return ("| timing (" + label + f", median of {n} interleaved) | official | pydistill | ratio |\n|---|---|---|---|\n"
-            f"| wall s | {o['median_wall_s']:.2f} | {p['median_wall_s']:.2f} | "
-            f"{p['median_wall_s'] / o['median_wall_s']:.3f} |\n"
-            f"| process CPU s | {o['median_cpu_s']:.2f} | {p['median_cpu_s']:.2f} | "
-            f"{p['median_cpu_s'] / o['median_cpu_s']:.3f} |\n")
+    return (
+        "| timing (" + label + f", median of {n} interleaved) | official | pydistill | ratio |\n|---|---|---|---|\n"
+        f"| wall s | {o['median_wall_s']:.2f} | {p['median_wall_s']:.2f} | "
+        f"{p['median_wall_s'] / o['median_wall_s']:.3f} |\n"
+        f"| process CPU s | {o['median_cpu_s']:.2f} | {p['median_cpu_s']:.2f} | "
+        f"{p['median_cpu_s'] / o['median_cpu_s']:.3f} |\n"
+    )

@@ -9,6 +9,7 @@ iteration of each is timed unpatched, interleaved, one thread.
 
     python benchmarks/parity/dm_step.py --official /path/to/DatasetCondensation [--dataset mnist --ipc 10]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,12 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import dsa_params  # noqa: E402
 import numpy as np
 import torch
-
-import dsa_params  # noqa: E402
-from common import (git_commit, import_official, interleaved_timing, max_abs, official_path,  # noqa: E402
-                    timing_table, write_result)
+from common import git_commit, import_official, interleaved_timing, max_abs, official_path, timing_table, write_result  # noqa: E402
 from dc_step import official_args  # noqa: E402
 
 
@@ -40,7 +39,7 @@ def official_dm_iteration(utils, net, image_syn, real_batch, args, *, ipc, num_c
     loss = torch.tensor(0.0, dtype=image_syn.dtype)
     for c in range(num_classes):
         img_real = real_batch(c)
-        img_syn = image_syn[c * ipc:(c + 1) * ipc]
+        img_syn = image_syn[c * ipc : (c + 1) * ipc]
         if args.dsa:
             seed = dsa_seed(c)
             img_real = utils.DiffAugment(img_real, args.dsa_strategy, seed=seed, param=args.dsa_param)
@@ -66,21 +65,26 @@ def main(argv=None):
     p.add_argument("--time-reps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--name", default=None)
-    p.add_argument("--official-align-corners", action="store_true",
-                   help="run the official scale/rotate with align_corners=True (the PyTorch < 1.3 behaviour the "
-                        "papers ran under; today's default is False)")
+    p.add_argument(
+        "--official-align-corners",
+        action="store_true",
+        help="run the official scale/rotate with align_corners=True (the PyTorch < 1.3 behaviour the "
+        "papers ran under; today's default is False)",
+    )
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
+    import pydistill.methods.dm as dmmod
     from pydistill.data import load_dataset
     from pydistill.methods import get_method
-    import pydistill.methods.dm as dmmod
 
     dsa = not a.no_dsa
     dtype = getattr(torch, a.dtype)
     if dsa and dtype == torch.float64 and not a.official_align_corners:
-        raise SystemExit("--dtype float64 with DSA needs --official-align-corners (its shim casts the official "
-                         "float32 sampling grid to float64)")
+        raise SystemExit(
+            "--dtype float64 with DSA needs --official-align-corners (its shim casts the official "
+            "float32 sampling grid to float64)"
+        )
     path = official_path("dc", a.official)
     utils, _ = import_official(path, "utils", "networks")
     ds = load_dataset(a.dataset)
@@ -98,8 +102,17 @@ def main(argv=None):
     args = official_args("cpu", dsa, strategy, utils)
     seed_of = lambda ol, c: 2000 + 10 * c  # noqa: E731
     with dsa_params.official_with_align_corners(utils, True) if a.official_align_corners else nullcontext():
-        ref = official_dm_iteration(utils, net_off, images0, lambda c: batches[c], args, ipc=a.ipc,
-                                    num_classes=nc, lr_img=a.lr_img, dsa_seed=lambda c: seed_of(0, c))
+        ref = official_dm_iteration(
+            utils,
+            net_off,
+            images0,
+            lambda c: batches[c],
+            args,
+            ipc=a.ipc,
+            num_classes=nc,
+            lr_img=a.lr_img,
+            dsa_seed=lambda c: seed_of(0, c),
+        )
 
     net_ours = dmmod.fresh_network(m, m.config).to(dtype)
     net_ours.load_state_dict(net_init)
@@ -117,35 +130,60 @@ def main(argv=None):
         dmmod.fresh_network = orig_fresh
         del m.dataset.sample_real
     err, delta = max_abs(m.images, ref), max_abs(ref, images0)
-    print(f"DM {a.dataset} IPC {a.ipc} dsa={dsa} {a.dtype}: max|ours - official| = {err:.3e} (update size "
-          f"{delta:.3e})")
-    per_class = [max_abs(m.images[c * a.ipc:(c + 1) * a.ipc], ref[c * a.ipc:(c + 1) * a.ipc]) for c in range(nc)]
+    print(f"DM {a.dataset} IPC {a.ipc} dsa={dsa} {a.dtype}: max|ours - official| = {err:.3e} (update size {delta:.3e})")
+    per_class = [max_abs(m.images[c * a.ipc : (c + 1) * a.ipc], ref[c * a.ipc : (c + 1) * a.ipc]) for c in range(nc)]
     groups = [dsa_params.official_group(seed_of(0, c), strategy) for c in range(nc)] if dsa else None
-    print("  per class:", ", ".join(f"{c}{'/' + groups[c] if groups else ''}: {e:.1e}" for c, e in enumerate(per_class)))
-    record = {"per_class_max_abs_err": per_class, "dsa_groups": groups, "method": "dm", "dataset": a.dataset, "ipc": a.ipc, "dsa": dsa, "strategy": strategy,
-              "official_align_corners": bool(a.official_align_corners),
-              "dtype": a.dtype, "lr_img": a.lr_img, "max_abs_err_images": err, "max_abs_update": delta,
-              "official_commit": git_commit(path),
-              "command": "python benchmarks/parity/dm_step.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    md = ("| setting | dtype | max abs err (images) | update size |\n|---|---|---|---|\n"
-          f"| DM {a.dataset} IPC {a.ipc}, ConvNet-128, {'DSA ' + strategy if dsa else 'no augmentation'}"
-          f"{' (official at align_corners=True)' if a.official_align_corners else ''} | "
-          f"{a.dtype} | {err:.2e} | {delta:.2e} |\n")
+    print(
+        "  per class:", ", ".join(f"{c}{'/' + groups[c] if groups else ''}: {e:.1e}" for c, e in enumerate(per_class))
+    )
+    record = {
+        "per_class_max_abs_err": per_class,
+        "dsa_groups": groups,
+        "method": "dm",
+        "dataset": a.dataset,
+        "ipc": a.ipc,
+        "dsa": dsa,
+        "strategy": strategy,
+        "official_align_corners": bool(a.official_align_corners),
+        "dtype": a.dtype,
+        "lr_img": a.lr_img,
+        "max_abs_err_images": err,
+        "max_abs_update": delta,
+        "official_commit": git_commit(path),
+        "command": "python benchmarks/parity/dm_step.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    md = (
+        "| setting | dtype | max abs err (images) | update size |\n|---|---|---|---|\n"
+        f"| DM {a.dataset} IPC {a.ipc}, ConvNet-128, {'DSA ' + strategy if dsa else 'no augmentation'}"
+        f"{' (official at align_corners=True)' if a.official_align_corners else ''} | "
+        f"{a.dtype} | {err:.2e} | {delta:.2e} |\n"
+    )
     if a.time_reps > 0:
         ours = get_method("dm")(ds, ipc=a.ipc, device="cpu", seed=0, config=cfg)
         img32 = ours.images.detach().clone()
 
         def official_it(r):
             net = utils.get_network("ConvNet", ch, nc, im_size)
-            official_dm_iteration(utils, net, img32,
-                                  lambda c: ds.x_train[np.random.permutation(idx_by_class[c])[:256]],
-                                  official_args("cpu", dsa, strategy, utils), ipc=a.ipc, num_classes=nc,
-                                  lr_img=a.lr_img, dsa_seed=lambda c: int(time.time() * 1000) % 100000)
+            official_dm_iteration(
+                utils,
+                net,
+                img32,
+                lambda c: ds.x_train[np.random.permutation(idx_by_class[c])[:256]],
+                official_args("cpu", dsa, strategy, utils),
+                ipc=a.ipc,
+                num_classes=nc,
+                lr_img=a.lr_img,
+                dsa_seed=lambda c: int(time.time() * 1000) % 100000,
+            )
 
-        tm = interleaved_timing({"official": official_it, "pydistill": lambda r: ours.step(max(r, 0))},
-                                a.time_reps, warmup=a.warmup)
-        record.update(timing=tm, ratio_wall=tm["pydistill"]["median_wall_s"] / tm["official"]["median_wall_s"],
-                      ratio_cpu=tm["pydistill"]["median_cpu_s"] / tm["official"]["median_cpu_s"])
+        tm = interleaved_timing(
+            {"official": official_it, "pydistill": lambda r: ours.step(max(r, 0))}, a.time_reps, warmup=a.warmup
+        )
+        record.update(
+            timing=tm,
+            ratio_wall=tm["pydistill"]["median_wall_s"] / tm["official"]["median_wall_s"],
+            ratio_cpu=tm["pydistill"]["median_cpu_s"] / tm["official"]["median_cpu_s"],
+        )
         md += "\n" + timing_table(tm, f"DM {a.dataset} IPC {a.ipc}, one iteration, fp32")
         print(f"  ratio wall {record['ratio_wall']:.3f}, cpu {record['ratio_cpu']:.3f}")
     if not a.no_write:

@@ -9,6 +9,7 @@ today's default ``align_corners=False``; ``align_corners=True`` is what they com
 (< 1.3) the papers ran on, and what pydistill implements. ``official_with_align_corners`` runs the official
 functions with that flag fixed, to measure the difference.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pydistill.ops.diff_augment import DSAParams, GROUPS
+from pydistill.ops.diff_augment import GROUPS, DSAParams
 
 
 def official_group(seed: int, strategy: str) -> str:
@@ -29,8 +30,9 @@ def official_group(seed: int, strategy: str) -> str:
     return groups[torch.randint(0, len(groups), size=(1,)).item()]
 
 
-def params_from_official_seed(param, seed: int, strategy: str, n: int, h: int, w: int,
-                              dtype=torch.float32, all_groups: bool = False) -> DSAParams:
+def params_from_official_seed(
+    param, seed: int, strategy: str, n: int, h: int, w: int, dtype=torch.float32, all_groups: bool = False
+) -> DSAParams:
     """pydistill parameters equal to the official draw ``DiffAugment(x [n, C, h, w], strategy, seed=seed)``.
 
     ``param``: the official ``ParamDiffAug()``; ``dtype``: x's dtype (the colour draws use it).
@@ -138,11 +140,16 @@ def compare_groups(utils, x: torch.Tensor, seeds, strategy: str = "color_crop_cu
         off_false, g_false = run(lambda xx: utils.DiffAugment(xx, strategy, seed=seed, param=param))
         with official_with_align_corners(utils, True):
             off_true, g_true = run(lambda xx: utils.DiffAugment(xx, strategy, seed=seed, param=param))
-        rows.append({"seed": seed, "group": official_group(seed, strategy),
-                     "err_vs_official_align_false": float((ours - off_false).abs().max()),
-                     "err_vs_official_align_true": float((ours - off_true).abs().max()),
-                     "grad_err_vs_official_align_false": float((g_ours - g_false).abs().max()),
-                     "grad_err_vs_official_align_true": float((g_ours - g_true).abs().max())})
+        rows.append(
+            {
+                "seed": seed,
+                "group": official_group(seed, strategy),
+                "err_vs_official_align_false": float((ours - off_false).abs().max()),
+                "err_vs_official_align_true": float((ours - off_true).abs().max()),
+                "grad_err_vs_official_align_false": float((g_ours - g_false).abs().max()),
+                "grad_err_vs_official_align_true": float((g_ours - g_true).abs().max()),
+            }
+        )
     return rows
 
 
@@ -166,8 +173,9 @@ def install_official_draws(seed_of, utils, strategy: str, num_classes: int) -> N
             k = count[0]
             count[0] += 1
             n, _, h, w = x.shape
-            params = params_from_official_seed(param, seed_of(k // num_classes, k % num_classes), strategy_, n, h,
-                                               w, x.dtype)
+            params = params_from_official_seed(
+                param, seed_of(k // num_classes, k % num_classes), strategy_, n, h, w, x.dtype
+            )
             return orig(x, strategy_, *args, params=params, **kw), params
         if params is None and not return_params:
             raise RuntimeError("parity: an unmatched (per-sample) DSA draw; use --outer-loop 1")
@@ -198,6 +206,12 @@ def compare_mode_all(utils, x: torch.Tensor, seeds, strategy: str = "color_crop_
         with official_with_align_corners(utils, True):
             off = utils.DiffAugment(x.clone(), strategy, seed=seed, param=param)
         d = (ours - off).abs()
-        rows.append({"seed": seed, "max": float(d.max()), "mean": float(d.mean()),
-                     "frac_gt_1e-3": float((d > 1e-3).float().mean())})
+        rows.append(
+            {
+                "seed": seed,
+                "max": float(d.max()),
+                "mean": float(d.mean()),
+                "frac_gt_1e-3": float((d > 1e-3).float().mean()),
+            }
+        )
     return rows

@@ -10,6 +10,7 @@ both sides always run the same number. When this checkout's ``pydistill.evaluate
 
     python benchmarks/parity/eval_protocol.py --official /path/to/DatasetCondensation --protocol dsa --epochs 300
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import torch
-
 from common import Timer, git_commit, import_official, official_path, write_result  # noqa: E402
 
 
@@ -55,8 +55,12 @@ def main(argv=None):
     p.add_argument("--official", help="checkout of VICO-UoE/DatasetCondensation (or $PYDISTILL_OFFICIAL_DC)")
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--ipc", type=int, default=1)
-    p.add_argument("--protocol", choices=("dsa", "none", "paper-dc"), default="dsa",
-                   help="paper-dc: the official DC evaluation (MNIST: crop_scale_rotate); needs protocol= support")
+    p.add_argument(
+        "--protocol",
+        choices=("dsa", "none", "paper-dc"),
+        default="dsa",
+        help="paper-dc: the official DC evaluation (MNIST: crop_scale_rotate); needs protocol= support",
+    )
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--num-eval", type=int, default=5)
     p.add_argument("--test-per-class", type=int, default=200, help="test images per class (both sides)")
@@ -78,9 +82,16 @@ def main(argv=None):
     strategy = dsa_strategy_for(a.dataset)
 
     # ---- official ------------------------------------------------------------------------------------------
-    args = types.SimpleNamespace(device="cpu", lr_net=0.01, batch_train=256, epoch_eval_train=a.epochs,
-                                 dsa=a.protocol == "dsa", dsa_strategy=strategy, dsa_param=utils.ParamDiffAug(),
-                                 dc_aug_param=None)
+    args = types.SimpleNamespace(
+        device="cpu",
+        lr_net=0.01,
+        batch_train=256,
+        epoch_eval_train=a.epochs,
+        dsa=a.protocol == "dsa",
+        dsa_strategy=strategy,
+        dsa_param=utils.ParamDiffAug(),
+        dc_aug_param=None,
+    )
     if a.protocol == "paper-dc":
         args.dc_aug_param = utils.get_daparam(a.dataset.upper(), "ConvNet", "ConvNet", a.ipc)
     test = utils.TensorDataset(ds.x_test.float(), ds.y_test.long())
@@ -99,8 +110,9 @@ def main(argv=None):
     if a.protocol == "paper-dc":
         if not has_protocol:
             raise SystemExit("--protocol paper-dc needs pydistill.evaluate(..., protocol=) (not in this checkout)")
-        kw.update(protocol="paper", method="dc") if "method" in inspect.signature(pydistill.evaluate).parameters \
-            else kw.update(protocol="paper")
+        kw.update(protocol="paper", method="dc") if "method" in inspect.signature(
+            pydistill.evaluate
+        ).parameters else kw.update(protocol="paper")
     else:
         kw.update(dsa=a.protocol == "dsa")
         if has_protocol:
@@ -112,22 +124,37 @@ def main(argv=None):
     acc_ours = res["accs"]
     mo, so, mu, su = np.mean(acc_off), np.std(acc_off), np.mean(acc_ours), np.std(acc_ours)
     # difference of means in units of its standard error (two independent samples of num_eval networks)
-    se = float(np.sqrt((so ** 2 + su ** 2) / a.num_eval)) or float("nan")
+    se = float(np.sqrt((so**2 + su**2) / a.num_eval)) or float("nan")
     z = float((mu - mo) / se)
     print(f"official {100 * mo:.2f} +- {100 * so:.2f}, pydistill {100 * mu:.2f} +- {100 * su:.2f} (z = {z:.2f})")
-    record = {"dataset": a.dataset, "ipc": a.ipc, "protocol": a.protocol, "epochs": a.epochs,
-              "num_eval": a.num_eval, "test_images": int(ds.y_test.numel()), "strategy": strategy,
-              "synthetic": a.set_from or f"random real subset (seed 3), IPC {a.ipc}",
-              "official_accs": acc_off, "ours_accs": acc_ours, "official_mean": mo, "official_std": so,
-              "ours_mean": mu, "ours_std": su, "z": z, "official_s": t_off.s, "ours_s": t_ours.s,
-              "official_commit": git_commit(path),
-              "command": "python benchmarks/parity/eval_protocol.py " +
-                         " ".join(argv if argv is not None else sys.argv[1:])}
-    md = ("| set | protocol | epochs | nets | test images | official acc % | pydistill acc % | z |\n"
-          "|---|---|---|---|---|---|---|---|\n"
-          f"| {record['synthetic']} | {a.protocol}{' ' + strategy if a.protocol == 'dsa' else ''} | {a.epochs} | "
-          f"{a.num_eval} + {a.num_eval} | {record['test_images']} | {100 * mo:.2f} +- {100 * so:.2f} | "
-          f"{100 * mu:.2f} +- {100 * su:.2f} | {z:.2f} |\n")
+    record = {
+        "dataset": a.dataset,
+        "ipc": a.ipc,
+        "protocol": a.protocol,
+        "epochs": a.epochs,
+        "num_eval": a.num_eval,
+        "test_images": int(ds.y_test.numel()),
+        "strategy": strategy,
+        "synthetic": a.set_from or f"random real subset (seed 3), IPC {a.ipc}",
+        "official_accs": acc_off,
+        "ours_accs": acc_ours,
+        "official_mean": mo,
+        "official_std": so,
+        "ours_mean": mu,
+        "ours_std": su,
+        "z": z,
+        "official_s": t_off.s,
+        "ours_s": t_ours.s,
+        "official_commit": git_commit(path),
+        "command": "python benchmarks/parity/eval_protocol.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    md = (
+        "| set | protocol | epochs | nets | test images | official acc % | pydistill acc % | z |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+        f"| {record['synthetic']} | {a.protocol}{' ' + strategy if a.protocol == 'dsa' else ''} | {a.epochs} | "
+        f"{a.num_eval} + {a.num_eval} | {record['test_images']} | {100 * mo:.2f} +- {100 * so:.2f} | "
+        f"{100 * mu:.2f} +- {100 * su:.2f} | {z:.2f} |\n"
+    )
     if not a.no_write:
         write_result(a.name or f"eval-{a.dataset}-ipc{a.ipc}-{a.protocol}", record, md)
     return record

@@ -2,6 +2,7 @@
 
 Needs the optional ``diffusers`` package (and scikit-learn for the modes); imported lazily.
 """
+
 from __future__ import annotations
 
 import importlib

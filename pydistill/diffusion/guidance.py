@@ -31,6 +31,7 @@ with ``n_guided = round(t_stop * num_inference_steps)`` and ``sigma_t`` defined 
 - DDIM: the noise level of the current sample, ``sigma_t = sqrt(1 - abar_t)`` (the DDIM step's own sigma is 0
   for eta = 0 and would switch guidance off).
 """
+
 from __future__ import annotations
 
 import math
@@ -94,7 +95,11 @@ def discover_modes(
         from sklearn.mixture import GaussianMixture
 
         gmm = GaussianMixture(
-            n_components=n_clusters, covariance_type="diag", n_init=n_init, max_iter=max_iter, random_state=seed,
+            n_components=n_clusters,
+            covariance_type="diag",
+            n_init=n_init,
+            max_iter=max_iter,
+            random_state=seed,
             reg_covar=1e-4,
         ).fit(flat)
         centres, assign = gmm.means_, gmm.predict(flat)
@@ -107,7 +112,7 @@ def discover_modes(
 
 
 def scheduler_kind(scheduler) -> str:
-    """"ddim" or "ddpm" for a diffusers DDIMScheduler / DDPMScheduler; anything else is an error."""
+    """ "ddim" or "ddpm" for a diffusers DDIMScheduler / DDPMScheduler; anything else is an error."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
     if isinstance(scheduler, DDIMScheduler):
@@ -156,16 +161,19 @@ def guidance_sigma(scheduler, step_index: int, predicted_variance: torch.Tensor 
     vt = scheduler.config.variance_type
     if vt == "learned_range":
         if predicted_variance is None:
-            raise ValueError("a 'learned_range' DDPM scheduler needs the model's variance channels "
-                             "(model output with 2C channels); got none")
+            raise ValueError(
+                "a 'learned_range' DDPM scheduler needs the model's variance channels "
+                "(model output with 2C channels); got none"
+            )
         frac = (predicted_variance.double() + 1.0) / 2.0
         log_var = frac * math.log(beta_t) + (1.0 - frac) * math.log(max(beta_tilde, 1e-20))
         return torch.exp(0.5 * log_var).to(predicted_variance.dtype)
     if vt in ("fixed_large", "fixed_large_log"):
         return math.sqrt(beta_t)
     if vt not in ("fixed_small", "fixed_small_log"):
-        raise ValueError(f"mode guidance supports DDPM variance_type 'fixed_small', 'fixed_large' or "
-                         f"'learned_range', got {vt!r}")
+        raise ValueError(
+            f"mode guidance supports DDPM variance_type 'fixed_small', 'fixed_large' or 'learned_range', got {vt!r}"
+        )
     return math.sqrt(max(beta_tilde, 0.0))
 
 
@@ -202,8 +210,10 @@ def guided_step(
     else:
         if learns_variance(scheduler):
             if model_output.shape[1] != 2 * C:
-                raise ValueError(f"a 'learned_range' DDPM scheduler needs a model output with 2 x {C} channels "
-                                 f"(prediction, variance), got {model_output.shape[1]}")
+                raise ValueError(
+                    f"a 'learned_range' DDPM scheduler needs a model output with 2 x {C} channels "
+                    f"(prediction, variance), got {model_output.shape[1]}"
+                )
             predicted_variance = model_output[:, C:]
         else:
             model_output = model_output[:, :C]  # learned-variance channels, if any, unused by a fixed variance

@@ -13,6 +13,7 @@ Supported layouts (diffusers ``save_pretrained`` formats):
 :class:`DiffusionModel` hides the differences: ``encode``/``decode`` between images in [-1, 1] and the sample
 space, ``denoiser(...)`` for the sampler (classifier-free guidance included), ``make_scheduler("ddim"|"ddpm")``.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,9 +64,26 @@ class DiffusionModel:
     ``cfg_channels`` (output channels classifier-free guidance combines).
     """
 
-    def __init__(self, *, kind, path, network, scheduler_config, vae=None, scaling_factor=1.0, sample_shape,
-                 image_size, image_channels, num_classes=None, null_class=None, labels=None, meta=None,
-                 pipeline=None, device="cpu", dtype=torch.float32):
+    def __init__(
+        self,
+        *,
+        kind,
+        path,
+        network,
+        scheduler_config,
+        vae=None,
+        scaling_factor=1.0,
+        sample_shape,
+        image_size,
+        image_channels,
+        num_classes=None,
+        null_class=None,
+        labels=None,
+        meta=None,
+        pipeline=None,
+        device="cpu",
+        dtype=torch.float32,
+    ):
         self.kind = kind
         self.path = str(path)
         self.network = network
@@ -121,7 +139,7 @@ class DiffusionModel:
             return x.to(self.device, self.dtype)
         outs = []
         for i in range(0, x.shape[0], batch_size):
-            xb = x[i:i + batch_size].to(self.device, self.vae.dtype)
+            xb = x[i : i + batch_size].to(self.device, self.vae.dtype)
             outs.append(self.vae.encode(xb).latent_dist.mean * self.scaling_factor)
         return torch.cat(outs).to(self.dtype)
 
@@ -132,7 +150,7 @@ class DiffusionModel:
             return z.float()
         outs = []
         for i in range(0, z.shape[0], batch_size):
-            zb = z[i:i + batch_size].to(self.device, self.vae.dtype) / self.scaling_factor
+            zb = z[i : i + batch_size].to(self.device, self.vae.dtype) / self.scaling_factor
             outs.append(self.vae.decode(zb).sample.float())
         return torch.cat(outs)
 
@@ -142,8 +160,9 @@ class DiffusionModel:
         if class_ids is not None:
             ids = [int(c) for c in class_ids]
             if len(ids) != num_classes:
-                raise ValueError(f"class_ids must list one model class id per dataset class ({num_classes}), "
-                                 f"got {len(ids)}")
+                raise ValueError(
+                    f"class_ids must list one model class id per dataset class ({num_classes}), got {len(ids)}"
+                )
             if self.num_classes is not None and not all(0 <= c < self.num_classes for c in ids):
                 raise ValueError(f"class_ids must lie in [0, {self.num_classes}), got {ids}")
             return ids
@@ -170,8 +189,9 @@ class DiffusionModel:
         return ids
 
     @torch.no_grad()
-    def denoiser(self, cond: list, guidance_scale: float = 1.0, prompt_template: str = "{name}"
-                 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def denoiser(
+        self, cond: list, guidance_scale: float = 1.0, prompt_template: str = "{name}"
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """``fn(x_t [B, ...], t [B]) -> model output`` for a batch whose row b has condition ``cond[b]``.
 
         guidance_scale > 1 runs the unconditional branch too (null class / empty prompt) on the same x_t (the batch
@@ -269,26 +289,51 @@ def load_diffusion_model(path, *, device="cpu", dtype: torch.dtype = torch.float
             h = int(tr.config.sample_size)
             n_cls = int(tr.config.num_embeds_ada_norm)
             return DiffusionModel(
-                kind="dit", path=root, network=tr.eval(), vae=pipe.vae.eval(),
-                scaling_factor=pipe.vae.config.scaling_factor, scheduler_config=pipe.scheduler.config,
-                sample_shape=(tr.config.in_channels, h, h), image_size=(h * vae_scale, h * vae_scale),
-                image_channels=pipe.vae.config.in_channels, num_classes=n_cls, null_class=n_cls,
-                labels=dict(pipe.labels), meta=meta, pipeline=pipe, device=device, dtype=dtype,
+                kind="dit",
+                path=root,
+                network=tr.eval(),
+                vae=pipe.vae.eval(),
+                scaling_factor=pipe.vae.config.scaling_factor,
+                scheduler_config=pipe.scheduler.config,
+                sample_shape=(tr.config.in_channels, h, h),
+                image_size=(h * vae_scale, h * vae_scale),
+                image_channels=pipe.vae.config.in_channels,
+                num_classes=n_cls,
+                null_class=n_cls,
+                labels=dict(pipe.labels),
+                meta=meta,
+                pipeline=pipe,
+                device=device,
+                dtype=dtype,
             )
         if cls_name.startswith("StableDiffusion"):
             try:
-                pipe = _cast(diffusers.StableDiffusionPipeline.from_pretrained(
-                    str(root), safety_checker=None, requires_safety_checker=False, **kw), device, dtype)
+                pipe = _cast(
+                    diffusers.StableDiffusionPipeline.from_pretrained(
+                        str(root), safety_checker=None, requires_safety_checker=False, **kw
+                    ),
+                    device,
+                    dtype,
+                )
             except ImportError as exc:  # pragma: no cover - depends on the install
                 raise ImportError("Stable Diffusion models need `transformers` (pip install transformers)") from exc
             un = pipe.unet
             vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
             h = int(un.config.sample_size)
             return DiffusionModel(
-                kind="sd", path=root, network=un.eval(), vae=pipe.vae.eval(),
-                scaling_factor=pipe.vae.config.scaling_factor, scheduler_config=pipe.scheduler.config,
-                sample_shape=(un.config.in_channels, h, h), image_size=(h * vae_scale, h * vae_scale),
-                image_channels=pipe.vae.config.in_channels, meta=meta, pipeline=pipe, device=device, dtype=dtype,
+                kind="sd",
+                path=root,
+                network=un.eval(),
+                vae=pipe.vae.eval(),
+                scaling_factor=pipe.vae.config.scaling_factor,
+                scheduler_config=pipe.scheduler.config,
+                sample_shape=(un.config.in_channels, h, h),
+                image_size=(h * vae_scale, h * vae_scale),
+                image_channels=pipe.vae.config.in_channels,
+                meta=meta,
+                pipeline=pipe,
+                device=device,
+                dtype=dtype,
             )
         if not (root / "unet").is_dir():
             raise ValueError(
@@ -306,8 +351,9 @@ def load_diffusion_model(path, *, device="cpu", dtype: torch.dtype = torch.float
             f"{str(root)!r} holds no diffusers model (no model_index.json, unet/config.json or config.json). "
             + missing_model_message(root)
         )
-    sched_file = next((p for p in (root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json")
-                       if p.is_file()), None)
+    sched_file = next(
+        (p for p in (root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json") if p.is_file()), None
+    )
     if sched_file is None:
         raise FileNotFoundError(
             f"the UNet at {str(root)!r} has no scheduler config (expected scheduler/scheduler_config.json or "
@@ -329,8 +375,16 @@ def load_diffusion_model(path, *, device="cpu", dtype: torch.dtype = torch.float
     size = unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     return DiffusionModel(
-        kind="unet", path=root, network=unet, scheduler_config=sched_cfg,
-        sample_shape=(unet.config.in_channels, *size), image_size=size, image_channels=unet.config.in_channels,
-        num_classes=num_classes, null_class=None if null_class is None else int(null_class), meta=meta,
-        device=device, dtype=dtype,
+        kind="unet",
+        path=root,
+        network=unet,
+        scheduler_config=sched_cfg,
+        sample_shape=(unet.config.in_channels, *size),
+        image_size=size,
+        image_channels=unet.config.in_channels,
+        num_classes=num_classes,
+        null_class=None if null_class is None else int(null_class),
+        meta=meta,
+        device=device,
+        dtype=dtype,
     )

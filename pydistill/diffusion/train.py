@@ -10,6 +10,7 @@ resolution with a two-level UNet (about 0.65 M parameters; a few CPU minutes). C
 in diffusers format: ``unet/`` (the EMA weights), ``scheduler/`` and ``pydistill.json`` (dataset, image size,
 normalization, classes, null class).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,15 +42,22 @@ def default_unet_config(image_size: int, channels: int, num_classes: int, width:
     levels = 2 if image_size <= 8 else 3 if image_size <= 32 else 4
     if image_size % (2 ** (levels - 1)):
         raise ValueError(f"image_size must be divisible by {2 ** (levels - 1)}, got {image_size}")
-    boc = tuple(width * min(2 ** i, 4) for i in range(levels))
+    boc = tuple(width * min(2**i, 4) for i in range(levels))
     down = ["DownBlock2D"] * levels
     up = ["UpBlock2D"] * levels
     if levels >= 3:  # self-attention at the coarsest level
         down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
     return dict(
-        sample_size=image_size, in_channels=channels, out_channels=channels, layers_per_block=1,
-        block_out_channels=boc, down_block_types=tuple(down), up_block_types=tuple(up),
-        num_class_embeds=num_classes + 1, norm_num_groups=min(8, width), attention_head_dim=8,
+        sample_size=image_size,
+        in_channels=channels,
+        out_channels=channels,
+        layers_per_block=1,
+        block_out_channels=boc,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        num_class_embeds=num_classes + 1,
+        norm_num_groups=min(8, width),
+        attention_head_dim=8,
     )
 
 
@@ -108,14 +116,23 @@ def train_diffusion(
     cosine decay of ``lr``; EMA of the weights (``ema_decay``) is what gets saved.
     """
     from pydistill.data import load_dataset
-    from pydistill.utils import (atomic_write_text, load_checked, raise_if_stop_requested, resolve_device, save_checked,
-                                 stop_requested)
+    from pydistill.utils import (
+        atomic_write_text,
+        load_checked,
+        raise_if_stop_requested,
+        resolve_device,
+        save_checked,
+        stop_requested,
+    )
 
     diffusers = _import_diffusers()
     if not 0.0 <= label_dropout < 1.0:
         raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
-    for name, v in (("batch_size", batch_size), ("checkpoint_every", checkpoint_every),
-                    ("num_train_timesteps", num_train_timesteps)):
+    for name, v in (
+        ("batch_size", batch_size),
+        ("checkpoint_every", checkpoint_every),
+        ("num_train_timesteps", num_train_timesteps),
+    ):
         if int(v) < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
     if epochs is not None and int(epochs) < 1:
@@ -136,20 +153,37 @@ def train_diffusion(
     size = _train_size(ds.im_size, image_size)
     x = ds.denormalize(ds.x_train)
     if tuple(x.shape[-2:]) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=size < max(ds.im_size))
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < max(ds.im_size))
     x = (x * 2 - 1).to(dev)
     y = ds.y_train.to(dev)
     n = x.shape[0]
-    total = int(steps) if steps is not None else (
-        int(epochs) * math.ceil(n / batch_size) if epochs is not None else DEFAULT_STEPS)
+    total = (
+        int(steps)
+        if steps is not None
+        else (int(epochs) * math.ceil(n / batch_size) if epochs is not None else DEFAULT_STEPS)
+    )
 
     unet_cfg = default_unet_config(size, ds.channel, ds.num_classes, width)
-    sched = diffusers.DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-                                    prediction_type="epsilon", clip_sample=True, variance_type="fixed_small")
-    settings = dict(dataset=ds.name, image_size=size, unet=unet_cfg, num_train_timesteps=num_train_timesteps,
-                    beta_schedule=beta_schedule, batch_size=batch_size, lr=lr, label_dropout=label_dropout,
-                    ema_decay=ema_decay, n_per_class=n_per_class, seed=seed)
+    sched = diffusers.DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule=beta_schedule,
+        prediction_type="epsilon",
+        clip_sample=True,
+        variance_type="fixed_small",
+    )
+    settings = dict(
+        dataset=ds.name,
+        image_size=size,
+        unet=unet_cfg,
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule=beta_schedule,
+        batch_size=batch_size,
+        lr=lr,
+        label_dropout=label_dropout,
+        ema_decay=ema_decay,
+        n_per_class=n_per_class,
+        seed=seed,
+    )
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as stored
 
     torch.manual_seed(seed)  # parameter init only
@@ -157,8 +191,12 @@ def train_diffusion(
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     warm = max(1, total // 20)
-    lr_at = lambda s: lr * (s + 1) / warm if s < warm else lr * (0.1 + 0.9 * 0.5 * (  # noqa: E731
-        1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+
+    def lr_at(s):  # linear warm-up, then cosine decay to 10% of lr
+        if s < warm:
+            return lr * (s + 1) / warm
+        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+
     gen = torch.Generator(device=dev).manual_seed(seed)
     abar = sched.alphas_cumprod.to(dev)
     step, losses, wall = 0, [], 0.0
@@ -168,8 +206,10 @@ def train_diffusion(
         st = load_checked(state_path, map_location=dev)  # SHA-256 of the bytes, then weights_only loading
         if st["settings"] != settings:
             diff = {k: (st["settings"].get(k), v) for k, v in settings.items() if st["settings"].get(k) != v}
-            raise ValueError(f"{state_path} was written with other settings {diff} (stored, requested); "
-                             "use another --out or delete the folder")
+            raise ValueError(
+                f"{state_path} was written with other settings {diff} (stored, requested); "
+                "use another --out or delete the folder"
+            )
         model.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
@@ -179,9 +219,19 @@ def train_diffusion(
             raise ValueError(f"{state_path} is at step {step}, beyond the requested {total} steps")
 
     def checkpoint():
-        save_checked({"settings": settings, "model": model.state_dict(), "ema": ema.state_dict(),
-                     "opt": opt.state_dict(), "generator": gen.get_state(), "step": step, "losses": losses,
-                     "wall_time_s": wall}, state_path)
+        save_checked(
+            {
+                "settings": settings,
+                "model": model.state_dict(),
+                "ema": ema.state_dict(),
+                "opt": opt.state_dict(),
+                "generator": gen.get_state(),
+                "step": step,
+                "losses": losses,
+                "wall_time_s": wall,
+            },
+            state_path,
+        )
 
     bar = None
     if progress:
@@ -220,8 +270,9 @@ def train_diffusion(
         wall = time.perf_counter() - t_start
         if step % checkpoint_every == 0 or step == total or stop_requested():
             checkpoint()
-        raise_if_stop_requested(None, f"stopped at step {step}/{total}; state saved to {state_path}. Rerun the "
-                                "same command to resume")
+        raise_if_stop_requested(
+            None, f"stopped at step {step}/{total}; state saved to {state_path}. Rerun the same command to resume"
+        )
     if bar is not None:
         bar.close()
 
@@ -229,11 +280,21 @@ def train_diffusion(
     _save_dir_atomic(lambda p: ema.save_pretrained(p), out / "unet")
     _save_dir_atomic(lambda p: sched.save_pretrained(p), out / "scheduler")
     meta = {
-        "format": "pydistill-ddpm-v1", "dataset": ds.name, "image_size": [size, size], "channels": ds.channel,
-        "dataset_im_size": list(ds.im_size), "num_classes": ds.num_classes, "null_class": ds.num_classes,
-        "class_names": list(ds.class_names), "normalization": "images in [-1, 1] = 2 * pixels01 - 1",
-        "dataset_mean": ds.mean, "dataset_std": ds.std, "steps": step, "final_loss": (
-            sum(losses[-50:]) / max(1, len(losses[-50:]))), "train_time_s": wall, "settings": settings,
+        "format": "pydistill-ddpm-v1",
+        "dataset": ds.name,
+        "image_size": [size, size],
+        "channels": ds.channel,
+        "dataset_im_size": list(ds.im_size),
+        "num_classes": ds.num_classes,
+        "null_class": ds.num_classes,
+        "class_names": list(ds.class_names),
+        "normalization": "images in [-1, 1] = 2 * pixels01 - 1",
+        "dataset_mean": ds.mean,
+        "dataset_std": ds.std,
+        "steps": step,
+        "final_loss": (sum(losses[-50:]) / max(1, len(losses[-50:]))),
+        "train_time_s": wall,
+        "settings": settings,
     }
     atomic_write_text(out / META_FILE, json.dumps(meta, indent=1))
     return out
@@ -241,8 +302,11 @@ def train_diffusion(
 
 def register_cli(subparsers) -> argparse.ArgumentParser:
     """Add the ``train-diffusion`` subcommand."""
-    p = subparsers.add_parser("train-diffusion", help="train a small class-conditional diffusion model (MGD3)",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser(
+        "train-diffusion",
+        help="train a small class-conditional diffusion model (MGD3)",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("--dataset", default="digits")
     p.add_argument("--out", required=True, help="output folder (diffusers format; rerun to resume)")
     g = p.add_mutually_exclusive_group()
@@ -264,9 +328,19 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
 
 def _cli_main(args) -> int:
     out = train_diffusion(
-        args.dataset, args.out, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        image_size=args.image_size, width=args.width, n_per_class=args.n_per_class,
-        checkpoint_every=args.checkpoint_every, data_root=args.data_root, device=args.device, seed=args.seed,
+        args.dataset,
+        args.out,
+        epochs=args.epochs,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        image_size=args.image_size,
+        width=args.width,
+        n_per_class=args.n_per_class,
+        checkpoint_every=args.checkpoint_every,
+        data_root=args.data_root,
+        device=args.device,
+        seed=args.seed,
         progress=not args.no_progress,
     )
     print(f"saved diffusion model to {out} (use it with: pydistill distill --method mgd3 --model {out} ...)")

@@ -3,6 +3,7 @@
 ``METHODS`` maps a method name to ``"module:Class"`` inside ``pydistill.methods``; :func:`get_method` imports
 it. Every class implements :class:`pydistill.methods.base.Method`.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -33,10 +34,12 @@ def get_method(name: str):
         module = importlib.import_module(full)
     except ModuleNotFoundError as exc:
         if exc.name in (full, "pydistill.methods"):
-            raise ImportError(f"method {key!r} is registered as {full}.{cls_name}, but {full} is not part of "
-                              "this install") from exc
-        raise ImportError(f"method {key!r} ({full}) needs the module {exc.name!r}, which is not installed "
-                          f"({exc})") from exc
+            raise ImportError(
+                f"method {key!r} is registered as {full}.{cls_name}, but {full} is not part of this install"
+            ) from exc
+        raise ImportError(
+            f"method {key!r} ({full}) needs the module {exc.name!r}, which is not installed ({exc})"
+        ) from exc
     try:
         return getattr(module, cls_name)
     except AttributeError as exc:

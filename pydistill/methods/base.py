@@ -6,6 +6,7 @@ scalars; ``state_dict()``/``load_state_dict()`` capture everything needed to res
 Each method module defines a dataclass ``Config`` holding its paper defaults, with a classmethod
 ``Config.for_dataset(name, ipc)`` for dataset/IPC-dependent defaults; the CLI overrides its fields.
 """
+
 from __future__ import annotations
 
 import abc
@@ -54,8 +55,10 @@ class Method(abc.ABC):
         elif isinstance(config, dict) and self.Config is not None:
             config = self.Config(**config)
         elif self.Config is not None and dataclasses.is_dataclass(self.Config) and not isinstance(config, self.Config):
-            raise TypeError(f"config must be a {self.Config.__module__}.{self.Config.__qualname__}, a dict or None, "
-                            f"got {type(config).__name__}")
+            raise TypeError(
+                f"config must be a {self.Config.__module__}.{self.Config.__qualname__}, a dict or None, "
+                f"got {type(config).__name__}"
+            )
         self.config = config
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
 
@@ -96,8 +99,10 @@ class Method(abc.ABC):
         return {"repr": repr(cfg)}
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(dataset={self.dataset.name!r}, ipc={self.ipc}, device={self.device}, "
-                f"seed={self.seed})")
+        return (
+            f"{type(self).__name__}(dataset={self.dataset.name!r}, ipc={self.ipc}, device={self.device}, "
+            f"seed={self.seed})"
+        )
 
 
 class LearnedImagesMixin:
@@ -123,9 +128,12 @@ class LearnedImagesMixin:
     def synthetic_set(self):
         from pydistill.synthetic import SyntheticSet
 
-        return SyntheticSet(self.images.detach().clone(), self.labels.clone(), None,
-                            {"method": self.name, "ipc": self.ipc, "model": self.config.model,
-                             "dsa": bool(self.config.dsa)})
+        return SyntheticSet(
+            self.images.detach().clone(),
+            self.labels.clone(),
+            None,
+            {"method": self.name, "ipc": self.ipc, "model": self.config.model, "dsa": bool(self.config.dsa)},
+        )
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "images": self.images.detach().clone(), "opt_img": self.opt_img.state_dict()}

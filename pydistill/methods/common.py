@@ -1,4 +1,5 @@
 """Helpers shared by the methods that learn images (DC/DSA, DM, MTT, DD): labels, initial images, networks."""
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,15 @@ def fresh_network(method, cfg) -> nn.Module:
     from pydistill.models import seeded_network
 
     ds = method.dataset
-    return seeded_network(cfg.model, ds.channel, ds.num_classes, ds.im_size, draw_seed(method.generator),
-                          device=method.device, **dict(cfg.model_kwargs))
+    return seeded_network(
+        cfg.model,
+        ds.channel,
+        ds.num_classes,
+        ds.im_size,
+        draw_seed(method.generator),
+        device=method.device,
+        **dict(cfg.model_kwargs),
+    )
 
 
 def class_labels(num_classes: int, ipc: int, device) -> torch.Tensor:

@@ -17,9 +17,9 @@ DSA draw of class c at (iteration k, outer step t) come from a generator derived
 from ``self.generator``. So under torch.distributed (torchrun) each rank matches the classes c % world == rank
 only and the image gradients are summed: the result equals the one-process run bit for bit.
 """
+
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,8 +31,16 @@ from pydistill.methods.base import LearnedImagesMixin, Method
 from pydistill.methods.common import class_labels, fresh_network, init_synthetic_images  # noqa: F401 (re-exported)
 from pydistill.models import default_model_kwargs
 
-__all__ = ["Config", "DSAConfig", "DC", "DSA", "loops_for_ipc", "fresh_network", "init_synthetic_images",
-           "class_labels"]
+__all__ = [
+    "Config",
+    "DSAConfig",
+    "DC",
+    "DSA",
+    "loops_for_ipc",
+    "fresh_network",
+    "init_synthetic_images",
+    "class_labels",
+]
 
 # Published (outer_loop, inner_loop) per images-per-class.
 _LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -165,7 +173,7 @@ class DC(LearnedImagesMixin, Method):
             perm = torch.randperm(x_all.shape[0], generator=self.generator, device=self.generator.device)
             perm = perm.to(self.device)
             for b in range(0, x_all.shape[0], self.config.batch_train):
-                idx = perm[b: b + self.config.batch_train]
+                idx = perm[b : b + self.config.batch_train]
                 x = x_all[idx]
                 if self.config.dsa:
                     x = diff_augment(x, self.strategy, per_sample=True, generator=self.generator)
@@ -190,13 +198,16 @@ class DC(LearnedImagesMixin, Method):
             for c in pdist.shard(range(ds.num_classes)):  # all classes in one process
                 gen_c = pdist.derived_generator(self.device, iter_seed, t, c)  # rank-layout independent
                 x_real = ds.sample_real(c, cfg.batch_real, gen_c).to(self.device)  # T_c
-                x_syn = self.images[c * self.ipc: (c + 1) * self.ipc]  # S_c
+                x_syn = self.images[c * self.ipc : (c + 1) * self.ipc]  # S_c
                 x_real, x_syn = self._siamese(x_real, x_syn, gen_c)
                 y_real = torch.full((x_real.shape[0],), c, device=self.device, dtype=torch.long)
                 g_real = torch.autograd.grad(F.cross_entropy(net(x_real), y_real), params)
                 g_real = [g.detach() for g in g_real]
-                g_syn = torch.autograd.grad(F.cross_entropy(net(x_syn), self.labels[c * self.ipc: (c + 1) * self.ipc]),
-                                            params, create_graph=True)
+                g_syn = torch.autograd.grad(
+                    F.cross_entropy(net(x_syn), self.labels[c * self.ipc : (c + 1) * self.ipc]),
+                    params,
+                    create_graph=True,
+                )
                 loss_c = match_loss(list(g_syn), g_real, metric=cfg.metric)
                 # sum_c D(...): backward per class accumulates the same gradient with one graph alive at a time
                 loss_c.backward()

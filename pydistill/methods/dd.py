@@ -24,6 +24,7 @@ An evaluator seeing that key must call :func:`evaluate_dd` (or do the same): sta
 (``init_mode == "fixed"``, rebuilt from ``init_seed``) or a fresh Xavier draw, apply the T steps in order
 (full chunk per step, no augmentation, no momentum), then test.
 """
+
 from __future__ import annotations
 
 import math
@@ -86,8 +87,10 @@ class Config:
 def _chunks(num_classes: int, ipc: int, distill_steps: int, device) -> list[torch.Tensor]:
     n_chunks = min(ipc, distill_steps)
     k = torch.arange(ipc, device=device)
-    return [(torch.arange(num_classes, device=device)[:, None] * ipc + k[k % n_chunks == j][None]).reshape(-1)
-            for j in range(n_chunks)]
+    return [
+        (torch.arange(num_classes, device=device)[:, None] * ipc + k[k % n_chunks == j][None]).reshape(-1)
+        for j in range(n_chunks)
+    ]
 
 
 def _build(model: str, model_kwargs: dict, channel, num_classes, im_size, device):
@@ -151,8 +154,9 @@ class DD(Method):
         self.images = torch.randn(shape, generator=self.generator, device=self.device).requires_grad_(True)
         # r_i with softplus(r_i) = lr0
         self.raw_lr = torch.full((self.T,), math.log(math.expm1(cfg.lr0)), device=self.device).requires_grad_(True)
-        self.init_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator,
-                                           device=self.generator.device).item())
+        self.init_seed = int(
+            torch.randint(0, 2**62, (1,), generator=self.generator, device=self.generator.device).item()
+        )
         self.w0 = _fixed_init(self.net, self.init_seed) if cfg.init_mode == "fixed" else None
         self.opt = torch.optim.Adam([self.images, self.raw_lr], lr=cfg.lr_outer, betas=tuple(cfg.betas))
 
@@ -169,13 +173,22 @@ class DD(Method):
         cfg, ds = self.config, self.dataset
         for group in self.opt.param_groups:  # step decay, a function of it (resume-exact)
             group["lr"] = cfg.lr_outer * cfg.decay_factor ** (int(it) // self._decay_every)
-        idx = torch.randperm(ds.x_train.shape[0], generator=self.generator,
-                             device=self.generator.device)[: cfg.batch_real].to(ds.x_train.device)
+        idx = torch.randperm(ds.x_train.shape[0], generator=self.generator, device=self.generator.device)[
+            : cfg.batch_real
+        ].to(ds.x_train.device)
         x_real, y_real = ds.x_train[idx].to(self.device), ds.y_train[idx].to(self.device)
         w0 = self.w0 if self.w0 is not None else xavier_flat(self.net, self.generator)
         w0 = w0.detach().clone().requires_grad_(True)
-        w_T = _unroll(self.net, w0, self.images, self.labels, F.softplus(self.raw_lr), self.chunks,
-                      cfg.distill_steps, create_graph=True)
+        w_T = _unroll(
+            self.net,
+            w0,
+            self.images,
+            self.labels,
+            F.softplus(self.raw_lr),
+            self.chunks,
+            cfg.distill_steps,
+            create_graph=True,
+        )
         loss = F.cross_entropy(functional_forward(self.net, w_T, x_real), y_real)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -187,15 +200,29 @@ class DD(Method):
         from pydistill.synthetic import SyntheticSet
 
         cfg = self.config
-        meta = {"method": self.name, "ipc": self.ipc, "num_classes": self.dataset.num_classes,
-                "train_schedule": TRAIN_SCHEDULE, "distill_steps": cfg.distill_steps,
-                "distill_epochs": cfg.distill_epochs, "n_chunks": len(self.chunks), "init_mode": cfg.init_mode,
-                "init_seed": self.init_seed, "model": cfg.model, "model_kwargs": self.model_kwargs}
+        meta = {
+            "method": self.name,
+            "ipc": self.ipc,
+            "num_classes": self.dataset.num_classes,
+            "train_schedule": TRAIN_SCHEDULE,
+            "distill_steps": cfg.distill_steps,
+            "distill_epochs": cfg.distill_epochs,
+            "n_chunks": len(self.chunks),
+            "init_mode": cfg.init_mode,
+            "init_seed": self.init_seed,
+            "model": cfg.model,
+            "model_kwargs": self.model_kwargs,
+        }
         return SyntheticSet(self.images.detach().clone(), self.labels.clone(), self.lrs.clone(), meta)
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "images": self.images.detach().clone(), "raw_lr": self.raw_lr.detach().clone(),
-                "init_seed": self.init_seed, "opt": self.opt.state_dict()}
+        return {
+            **super().state_dict(),
+            "images": self.images.detach().clone(),
+            "raw_lr": self.raw_lr.detach().clone(),
+            "init_seed": self.init_seed,
+            "opt": self.opt.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
@@ -208,8 +235,7 @@ class DD(Method):
         self.opt.load_state_dict(state["opt"])
 
 
-def evaluate_dd(syn, dataset, *, num_models: int = 5, device="cpu", seed: int = 0,
-                batch_size: int = 2048) -> dict:
+def evaluate_dd(syn, dataset, *, num_models: int = 5, device="cpu", seed: int = 0, batch_size: int = 2048) -> dict:
     """Test accuracy of networks trained with DD's learned schedule (``meta["train_schedule"] == "dd_unrolled"``).
 
     For each of ``num_models`` networks: theta_0 = the fixed init (``init_mode`` "fixed") or a fresh Xavier draw
@@ -220,8 +246,10 @@ def evaluate_dd(syn, dataset, *, num_models: int = 5, device="cpu", seed: int = 
     """
     meta = syn.meta
     if meta.get("train_schedule") != TRAIN_SCHEDULE:
-        raise ValueError(f"syn.meta['train_schedule'] must be {TRAIN_SCHEDULE!r} (a DD synthetic set), got "
-                         f"{meta.get('train_schedule')!r}")
+        raise ValueError(
+            f"syn.meta['train_schedule'] must be {TRAIN_SCHEDULE!r} (a DD synthetic set), got "
+            f"{meta.get('train_schedule')!r}"
+        )
     if syn.lr is None or syn.lr.dim() != 1:
         raise ValueError("syn.lr must hold the T learned step sizes [T] of a DD synthetic set")
     if int(num_models) < 1:
@@ -245,15 +273,25 @@ def evaluate_dd(syn, dataset, *, num_models: int = 5, device="cpu", seed: int = 
         correct = 0
         with torch.no_grad():
             for b in range(0, x_test.shape[0], batch_size):
-                xb = x_test[b: b + batch_size].to(device)
-                correct += int((functional_forward(net, w, xb).argmax(1) == y_test[b: b + batch_size].to(device)).sum())
+                xb = x_test[b : b + batch_size].to(device)
+                correct += int(
+                    (functional_forward(net, w, xb).argmax(1) == y_test[b : b + batch_size].to(device)).sum()
+                )
         accs.append(correct / max(1, x_test.shape[0]))
     t = torch.tensor(accs, dtype=torch.float64)
     return {meta["model"]: {"mean": float(t.mean()), "std": float(t.std(unbiased=False)), "accs": accs}}
 
 
-def evaluate_dd_random(syn, dataset, *, num_models: int = 5, lrs=(0.003, 0.01, 0.03, 0.1, 0.3), device="cpu",
-                       seed: int = 0, batch_size: int = 2048) -> dict:
+def evaluate_dd_random(
+    syn,
+    dataset,
+    *,
+    num_models: int = 5,
+    lrs=(0.003, 0.01, 0.03, 0.1, 0.3),
+    device="cpu",
+    seed: int = 0,
+    batch_size: int = 2048,
+) -> dict:
     """DD's own baseline: random real images in place of the learned ones, trained with the same schedule.
 
     For each of ``num_models`` networks, draw ``meta["ipc"]`` random training images per class (a new draw per
@@ -263,8 +301,10 @@ def evaluate_dd_random(syn, dataset, *, num_models: int = 5, lrs=(0.003, 0.01, 0
     Returns ``{model: {"mean", "std", "accs", "lr"}}`` (fractions in [0, 1]).
     """
     if syn.meta.get("train_schedule") != TRAIN_SCHEDULE:
-        raise ValueError(f"syn.meta['train_schedule'] must be {TRAIN_SCHEDULE!r} (a DD synthetic set), got "
-                         f"{syn.meta.get('train_schedule')!r}")
+        raise ValueError(
+            f"syn.meta['train_schedule'] must be {TRAIN_SCHEDULE!r} (a DD synthetic set), got "
+            f"{syn.meta.get('train_schedule')!r}"
+        )
     lrs = [float(v) for v in lrs]
     if not lrs or min(lrs) <= 0:
         raise ValueError(f"lrs must be a non-empty sequence of positive step sizes, got {lrs!r}")
@@ -276,10 +316,10 @@ def evaluate_dd_random(syn, dataset, *, num_models: int = 5, lrs=(0.003, 0.01, 0
         accs = []
         for m in range(int(num_models)):
             sel = random_subset_indices(dataset, ipc, seed, m)  # class-major, as class_labels
-            real = type(syn)(dataset.x_train[sel].clone(), dataset.y_train[sel].clone(),
-                             torch.full((T,), lr), syn.meta)
-            res = evaluate_dd(real, dataset, num_models=1, device=device, seed=int(seed) * 1_000_003 + m,
-                              batch_size=batch_size)
+            real = type(syn)(dataset.x_train[sel].clone(), dataset.y_train[sel].clone(), torch.full((T,), lr), syn.meta)
+            res = evaluate_dd(
+                real, dataset, num_models=1, device=device, seed=int(seed) * 1_000_003 + m, batch_size=batch_size
+            )
             accs += next(iter(res.values()))["accs"]
         t = torch.tensor(accs, dtype=torch.float64)
         row = {"mean": float(t.mean()), "std": float(t.std(unbiased=False)), "accs": accs, "lr": lr}

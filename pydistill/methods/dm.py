@@ -11,6 +11,7 @@ The network draws from ``self.generator``; class c's real batch and DSA draw fro
 (seed_k, c), seed_k drawn from ``self.generator``: under torch.distributed each rank takes the classes
 c % world == rank and the image gradients are summed, equal bit for bit to the one-process run.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -66,8 +67,9 @@ class DM(LearnedImagesMixin, Method):
         super().__init__(dataset, ipc, config=config, device=device, seed=seed)
         cfg = self.config
         if int(cfg.iterations) < 1 or int(cfg.batch_real) < 1:
-            raise ValueError(f"config.iterations and config.batch_real must be >= 1, got {cfg.iterations}, "
-                             f"{cfg.batch_real}")
+            raise ValueError(
+                f"config.iterations and config.batch_real must be >= 1, got {cfg.iterations}, {cfg.batch_real}"
+            )
         if not float(cfg.lr_img) > 0:
             raise ValueError(f"config.lr_img must be > 0, got {cfg.lr_img}")
         self.init_learned_images(cfg)
@@ -89,7 +91,7 @@ class DM(LearnedImagesMixin, Method):
         for c in pdist.shard(range(ds.num_classes)):  # all classes in one process
             gen_c = pdist.derived_generator(self.device, iter_seed, c)  # rank-layout independent
             x_real = ds.sample_real(c, cfg.batch_real, gen_c).to(self.device)  # T_c
-            x_syn = self.images[c * self.ipc: (c + 1) * self.ipc]  # S_c
+            x_syn = self.images[c * self.ipc : (c + 1) * self.ipc]  # S_c
             if cfg.dsa:  # siamese: one draw w for both sides
                 x_real, w = diff_augment(x_real, self.strategy, generator=gen_c, return_params=True)
                 x_syn = diff_augment(x_syn, self.strategy, params=w)
@@ -117,7 +119,7 @@ class DM(LearnedImagesMixin, Method):
         for c in range(ds.num_classes):
             gen_c = pdist.derived_generator(self.device, iter_seed, c)
             x_real = ds.sample_real(c, cfg.batch_real, gen_c).to(self.device)
-            x_syn = self.images[c * self.ipc: (c + 1) * self.ipc]
+            x_syn = self.images[c * self.ipc : (c + 1) * self.ipc]
             if cfg.dsa:
                 x_real, w = diff_augment(x_real, self.strategy, generator=gen_c, return_params=True)
                 x_syn = diff_augment(x_syn, self.strategy, params=w)

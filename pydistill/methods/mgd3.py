@@ -18,6 +18,7 @@ L2 distance to the nearest generated image of that class, in the dataset's norma
 set covers the class's clusters; lower is better) and ``diversity`` (mean pairwise L2 distance between
 generated images of a class; higher is more diverse), averaged over classes.
 """
+
 from __future__ import annotations
 
 import time
@@ -130,22 +131,27 @@ class MGD3(Method):
         if int(cfg.batch_size) < 1:
             raise ValueError(f"config.batch_size must be >= 1, got {cfg.batch_size}")
         if not float(cfg.guidance_scale) >= 1.0:
-            raise ValueError(f"config.guidance_scale must be >= 1 (1 = no classifier-free guidance), "
-                             f"got {cfg.guidance_scale}")
+            raise ValueError(
+                f"config.guidance_scale must be >= 1 (1 = no classifier-free guidance), got {cfg.guidance_scale}"
+            )
         if isinstance(cfg.kmeans_n_init, bool) or not isinstance(cfg.kmeans_n_init, int) or cfg.kmeans_n_init < 1:
             raise ValueError(f"config.kmeans_n_init must be an int >= 1, got {cfg.kmeans_n_init!r}")
-        if cfg.kmeans_seed is not None and (isinstance(cfg.kmeans_seed, bool) or not isinstance(cfg.kmeans_seed, int)
-                                            or cfg.kmeans_seed < 0):
-            raise ValueError(f"config.kmeans_seed must be None (the method's seed) or an int >= 0, "
-                             f"got {cfg.kmeans_seed!r}")
+        if cfg.kmeans_seed is not None and (
+            isinstance(cfg.kmeans_seed, bool) or not isinstance(cfg.kmeans_seed, int) or cfg.kmeans_seed < 0
+        ):
+            raise ValueError(
+                f"config.kmeans_seed must be None (the method's seed) or an int >= 0, got {cfg.kmeans_seed!r}"
+            )
         if cfg.dtype not in _DTYPES:
             raise ValueError(f"config.dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
         if cfg.max_real_per_class is not None and int(cfg.max_real_per_class) < self.ipc:
             raise ValueError(f"config.max_real_per_class must be >= ipc ({self.ipc}), got {cfg.max_real_per_class}")
         counts = [int(i.numel()) for i in self.dataset.indices_by_class]
         if cfg.guided and min(counts) < self.ipc:
-            raise ValueError(f"ipc={self.ipc} modes per class need at least ipc real images per class; the smallest "
-                             f"class of {self.dataset.name!r} has {min(counts)}")
+            raise ValueError(
+                f"ipc={self.ipc} modes per class need at least ipc real images per class; the smallest "
+                f"class of {self.dataset.name!r} has {min(counts)}"
+            )
 
         from pydistill.diffusion.loading import load_diffusion_model
 
@@ -188,8 +194,14 @@ class MGD3(Method):
             idx = idx[perm[: int(cfg.max_real_per_class)]]
         z = self.model.encode(self.model.to_model_images(ds.denormalize(ds.x_train[idx])))
         seed = self.seed if cfg.kmeans_seed is None else int(cfg.kmeans_seed)
-        return discover_modes(z.float(), self.ipc, method=cfg.modes, seed=seed, n_init=int(cfg.kmeans_n_init),
-                              oversample=int(cfg.mode_oversample))
+        return discover_modes(
+            z.float(),
+            self.ipc,
+            method=cfg.modes,
+            seed=seed,
+            n_init=int(cfg.kmeans_n_init),
+            oversample=int(cfg.mode_oversample),
+        )
 
     def mode_images(self, c: int) -> torch.Tensor:
         """Class c's modes decoded to the dataset's space, [ipc, C, H, W] (normalized like ``dataset.x_train``):
@@ -211,10 +223,17 @@ class MGD3(Method):
             n = min(int(cfg.batch_size), self.ipc - b)
             denoise = m.denoiser([self.cond[c]] * n, float(cfg.guidance_scale), cfg.prompt_template)
             z, info = mode_guided_sample(
-                denoise, m.make_scheduler(cfg.scheduler), (n, *m.sample_shape),
-                None if modes is None else modes[b:b + n], num_inference_steps=int(cfg.num_inference_steps),
-                lambda_=float(cfg.lambda_), t_stop=float(cfg.t_stop), eta=float(cfg.eta),
-                generator=self.generator, device=self.device, dtype=m.dtype,
+                denoise,
+                m.make_scheduler(cfg.scheduler),
+                (n, *m.sample_shape),
+                None if modes is None else modes[b : b + n],
+                num_inference_steps=int(cfg.num_inference_steps),
+                lambda_=float(cfg.lambda_),
+                t_stop=float(cfg.t_stop),
+                eta=float(cfg.eta),
+                generator=self.generator,
+                device=self.device,
+                dtype=m.dtype,
             )
             guided_steps = info["guided_steps"]
             out.append(self._to_dataset_space(m.decode(z)))
@@ -224,8 +243,13 @@ class MGD3(Method):
         self.done[c] = True
         ds = self.dataset
         cover, div = coverage_and_diversity(ds.x_train[ds.indices_by_class[c]], gen)
-        stats = {"mode_distance": cover, "diversity": div, "guided_steps": float(guided_steps),
-                 "gen_time_s": time.perf_counter() - t0, "modes_time_s": t_modes}
+        stats = {
+            "mode_distance": cover,
+            "diversity": div,
+            "guided_steps": float(guided_steps),
+            "gen_time_s": time.perf_counter() - t0,
+            "modes_time_s": t_modes,
+        }
         self.class_stats[c] = stats
         return stats
 
@@ -237,9 +261,15 @@ class MGD3(Method):
         mean = lambda key: (sum(self.class_stats[c][key] for c in done) / len(done)) if done else None  # noqa: E731
         meta = {
             "method": "mgd3" if self.config.guided else "mgd3-unguided",
-            "dataset": self.dataset.name, "ipc": self.ipc, "num_classes": self.dataset.num_classes,
-            "guided": bool(self.config.guided), "model": str(self.config.model), "model_kind": self.model.kind,
-            "classes_done": len(done), "mode_distance": mean("mode_distance"), "diversity": mean("diversity"),
+            "dataset": self.dataset.name,
+            "ipc": self.ipc,
+            "num_classes": self.dataset.num_classes,
+            "guided": bool(self.config.guided),
+            "model": str(self.config.model),
+            "model_kind": self.model.kind,
+            "classes_done": len(done),
+            "mode_distance": mean("mode_distance"),
+            "diversity": mean("diversity"),
             "generation_time_s": sum(self.class_stats[c]["gen_time_s"] for c in done),
             "per_class": {str(c): self.class_stats[c] for c in done},
         }
@@ -251,14 +281,20 @@ class MGD3(Method):
         return {k: meta[k] for k in ("mode_distance", "diversity", "generation_time_s", "guided", "per_class")}
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "images": self.images.detach().clone(), "done": self.done.clone(),
-                "class_stats": {int(k): dict(v) for k, v in self.class_stats.items()}}
+        return {
+            **super().state_dict(),
+            "images": self.images.detach().clone(),
+            "done": self.done.clone(),
+            "class_stats": {int(k): dict(v) for k, v in self.class_stats.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         if tuple(state["images"].shape) != tuple(self.images.shape):
-            raise ValueError(f"state images have shape {tuple(state['images'].shape)}, expected "
-                             f"{tuple(self.images.shape)} (another dataset or ipc?)")
+            raise ValueError(
+                f"state images have shape {tuple(state['images'].shape)}, expected "
+                f"{tuple(self.images.shape)} (another dataset or ipc?)"
+            )
         self.images = state["images"].to(self.device)
         self.done = state["done"].clone().cpu()
         self.class_stats = {int(k): dict(v) for k, v in state["class_stats"].items()}

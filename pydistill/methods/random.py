@@ -1,4 +1,5 @@
 """Random real subset: ``ipc`` random training images per class (the baseline every DD paper reports)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,9 +52,12 @@ class RandomSubset(Method):
         from pydistill.synthetic import SyntheticSet
 
         ds = self.dataset
-        return SyntheticSet(ds.x_train[self.indices].clone(), ds.y_train[self.indices].clone(), None,
-                            {"method": self.name, "ipc": self.ipc, "num_classes": ds.num_classes,
-                             "indices": self.indices.tolist()})
+        return SyntheticSet(
+            ds.x_train[self.indices].clone(),
+            ds.y_train[self.indices].clone(),
+            None,
+            {"method": self.name, "ipc": self.ipc, "num_classes": ds.num_classes, "indices": self.indices.tolist()},
+        )
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "indices": self.indices.clone()}

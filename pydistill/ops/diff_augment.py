@@ -648,8 +648,13 @@ if _backend.has_triton():
     try:
         from pydistill.kernels import diff_augment as _tk
 
-        _STAGE = {"crop": _tk.STAGE_CROP, "cutout": _tk.STAGE_CUTOUT, "flip": _tk.STAGE_FLIP,
-                  "scale": _tk.STAGE_SCALE, "rotate": _tk.STAGE_ROTATE}
+        _STAGE = {
+            "crop": _tk.STAGE_CROP,
+            "cutout": _tk.STAGE_CUTOUT,
+            "flip": _tk.STAGE_FLIP,
+            "scale": _tk.STAGE_SCALE,
+            "rotate": _tk.STAGE_ROTATE,
+        }
         _HAS_TRITON_KERNELS = True
     except ImportError:  # pragma: no cover - triton present but unusable
         _HAS_TRITON_KERNELS = False
@@ -682,22 +687,43 @@ def _triton_ops_ready() -> bool:
         return False
 
     @triton_op("pydistill::diff_augment_triton_table", mutates_args={})
-    def _triton_table_op(x: torch.Tensor, active: torch.Tensor, brightness: torch.Tensor,
-                         saturation: torch.Tensor, contrast: torch.Tensor, shift: torch.Tensor,
-                         centre: torch.Tensor, flip: torch.Tensor, scale: torch.Tensor, angle: torch.Tensor,
-                         strategy: str, cut_h: int, cut_w: int, mean: bool) -> torch.Tensor:
+    def _triton_table_op(
+        x: torch.Tensor,
+        active: torch.Tensor,
+        brightness: torch.Tensor,
+        saturation: torch.Tensor,
+        contrast: torch.Tensor,
+        shift: torch.Tensor,
+        centre: torch.Tensor,
+        flip: torch.Tensor,
+        scale: torch.Tensor,
+        angle: torch.Tensor,
+        strategy: str,
+        cut_h: int,
+        cut_w: int,
+        mean: bool,
+    ) -> torch.Tensor:
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        return _tk.diff_augment_table(x, (active, brightness, saturation, contrast, shift, centre, flip, scale, angle),
-                             cut_h=cut_h, cut_w=cut_w, mean=mean, dtype=acc, **_triton_spec(strategy)[1])
+        return _tk.diff_augment_table(
+            x,
+            (active, brightness, saturation, contrast, shift, centre, flip, scale, angle),
+            cut_h=cut_h,
+            cut_w=cut_w,
+            mean=mean,
+            dtype=acc,
+            **_triton_spec(strategy)[1],
+        )
 
     @triton_op("pydistill::diff_augment_triton_fwd", mutates_args={})
-    def _triton_fwd(x: torch.Tensor, table: torch.Tensor, has_cut: bool, cut_pre: bool,
-                    crop_post: bool) -> torch.Tensor:
+    def _triton_fwd(
+        x: torch.Tensor, table: torch.Tensor, has_cut: bool, cut_pre: bool, crop_post: bool
+    ) -> torch.Tensor:
         return _tk.diff_augment_fwd(x, table, has_cut=has_cut, cut_pre=cut_pre, crop_post=crop_post)
 
     @triton_op("pydistill::diff_augment_triton_bwd", mutates_args={})
-    def _triton_bwd(grad: torch.Tensor, table: torch.Tensor, has_cut: bool, cut_pre: bool,
-                    crop_post: bool) -> torch.Tensor:
+    def _triton_bwd(
+        grad: torch.Tensor, table: torch.Tensor, has_cut: bool, cut_pre: bool, crop_post: bool
+    ) -> torch.Tensor:
         # the table's scratch columns are overwritten: work on a private copy (the eager path passes its own)
         return _tk.diff_augment_bwd(grad, table.clone(), has_cut=has_cut, cut_pre=cut_pre, crop_post=crop_post)
 

@@ -12,6 +12,7 @@ default) and ``"reference"`` (plain PyTorch; rebuilds the whole tree on every up
 The compiled ops are ``torch.ops.pydistill.sum_tree_update`` (in place; refreshes only the ancestors of
 the written leaves) and ``torch.ops.pydistill.sum_tree_sample`` (one descent per draw).
 """
+
 from __future__ import annotations
 
 import math
@@ -156,8 +157,10 @@ def importance_weights(
     when ``min_probability`` (the smallest positive probability in the buffer) is given. No host sync.
     """
     if not isinstance(probabilities, torch.Tensor) or not probabilities.is_floating_point():
-        raise ValueError(f"probabilities must be a floating-point tensor, got {type(probabilities).__name__}"
-                         + (f" of dtype {probabilities.dtype}" if isinstance(probabilities, torch.Tensor) else ""))
+        raise ValueError(
+            f"probabilities must be a floating-point tensor, got {type(probabilities).__name__}"
+            + (f" of dtype {probabilities.dtype}" if isinstance(probabilities, torch.Tensor) else "")
+        )
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not (0.0 <= float(beta) < math.inf):
         raise ValueError(f"beta must be a finite real number >= 0, got {beta!r}")
     if isinstance(size, torch.Tensor):
@@ -251,9 +254,7 @@ class SumTree:
         if validate and idx.numel():
             if bool(((idx < 0) | (idx >= self._capacity)).any()):
                 lo, hi = int(idx.min()), int(idx.max())
-                raise ValueError(
-                    f"{name} must lie in [0, capacity={self._capacity}), got values in [{lo}, {hi}]"
-                )
+                raise ValueError(f"{name} must lie in [0, capacity={self._capacity}), got values in [{lo}, {hi}]")
         return idx
 
     def get(self, indices, *, validate: bool = True) -> torch.Tensor:

@@ -22,6 +22,7 @@ Memory (``Config.unroll``): ``"plain"`` or the exact constant-memory ``"recomput
 Modules: :mod:`.experts` (expert trajectories: training, storage, the ``pydistill experts`` command),
 :mod:`.unroll` (the student unroll, plain or constant-memory exact) and :mod:`.method` (the distillation loop).
 """
+
 from __future__ import annotations
 
 from pydistill.methods.mtt.experts import EXPERT_FORMAT, ExpertBuffer, register_cli, train_experts

@@ -1,6 +1,7 @@
 """MTT experts: networks trained with plain SGD on the real data, their flat parameters theta*_t saved before
 training (t = 0) and after every epoch t = 1..E, one safetensors file per expert; the ``pydistill experts`` command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,10 +49,25 @@ def _build_model(model: str, model_kwargs: dict, dataset, seed: int) -> nn.Modul
     return seeded_network(model, dataset.channel, dataset.num_classes, dataset.im_size, seed, **dict(model_kwargs))
 
 
-def train_experts(dataset, out_dir, *, num_experts: int, epochs: int, lr: float = 0.01, batch_size: int = 256,
-                  dsa: bool = True, dsa_strategy: str | None = None, model: str = "ConvNet",
-                  model_kwargs: dict | None = None, dtype: str = "float32", device="cpu", seed: int = 0,
-                  data_root=None, zca: bool = False, log=print) -> list[Path]:
+def train_experts(
+    dataset,
+    out_dir,
+    *,
+    num_experts: int,
+    epochs: int,
+    lr: float = 0.01,
+    batch_size: int = 256,
+    dsa: bool = True,
+    dsa_strategy: str | None = None,
+    model: str = "ConvNet",
+    model_kwargs: dict | None = None,
+    dtype: str = "float32",
+    device="cpu",
+    seed: int = 0,
+    data_root=None,
+    zca: bool = False,
+    log=print,
+) -> list[Path]:
     """Train ``num_experts`` expert trajectories with plain SGD (no momentum, no weight decay) and save them.
 
     dataset: a ``pydistill.data.Dataset`` or a dataset name (loaded with ``data_root``/``zca``).
@@ -89,9 +105,18 @@ def train_experts(dataset, out_dir, *, num_experts: int, epochs: int, lr: float 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = dataset.to(dev)
-    settings = {"format": EXPERT_FORMAT, "dataset": ds.name, "zca": str(ds.zca is not None), "model": model,
-                "model_kwargs": json.dumps(model_kwargs, sort_keys=True), "lr": repr(float(lr)),
-                "batch_size": str(batch_size), "dsa": str(bool(dsa)), "epochs": str(epochs), "dtype": dtype}
+    settings = {
+        "format": EXPERT_FORMAT,
+        "dataset": ds.name,
+        "zca": str(ds.zca is not None),
+        "model": model,
+        "model_kwargs": json.dumps(model_kwargs, sort_keys=True),
+        "lr": repr(float(lr)),
+        "batch_size": str(batch_size),
+        "dsa": str(bool(dsa)),
+        "epochs": str(epochs),
+        "dtype": dtype,
+    }
     paths = []
     from pydistill import distributed as pdist
 
@@ -113,7 +138,7 @@ def train_experts(dataset, out_dir, *, num_experts: int, epochs: int, lr: float 
             net.train()
             perm = torch.randperm(n, generator=gen, device=gen.device).to(dev)
             for b in range(0, n, batch_size):
-                idx = perm[b: b + batch_size]
+                idx = perm[b : b + batch_size]
                 x = ds.x_train[idx]
                 if dsa:
                     x = diff_augment(x, strategy, per_sample=True, generator=gen)
@@ -142,8 +167,10 @@ class ExpertBuffer:
     def __init__(self, directory):
         self.dir = Path(directory)
         if not self.dir.is_dir():
-            raise FileNotFoundError(f"buffers directory {str(self.dir)!r} does not exist; train experts with "
-                                    "`pydistill experts --dataset D --out DIR` (or mtt.train_experts)")
+            raise FileNotFoundError(
+                f"buffers directory {str(self.dir)!r} does not exist; train experts with "
+                "`pydistill experts --dataset D --out DIR` (or mtt.train_experts)"
+            )
         self.paths, self.metas = [], []
         for p in sorted(self.dir.glob("expert_*.safetensors")):
             meta = _read_expert_meta(p)
@@ -155,8 +182,10 @@ class ExpertBuffer:
         m0 = self.metas[0]
         for p, m in zip(self.paths, self.metas):
             if m["num_params"] != m0["num_params"] or m["epochs"] != m0["epochs"]:
-                raise ValueError(f"experts in {self.dir} disagree: {p.name} has {m['num_params']} params / "
-                                 f"{m['epochs']} epochs, {self.paths[0].name} {m0['num_params']} / {m0['epochs']}")
+                raise ValueError(
+                    f"experts in {self.dir} disagree: {p.name} has {m['num_params']} params / "
+                    f"{m['epochs']} epochs, {self.paths[0].name} {m0['num_params']} / {m0['epochs']}"
+                )
         self.epochs = int(m0["epochs"])
         self.num_params = int(m0["num_params"])
         self.lr = float(m0["lr"])
@@ -174,15 +203,15 @@ class ExpertBuffer:
 
         with safe_open(str(self.paths[expert]), framework="pt") as f:
             sl = f.get_slice("trajectory")
-            return [sl[int(e): int(e) + 1][0].to(device=device, dtype=dtype) for e in epochs]
-
+            return [sl[int(e) : int(e) + 1][0].to(device=device, dtype=dtype) for e in epochs]
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def register_cli(subparsers) -> argparse.ArgumentParser:
     """Add ``pydistill experts --dataset D --out DIR --num-experts N --epochs E ...``."""
-    p = subparsers.add_parser("experts", help="train MTT expert trajectories (resumable)",
-                              description=train_experts.__doc__.split("\n\n")[0])
+    p = subparsers.add_parser(
+        "experts", help="train MTT expert trajectories (resumable)", description=train_experts.__doc__.split("\n\n")[0]
+    )
     p.add_argument("--dataset", required=True, help="dataset name (digits, mnist, cifar10, ...)")
     p.add_argument("--out", required=True, help="output directory (expert_*.safetensors)")
     p.add_argument("--num-experts", type=int, default=100)
@@ -204,10 +233,22 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
 
 def _cli_experts(args) -> int:
     kw = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v is not None}
-    paths = train_experts(args.dataset, args.out, num_experts=args.num_experts, epochs=args.epochs, lr=args.lr,
-                          batch_size=args.batch_size, dsa=not args.no_dsa, model=args.model, model_kwargs=kw or None,
-                          dtype=args.dtype, device=args.device, seed=args.seed, data_root=args.data_root,
-                          zca=args.zca)
+    paths = train_experts(
+        args.dataset,
+        args.out,
+        num_experts=args.num_experts,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        dsa=not args.no_dsa,
+        model=args.model,
+        model_kwargs=kw or None,
+        dtype=args.dtype,
+        device=args.device,
+        seed=args.seed,
+        data_root=args.data_root,
+        zca=args.zca,
+    )
     from pydistill.distributed import is_main
 
     if is_main():

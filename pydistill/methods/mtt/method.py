@@ -1,4 +1,5 @@
 """The MTT distillation loop (see the package docstring for the paper's notation)."""
+
 from __future__ import annotations
 
 import math
@@ -10,7 +11,8 @@ from pydistill.functional import num_params
 from pydistill.methods.base import Method
 from pydistill.methods.common import class_labels, init_synthetic_images
 from pydistill.methods.mtt.experts import ExpertBuffer, _build_model
-from pydistill.methods.mtt.unroll import UNROLLS as _UNROLLS, unroll_student
+from pydistill.methods.mtt.unroll import UNROLLS as _UNROLLS
+from pydistill.methods.mtt.unroll import unroll_student
 from pydistill.models import default_model_kwargs
 
 __all__ = ["Config", "MTT"]
@@ -20,15 +22,21 @@ __all__ = ["Config", "MTT"]
 # (syn_steps N, expert_epochs M, max_start_epoch, lr_img, lr_lr, lr_teacher, batch_syn, zca). CIFAR-10 IPC 10 uses
 # lr_img 100: the published 1000 was a confirmed typo (both run stably; /work/shared/REFERENCE.md).
 MTT_TABLE: dict[str, dict[int, tuple]] = {
-    "cifar10": {1: (50, 2, 2, 100.0, 1e-7, 0.01, None, True),
-                10: (30, 2, 20, 100.0, 1e-5, 0.001, None, True),
-                50: (30, 2, 40, 1000.0, 1e-5, 0.001, None, False)},
-    "cifar100": {1: (20, 3, 20, 1000.0, 1e-5, 0.01, None, True),
-                 10: (20, 2, 20, 1000.0, 1e-5, 0.01, None, False),
-                 50: (80, 2, 40, 1000.0, 1e-5, 0.01, 125, True)},
-    "tinyimagenet": {1: (10, 2, 10, 10000.0, 1e-4, 0.01, None, False),
-                     10: (20, 2, 40, 10000.0, 1e-4, 0.01, 200, False),
-                     50: (20, 2, 40, 10000.0, 1e-4, 0.01, 300, False)},
+    "cifar10": {
+        1: (50, 2, 2, 100.0, 1e-7, 0.01, None, True),
+        10: (30, 2, 20, 100.0, 1e-5, 0.001, None, True),
+        50: (30, 2, 40, 1000.0, 1e-5, 0.001, None, False),
+    },
+    "cifar100": {
+        1: (20, 3, 20, 1000.0, 1e-5, 0.01, None, True),
+        10: (20, 2, 20, 1000.0, 1e-5, 0.01, None, False),
+        50: (80, 2, 40, 1000.0, 1e-5, 0.01, 125, True),
+    },
+    "tinyimagenet": {
+        1: (10, 2, 10, 10000.0, 1e-4, 0.01, None, False),
+        10: (20, 2, 40, 10000.0, 1e-4, 0.01, 200, False),
+        50: (20, 2, 40, 10000.0, 1e-4, 0.01, 300, False),
+    },
 }
 _TABLE_ALIASES = {"tiny": "tinyimagenet", "tiny-imagenet": "tinyimagenet", "tiny_imagenet": "tinyimagenet"}
 LR_PARAMS = ("linear", "log")
@@ -71,7 +79,8 @@ class Config:
         base = _TABLE_ALIASES.get(base, base)
         if base == "digits":
             # Ours: experts the digits ConvNet (width 32, depth 2), lr 0.05, batch 64, 15 epochs
-            # (benchmarks/experiments/accuracy.py). Without ZCA the image gradients are larger than on ZCA CIFAR: lr_img 10
+            # (benchmarks/experiments/accuracy.py). Without ZCA the image gradients are larger than on ZCA CIFAR:
+            # lr_img 10
             # (1 learns slower: IPC 10 at 100 iterations 97.2 vs 98.0 +- 0.3%; a random subset scores 95.3 +- 0.9%).
             cfg.model_kwargs = default_model_kwargs("ConvNet", "digits")  # width 32, depth 2
             cfg.iterations = 100
@@ -88,16 +97,29 @@ class Config:
         if table is None:
             table = MTT_TABLE["cifar10"]
             key = min(table, key=lambda k: abs(k - ipc)) if ipc is not None else 10
-            warnings.warn(f"MTT has no published settings for dataset {name!r}; using the CIFAR-10 IPC {key} row "
-                          f"{table[key]} (syn_steps, expert_epochs, max_start_epoch, lr_img, lr_lr, lr_teacher, "
-                          "batch_syn, zca)", stacklevel=2)
+            warnings.warn(
+                f"MTT has no published settings for dataset {name!r}; using the CIFAR-10 IPC {key} row "
+                f"{table[key]} (syn_steps, expert_epochs, max_start_epoch, lr_img, lr_lr, lr_teacher, "
+                "batch_syn, zca)",
+                stacklevel=2,
+            )
         else:
             key = min(table, key=lambda k: abs(k - ipc)) if ipc is not None else 10
             if ipc is not None and ipc not in table:
-                warnings.warn(f"MTT has no published row for {name} IPC {ipc}; using the {name} IPC {key} row "
-                              f"{table[key]}", stacklevel=2)
-        (cfg.syn_steps, cfg.expert_epochs, cfg.max_start_epoch, cfg.lr_img, cfg.lr_lr, cfg.lr_teacher,
-         cfg.batch_syn, cfg.zca) = table[key]
+                warnings.warn(
+                    f"MTT has no published row for {name} IPC {ipc}; using the {name} IPC {key} row {table[key]}",
+                    stacklevel=2,
+                )
+        (
+            cfg.syn_steps,
+            cfg.expert_epochs,
+            cfg.max_start_epoch,
+            cfg.lr_img,
+            cfg.lr_lr,
+            cfg.lr_teacher,
+            cfg.batch_syn,
+            cfg.zca,
+        ) = table[key]
         if base not in MTT_TABLE:
             cfg.zca = False  # ZCA is the CIFAR rows' choice, not a default for other data
         if base == "tinyimagenet" and cfg.model is None:
@@ -117,8 +139,10 @@ class MTT(Method):
         super().__init__(dataset, ipc, config=config, device=device, seed=seed)
         cfg = self.config
         if cfg.buffers is None:
-            raise ValueError("config.buffers is required: a directory of expert trajectories written by "
-                             "`pydistill experts --dataset D --out DIR` (or mtt.train_experts); pass --buffers DIR")
+            raise ValueError(
+                "config.buffers is required: a directory of expert trajectories written by "
+                "`pydistill experts --dataset D --out DIR` (or mtt.train_experts); pass --buffers DIR"
+            )
         if cfg.unroll not in _UNROLLS:
             raise ValueError(f"config.unroll must be one of {_UNROLLS}, got {cfg.unroll!r}")
         if cfg.lr_param not in LR_PARAMS:
@@ -135,21 +159,27 @@ class MTT(Method):
                 raise ValueError(f"config.{name} must be > 0, got {getattr(cfg, name)}")
         self.buffer = ExpertBuffer(cfg.buffers)
         if self.buffer.dataset != self.dataset.name or self.buffer.zca != (self.dataset.zca is not None):
-            raise ValueError(f"the experts in {cfg.buffers} were trained on {self.buffer.dataset!r} "
-                             f"(zca={self.buffer.zca}), the dataset is {self.dataset.name!r} "
-                             f"(zca={self.dataset.zca is not None}); train the experts with the same --zca setting "
-                             "or load the dataset to match (`distill --zca/--no-zca`, config.zca)")
+            raise ValueError(
+                f"the experts in {cfg.buffers} were trained on {self.buffer.dataset!r} "
+                f"(zca={self.buffer.zca}), the dataset is {self.dataset.name!r} "
+                f"(zca={self.dataset.zca is not None}); train the experts with the same --zca setting "
+                "or load the dataset to match (`distill --zca/--no-zca`, config.zca)"
+            )
         if cfg.max_start_epoch + cfg.expert_epochs - 1 > self.buffer.epochs:
-            raise ValueError(f"config.max_start_epoch - 1 + config.expert_epochs must be <= the experts' epochs "
-                             f"({self.buffer.epochs}), got {cfg.max_start_epoch} - 1 + {cfg.expert_epochs}")
+            raise ValueError(
+                f"config.max_start_epoch - 1 + config.expert_epochs must be <= the experts' epochs "
+                f"({self.buffer.epochs}), got {cfg.max_start_epoch} - 1 + {cfg.expert_epochs}"
+            )
         model = cfg.model or self.buffer.model
         kw = self.buffer.model_kwargs if cfg.model_kwargs is None else dict(cfg.model_kwargs)
         self.net = _build_model(model, kw, self.dataset, 0).to(self.device)  # architecture only
         for p in self.net.parameters():
             p.requires_grad_(False)
         if num_params(self.net) != self.buffer.num_params:
-            raise ValueError(f"model {model!r} has {num_params(self.net)} parameters, the experts "
-                             f"{self.buffer.num_params}; set config.model/model_kwargs to the experts' architecture")
+            raise ValueError(
+                f"model {model!r} has {num_params(self.net)} parameters, the experts "
+                f"{self.buffer.num_params}; set config.model/model_kwargs to the experts' architecture"
+            )
         self.strategy = None
         if cfg.dsa:
             from pydistill.data import dsa_strategy_for
@@ -166,7 +196,7 @@ class MTT(Method):
             self.opt_lr = torch.optim.SGD([self.lr_param], lr=cfg.lr_lr, momentum=cfg.momentum)
         else:  # alpha = exp(lr_param) > 0; lr_lr / alpha_0^2 makes the first step equal the official one
             self.lr_param = torch.tensor(math.log(lr0), device=self.device).requires_grad_(True)
-            self.opt_lr = torch.optim.SGD([self.lr_param], lr=cfg.lr_lr / lr0 ** 2, momentum=cfg.momentum)
+            self.opt_lr = torch.optim.SGD([self.lr_param], lr=cfg.lr_lr / lr0**2, momentum=cfg.momentum)
 
     @property
     def num_iterations(self) -> int:
@@ -197,8 +227,9 @@ class MTT(Method):
             idx = chunks.pop(0)
             indices.append(idx)
             if self.strategy is not None:
-                _, p = diff_augment(self.images.detach()[idx], self.strategy, per_sample=True,
-                                    generator=gen, return_params=True)
+                _, p = diff_augment(
+                    self.images.detach()[idx], self.strategy, per_sample=True, generator=gen, return_params=True
+                )
                 aug.append(p)
         return indices, (aug if self.strategy is not None else None)
 
@@ -225,8 +256,17 @@ class MTT(Method):
             start, target = self.buffer.snapshots(e, [t, t + cfg.expert_epochs], self.device)
             indices, aug = self._plan(gen)
             lr = self.alpha()
-            w_n = unroll_student(self.net, self.images, self.labels, lr, start, indices, strategy=self.strategy,
-                                 aug_params=aug, unroll=cfg.unroll)
+            w_n = unroll_student(
+                self.net,
+                self.images,
+                self.labels,
+                lr,
+                start,
+                indices,
+                strategy=self.strategy,
+                aug_params=aug,
+                unroll=cfg.unroll,
+            )
             loss = trajectory_loss(w_n, start, target)
             (loss / n_seg).backward()  # one segment's graph alive at a time
             stats[0, s], stats[1, s] = float(loss.detach()), float(t)
@@ -240,14 +280,28 @@ class MTT(Method):
     def synthetic_set(self):
         from pydistill.synthetic import SyntheticSet
 
-        return SyntheticSet(self.images.detach().clone(), self.labels.clone(), self.lr,
-                            {"method": self.name, "ipc": self.ipc, "model": self.net.__class__.__name__,
-                             "dsa": bool(self.config.dsa), "buffers": str(self.config.buffers)})
+        return SyntheticSet(
+            self.images.detach().clone(),
+            self.labels.clone(),
+            self.lr,
+            {
+                "method": self.name,
+                "ipc": self.ipc,
+                "model": self.net.__class__.__name__,
+                "dsa": bool(self.config.dsa),
+                "buffers": str(self.config.buffers),
+            },
+        )
 
     def state_dict(self) -> dict:
         key = "log_lr" if self.config.lr_param == "log" else "lr"
-        return {**super().state_dict(), "images": self.images.detach().clone(), key: self.lr_param.detach().clone(),
-                "opt_img": self.opt_img.state_dict(), "opt_lr": self.opt_lr.state_dict()}
+        return {
+            **super().state_dict(),
+            "images": self.images.detach().clone(),
+            key: self.lr_param.detach().clone(),
+            "opt_img": self.opt_img.state_dict(),
+            "opt_lr": self.opt_lr.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
@@ -259,4 +313,3 @@ class MTT(Method):
             self.lr_param.copy_(state[key].to(self.device))
         self.opt_img.load_state_dict(state["opt_img"])
         self.opt_lr.load_state_dict(state["opt_lr"])
-

@@ -11,6 +11,7 @@ Memory (``unroll``):
       dL/dalpha += -<g_n, a_{n+1}>
   These are the same gradients as the plain unroll (cross-step terms included), unlike TESLA's approximation.
 """
+
 from __future__ import annotations
 
 import torch
@@ -97,4 +98,3 @@ def unroll_student(net, images, labels, lr, w0, indices, *, strategy=None, aug_p
     for n in range(len(indices)):
         w = w - lr * plan.grad(w, images, n, create_graph=True)
     return w
-

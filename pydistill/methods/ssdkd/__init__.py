@@ -4,6 +4,7 @@
 ``pydistill teacher`` command), ``generator`` (generator + first-order meta update), ``replay`` (buffer + priority
 sampling on SumTree), ``losses`` (BN statistics, phi-weighted task loss, adversarial and KD losses).
 """
+
 from pydistill.methods.ssdkd.method import SSDKD, STUDENT_FILE, Config
 from pydistill.methods.ssdkd.replay import ReplayBuffer
 from pydistill.methods.ssdkd.teacher import TEACHER_FORMAT, load_teacher, register_cli, train_teacher

@@ -21,6 +21,7 @@ Architecture: Linear to ``2*width`` feature maps at a quarter of the output size
 (nearest upsample x2, 3x3 conv, BatchNorm, LeakyReLU 0.2) stages, a 3x3 conv to ``channel`` maps, sigmoid.
 Sizes that are not a multiple of 4 are reached by a final bilinear resize of the last feature map.
 """
+
 from __future__ import annotations
 
 import copy
@@ -145,8 +146,17 @@ class MetaGenerator:
         meta_lr: default ``lr_g * g_steps`` (the base's meta-optimizer lr).
     """
 
-    def __init__(self, prior: nn.Module, *, lr_g: float, lr_z: float, g_steps: int, meta: str = "fomaml",
-                 meta_optimizer: str = "adam", meta_lr: float | None = None):
+    def __init__(
+        self,
+        prior: nn.Module,
+        *,
+        lr_g: float,
+        lr_z: float,
+        g_steps: int,
+        meta: str = "fomaml",
+        meta_optimizer: str = "adam",
+        meta_lr: float | None = None,
+    ):
         if meta not in ("fomaml", "reptile"):
             raise ValueError(f"meta must be 'fomaml' or 'reptile', got {meta!r}")
         if meta_optimizer not in ("adam", "sgd"):
@@ -174,8 +184,9 @@ class MetaGenerator:
         fast = copy.deepcopy(self.prior)
         fast.train()
         z = z.detach().clone().requires_grad_(True)
-        opt = torch.optim.Adam([{"params": list(fast.parameters())}, {"params": [z], "lr": self.lr_z}],
-                               lr=self.lr_g, betas=(0.5, 0.999))
+        opt = torch.optim.Adam(
+            [{"params": list(fast.parameters())}, {"params": [z], "lr": self.lr_z}], lr=self.lr_g, betas=(0.5, 0.999)
+        )
         self.meta_opt.zero_grad(set_to_none=True)
         meta_grads = [torch.zeros_like(p) for p in self.prior.parameters()]
         best, best_loss, best_logs = None, math.inf, {}

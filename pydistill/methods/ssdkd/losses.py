@@ -9,6 +9,7 @@
 - :func:`task_loss`: ``mean_i phi_i CE(t(x_i), y_i)``; :func:`adversarial_loss`: ``-mean_i m_i KL(p_T || p_S)``.
 - :func:`kd_loss`: ``T^2 KL(softmax(t/T) || softmax(s/T))``; :func:`priority`: ``KL(p_T || p_S)`` at T = 1.
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,9 +37,7 @@ def batch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return flat.mean(dim=1), flat.var(dim=1, unbiased=False)
 
 
-def bn_stats_distance(
-    x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor
-) -> torch.Tensor:
+def bn_stats_distance(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor) -> torch.Tensor:
     """``||mean(x) - running_mean||_2 + ||var(x) - running_var||_2`` for one BN input ``x [N, C, ...]``.
 
     Mean and (biased) variance are per channel over every dim but 1. Returns a 0-dim tensor.
@@ -198,9 +197,7 @@ def kd_loss(
     return per.mean() if reduction == "mean" else per.sum()
 
 
-def priority(
-    teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0
-) -> torch.Tensor:
+def priority(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """SSD-KD priority ``delta(x) = KL(p_T(.|x) || p_S(.|x))`` per sample, ``[N]``, detached, >= 0.
 
     With ``temperature != 1`` both distributions are softened by ``T`` (no ``T^2`` factor).
@@ -222,9 +219,7 @@ def class_counts(buffer_labels: torch.Tensor | None, num_classes: int) -> torch.
     return torch.bincount(labels, minlength=num_classes).float()
 
 
-def class_frequencies(
-    buffer_labels: torch.Tensor | None, batch_labels: torch.Tensor, num_classes: int
-) -> torch.Tensor:
+def class_frequencies(buffer_labels: torch.Tensor | None, batch_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Class frequencies ``f[c] = (n_B(c) + n_batch(c)) / (|B| + N)`` over the buffer plus the new batch, ``[K]``.
 
     Used by ``diversity="ratio"`` of :func:`modulating_phi` (our earlier form, kept as an option).
@@ -263,8 +258,9 @@ def modulating_phi(
     _check_logits("teacher_logits", teacher_logits)
     k = teacher_logits.shape[1]
     if buffer_counts.shape != (k,):
-        raise ValueError(f"buffer_counts must have shape ({k},) (one value per class), got "
-                         f"{tuple(buffer_counts.shape)}")
+        raise ValueError(
+            f"buffer_counts must have shape ({k},) (one value per class), got {tuple(buffer_counts.shape)}"
+        )
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     if diversity not in ("count", "ratio"):

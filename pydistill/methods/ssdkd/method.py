@@ -23,6 +23,7 @@ Algorithm 1 as :meth:`SSDKD.step` runs it, one round ``i`` of ``rounds``:
 ``use_phi=False, use_priority=False`` is the Fast-DFKD-style baseline (the base with SSD-KD's two modules off).
 Every default cites its source in :class:`Config`; the CPU presets for digits/MNIST are ours.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,8 @@ from pydistill.methods.ssdkd.losses import (
     task_loss,
 )
 from pydistill.methods.ssdkd.replay import ReplayBuffer
-from pydistill.models import seeded_network
 from pydistill.methods.ssdkd.teacher import _im_size, augment, default_augment_args, load_teacher
+from pydistill.models import seeded_network
 from pydistill.synthetic import SyntheticSet
 from pydistill.utils import save_checked
 
@@ -119,11 +120,27 @@ class Config:
 # ConvNet width 32 (lr 0.05, measured stable; 0.2 diverged on digits), no generator reset.
 _CPU_PRESETS = {
     # digits: 1,442 train images -> buffer 145; 110 rounds x 32 images = 3,520 synthesized, 100 x 50 student steps
-    "digits": dict(student="ConvNetW32", rounds=110, warmup=10, synthesis_batch=32, batch_size=64, kd_steps=50,
-                   lr_student=0.05, reset_l0_round=None),
+    "digits": dict(
+        student="ConvNetW32",
+        rounds=110,
+        warmup=10,
+        synthesis_batch=32,
+        batch_size=64,
+        kd_steps=50,
+        lr_student=0.05,
+        reset_l0_round=None,
+    ),
     # mnist: 60,000 train images -> buffer 6,000; 110 rounds x 64 images = 7,040 synthesized, 100 x 100 steps
-    "mnist": dict(student="ConvNetW32", rounds=110, warmup=10, synthesis_batch=64, batch_size=128, kd_steps=100,
-                  lr_student=0.05, reset_l0_round=None),
+    "mnist": dict(
+        student="ConvNetW32",
+        rounds=110,
+        warmup=10,
+        synthesis_batch=64,
+        batch_size=128,
+        kd_steps=100,
+        lr_student=0.05,
+        reset_l0_round=None,
+    ),
 }
 
 
@@ -170,23 +187,35 @@ class SSDKD(Method):
         self.bn_loss.enabled = False
 
         # student, meta-learned generator, optimizer
-        self.student = seeded_network(cfg.student, dataset.channel, dataset.num_classes, (h, w), seed + 1, device=dev,
-                                      **dict(cfg.student_kwargs))
+        self.student = seeded_network(
+            cfg.student, dataset.channel, dataset.num_classes, (h, w), seed + 1, device=dev, **dict(cfg.student_kwargs)
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 2)
-            prior = Generator(cfg.latent_dim, int(dataset.channel), (h, w), dataset.mean, dataset.std,
-                              width=cfg.gen_width).to(dev)
-        self.gen = MetaGenerator(prior, lr_g=cfg.lr_g, lr_z=cfg.lr_z, g_steps=cfg.g_steps, meta=cfg.meta,
-                                 meta_optimizer=cfg.meta_optimizer)
-        self.opt_s = torch.optim.SGD(self.student.parameters(), lr=cfg.lr_student, momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay)
+            prior = Generator(
+                cfg.latent_dim, int(dataset.channel), (h, w), dataset.mean, dataset.std, width=cfg.gen_width
+            ).to(dev)
+        self.gen = MetaGenerator(
+            prior, lr_g=cfg.lr_g, lr_z=cfg.lr_z, g_steps=cfg.g_steps, meta=cfg.meta, meta_optimizer=cfg.meta_optimizer
+        )
+        self.opt_s = torch.optim.SGD(
+            self.student.parameters(), lr=cfg.lr_student, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
         self.aug_args = default_augment_args(dataset)
 
         # dynamic replay buffer
         n_train = int(dataset.x_train.shape[0])
         cap = cfg.buffer_size if cfg.buffer_size is not None else max(1, math.ceil(cfg.buffer_fraction * n_train))
-        self.buffer = ReplayBuffer(cap, (int(dataset.channel), h, w), k, alpha=cfg.alpha, eps=cfg.priority_eps,
-                                   replace=cfg.replace, device=dev, backend=cfg.tree_backend)
+        self.buffer = ReplayBuffer(
+            cap,
+            (int(dataset.channel), h, w),
+            k,
+            alpha=cfg.alpha,
+            eps=cfg.priority_eps,
+            replace=cfg.replace,
+            device=dev,
+            backend=cfg.tree_backend,
+        )
         self.synthesized = 0
         self.student_steps = 0
         self._teacher_acc: float | None = None
@@ -208,15 +237,30 @@ class SSDKD(Method):
         for name in ("lr_g", "lr_z", "temperature", "lr_student", "priority_eps"):
             if not getattr(cfg, name) > 0:
                 raise ValueError(f"config.{name} must be > 0, got {getattr(cfg, name)}")
-        for name in ("w_bn", "w_ce", "w_adv", "gamma", "alpha", "beta", "beta_final", "momentum", "weight_decay",
-                     "lr_student_min"):
+        for name in (
+            "w_bn",
+            "w_ce",
+            "w_adv",
+            "gamma",
+            "alpha",
+            "beta",
+            "beta_final",
+            "momentum",
+            "weight_decay",
+            "lr_student_min",
+        ):
             if not getattr(cfg, name) >= 0:
                 raise ValueError(f"config.{name} must be >= 0, got {getattr(cfg, name)}")
         if not 0 <= cfg.bn_momentum < 1:
             raise ValueError(f"config.bn_momentum must be in [0, 1), got {cfg.bn_momentum}")
-        choices = dict(replace=("oldest", "lowest"), weight_norm=("buffer", "batch", "mean"),
-                       meta=("fomaml", "reptile"), meta_optimizer=("adam", "sgd"), task_targets=("random", "argmax"),
-                       diversity=("count", "ratio"))
+        choices = dict(
+            replace=("oldest", "lowest"),
+            weight_norm=("buffer", "batch", "mean"),
+            meta=("fomaml", "reptile"),
+            meta_optimizer=("adam", "sgd"),
+            task_targets=("random", "argmax"),
+            diversity=("count", "ratio"),
+        )
         for name, allowed in choices.items():
             if getattr(cfg, name) not in allowed:
                 raise ValueError(f"config.{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
@@ -262,15 +306,19 @@ class SSDKD(Method):
         warm = self.in_warmup(it)
         if cfg.reset_l0_round is not None and it == cfg.reset_l0_round:
             reset_first_layer(self.gen.prior, self.generator)
-        x, logs = self.invert(adversarial=not warm)                      # 1. data inversion (meta generator)
-        self.buffer_update(x)                                              # 2. dynamic buffer, delta = KL(t || s)
+        x, logs = self.invert(adversarial=not warm)  # 1. data inversion (meta generator)
+        self.buffer_update(x)  # 2. dynamic buffer, delta = KL(t || s)
         logs.update(loss_kd=0.0, weight_mean=0.0, beta=0.0, lr=0.0)
-        if not warm:                                                       # 3. priority-sampled distillation
+        if not warm:  # 3. priority-sampled distillation
             logs.update(self.distill(it))
-        logs.update(warmup=float(warm), buffer=self.buffer.size, synthesized=self.synthesized,
-                    priority_mean=float(self.buffer.delta[: self.buffer.size].mean()),
-                    buffer_classes=int(torch.unique(self.buffer.labels[: self.buffer.size]).numel()),
-                    round_s=time.perf_counter() - t0)
+        logs.update(
+            warmup=float(warm),
+            buffer=self.buffer.size,
+            synthesized=self.synthesized,
+            priority_mean=float(self.buffer.delta[: self.buffer.size].mean()),
+            buffer_classes=int(torch.unique(self.buffer.labels[: self.buffer.size]).numel()),
+            round_s=time.perf_counter() - t0,
+        )
         if cfg.eval_every and (it + 1) % cfg.eval_every == 0:
             logs["student_acc"] = self.student_accuracy()
         return logs
@@ -317,8 +365,12 @@ class SSDKD(Method):
             else:
                 l_adv = torch.zeros((), device=x.device)
             loss = cfg.w_bn * l_bn + cfg.w_ce * l_ce + cfg.w_adv * l_adv
-            return loss, dict(loss_bn=float(l_bn.detach()), loss_ce=float(l_ce.detach()),
-                              loss_adv=float(l_adv.detach()), phi_mean=float(phi.mean()))
+            return loss, dict(
+                loss_bn=float(l_bn.detach()),
+                loss_ce=float(l_ce.detach()),
+                loss_adv=float(l_adv.detach()),
+                phi_mean=float(phi.mean()),
+            )
 
         x, logs, _ = self.gen.round(z, inversion_loss)
         self.bn_loss.update_momentum()
@@ -342,8 +394,9 @@ class SSDKD(Method):
         self.student.train()
         kd_sum, w_sum = 0.0, 0.0
         for _ in range(cfg.kd_steps):
-            slots, wts = self.buffer.sample(cfg.batch_size, self.generator, prioritized=cfg.use_priority,
-                                            beta=beta, norm=cfg.weight_norm)
+            slots, wts = self.buffer.sample(
+                cfg.batch_size, self.generator, prioritized=cfg.use_priority, beta=beta, norm=cfg.weight_norm
+            )
             xb = self._aug(self.buffer.images[slots])
             with torch.no_grad():
                 tb = self.teacher(xb)
@@ -373,13 +426,22 @@ class SSDKD(Method):
         """A ``SyntheticSet`` of up to ``ipc`` buffer images per teacher class (highest priority first), class-major,
         labelled with the teacher's argmax (int64)."""
         size = self.buffer.size
-        meta = {"method": self.name, "ipc": self.ipc, "student": self.config.student,
-                "teacher": self.teacher_meta.get("model"), "synthesized_samples": self.synthesized,
-                "labels": "teacher argmax"}
+        meta = {
+            "method": self.name,
+            "ipc": self.ipc,
+            "student": self.config.student,
+            "teacher": self.teacher_meta.get("model"),
+            "synthesized_samples": self.synthesized,
+            "labels": "teacher argmax",
+        }
         if size == 0:
             c, (h, w) = int(self.dataset.channel), _im_size(self.dataset)
-            return SyntheticSet(torch.zeros(0, c, h, w, device=self.device),
-                                torch.zeros(0, dtype=torch.long, device=self.device), None, meta)
+            return SyntheticSet(
+                torch.zeros(0, c, h, w, device=self.device),
+                torch.zeros(0, dtype=torch.long, device=self.device),
+                None,
+                meta,
+            )
         labels, delta = self.buffer.labels[:size], self.buffer.delta[:size]
         keep = []
         for c in range(int(self.dataset.num_classes)):
@@ -405,9 +467,15 @@ class SSDKD(Method):
     def student_state(self) -> dict:
         """The trained student as a loadable dict (architecture name, shapes, state_dict, accuracy)."""
         h, w = _im_size(self.dataset)
-        return dict(format="pydistill-student-v1", model=self.config.student, channel=int(self.dataset.channel),
-                    num_classes=int(self.dataset.num_classes), im_size=[h, w],
-                    state_dict=self.student.state_dict(), synthesized_samples=self.synthesized)
+        return dict(
+            format="pydistill-student-v1",
+            model=self.config.student,
+            channel=int(self.dataset.channel),
+            num_classes=int(self.dataset.num_classes),
+            im_size=[h, w],
+            state_dict=self.student.state_dict(),
+            synthesized_samples=self.synthesized,
+        )
 
     def save_student(self, path: str) -> str:
         """Write the student (``student_state()`` plus its test accuracy) atomically to ``path``."""
@@ -434,8 +502,10 @@ class SSDKD(Method):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         if "meta_generator" not in state:
-            raise ValueError("this SSD-KD checkpoint predates the meta-learned generator (no 'meta_generator'); "
-                             "start the run in a new output folder")
+            raise ValueError(
+                "this SSD-KD checkpoint predates the meta-learned generator (no 'meta_generator'); "
+                "start the run in a new output folder"
+            )
         self.gen.load_state_dict(state["meta_generator"])
         self.bn_loss.load_state_dict(state["bn_momentum"])
         self.student.load_state_dict(state["student"])
@@ -443,5 +513,3 @@ class SSDKD(Method):
         self.buffer.load_state_dict(state["buffer"])
         self.synthesized = int(state["synthesized"])
         self.student_steps = int(state["student_steps"])
-
-

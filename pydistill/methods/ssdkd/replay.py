@@ -7,6 +7,7 @@ and priorities. The paper's priority of a sample at student step ``i`` is
 ``w_i(x) = (|B| P_i(x))^-beta / max_B (|B| P_i)^-beta``. The tree holds ``(delta + eps)^alpha`` per slot; the
 importance-weight formula is :func:`pydistill.ops.sum_tree.importance_weights` (written once, there).
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,18 @@ class ReplayBuffer:
     lowest-priority ones (ties: lowest slot). Until full, images fill the free slots in order.
     """
 
-    def __init__(self, capacity: int, image_shape, num_classes: int, *, alpha: float, eps: float,
-                 replace: str = "oldest", device="cpu", backend: str = "auto"):
+    def __init__(
+        self,
+        capacity: int,
+        image_shape,
+        num_classes: int,
+        *,
+        alpha: float,
+        eps: float,
+        replace: str = "oldest",
+        device="cpu",
+        backend: str = "auto",
+    ):
         if capacity < 1:
             raise ValueError(f"buffer capacity must be >= 1, got {capacity}")
         if replace not in ("oldest", "lowest"):
@@ -108,8 +119,9 @@ class ReplayBuffer:
                 w = w / w.mean()
         return w.float()
 
-    def sample(self, n: int, generator: torch.Generator, *, prioritized: bool, beta: float = 0.0,
-               norm: str = "buffer") -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, n: int, generator: torch.Generator, *, prioritized: bool, beta: float = 0.0, norm: str = "buffer"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(slots [n], IS weights [n])``: prioritized draws with :meth:`importance_weights`, or uniform draws
         with weights 1."""
         if not prioritized:
@@ -118,8 +130,15 @@ class ReplayBuffer:
         return slots, self.importance_weights(probs, beta, norm)
 
     def state_dict(self) -> dict:
-        return dict(images=self.images, logits=self.logits, labels=self.labels, delta=self.delta,
-                    size=self.size, ptr=self.ptr, tree=self.tree.state_dict())
+        return dict(
+            images=self.images,
+            logits=self.logits,
+            labels=self.labels,
+            delta=self.delta,
+            size=self.size,
+            ptr=self.ptr,
+            tree=self.tree.state_dict(),
+        )
 
     def load_state_dict(self, sd: dict) -> None:
         for k in ("images", "logits", "labels", "delta"):

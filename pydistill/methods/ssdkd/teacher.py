@@ -1,4 +1,5 @@
 """Teacher of SSD-KD: training (resumable, plain state_dict files), loading, and the shared augmentation."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,9 @@ def _im_size(dataset) -> tuple[int, int]:
     return (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, *, flip: bool, pad: int,
-            fill: torch.Tensor | None = None) -> torch.Tensor:
+def augment(
+    x: torch.Tensor, gen: torch.Generator, *, flip: bool, pad: int, fill: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-sample random crop with padding (pad by ``pad``, crop back to ``H x W``) and optional horizontal flip.
 
     ``x [N, C, H, W]``; ``fill``: value of the padded border, ``[C]`` or None (0). The base (Fast-DFKD) crops 32x32
@@ -112,8 +114,9 @@ def train_teacher(
     h, w = _im_size(dataset)
     pad = max(1, h // 8)
 
-    net = seeded_network(model, dataset.channel, dataset.num_classes, _im_size(dataset), seed, device=device,
-                         **model_kwargs)
+    net = seeded_network(
+        model, dataset.channel, dataset.num_classes, _im_size(dataset), seed, device=device, **model_kwargs
+    )
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     start = 0
@@ -217,10 +220,9 @@ def load_teacher(path: str, device: str | torch.device = "cpu") -> tuple[nn.Modu
 
 # ----------------------------------------------------------------------------------------------- CLI
 def _cli_teacher(args: argparse.Namespace) -> int:
-    from pydistill.data import load_dataset
-
     import json
 
+    from pydistill.data import load_dataset
     from pydistill.utils import resolve_device
 
     try:
@@ -231,8 +233,15 @@ def _cli_teacher(args: argparse.Namespace) -> int:
         raise ValueError(f"--model-kwargs must be a JSON object such as '{{\"width\": 64}}', got {args.model_kwargs!r}")
     ds = load_dataset(args.dataset, args.data_root, device=resolve_device(args.device))
     meta = train_teacher(
-        ds, args.out, model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch,
+        ds,
+        args.out,
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        max_steps_per_epoch=args.max_steps_per_epoch,
         model_kwargs=model_kwargs,
     )
     print(f"teacher {meta['model']} on {args.dataset}: test accuracy {meta['test_accuracy']:.4f} -> {args.out}")
@@ -244,7 +253,7 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser("teacher", help="train a teacher for data-free KD (SSD-KD); resumable")
     p.add_argument("--dataset", required=True, help="dataset name (see pydistill.data.load_dataset)")
     p.add_argument("--model", default="ResNet34", help="architecture name (pydistill.models.get_network)")
-    p.add_argument("--model-kwargs", default="{}", help='extra get_network keywords as JSON, e.g. \'{"width": 64}\'')
+    p.add_argument("--model-kwargs", default="{}", help="extra get_network keywords as JSON, e.g. '{\"width\": 64}'")
     p.add_argument("--out", required=True, help="teacher file to write (resumes when it exists)")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=128)
@@ -253,6 +262,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap mini-batches per epoch (quick runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
-    p.add_argument("--data-root", default=None,
-                   help="dataset folder (default: $PYDISTILL_DATA, else ~/.cache/pydistill/datasets)")
+    p.add_argument(
+        "--data-root", default=None, help="dataset folder (default: $PYDISTILL_DATA, else ~/.cache/pydistill/datasets)"
+    )
     p.set_defaults(func=_cli_teacher)
