@@ -83,7 +83,18 @@ def _distill(method_name, dataset, out, **changes):
 @pytest.mark.parametrize(
     "method_name,changes",
     [
-        ("dc", {"iterations": 2, "outer_loop": 2, "inner_loop": 1, "batch_real": 8, "bn_images_per_class": 4}),
+        # real init: DC's official noise init cannot learn this set in 2 iterations (chance, 1/3)
+        (
+            "dc",
+            {
+                "iterations": 2,
+                "outer_loop": 2,
+                "inner_loop": 1,
+                "batch_real": 8,
+                "bn_images_per_class": 4,
+                "init": "real",
+            },
+        ),
         ("dm", {"iterations": 4, "batch_real": 8}),
     ],
 )

@@ -421,10 +421,13 @@ def test_torchrun_dm_experts_mtt_equal_single_process(tmp_path, one_thread):
             load_file(str(multi / "experts" / name))["trajectory"],
             load_file(str(single / "experts" / name))["trajectory"],
         )
-    # MTT: segments split over ranks, gradients averaged: equal within float tolerance
+    # MTT: segments split over ranks, gradients averaged: equal within float tolerance. The two iterations move
+    # the images by up to 0.82 (mean 0.064); summing the segment gradients in another order left 7.1e-6 (1e-5 of
+    # that update) on this CPU's float32 kernels, so the bound is 2e-5: a segment lost or counted twice moves
+    # images by O(0.1) and still fails.
     a, b = _load(multi / "mtt" / "synthetic.safetensors"), _load(single / "mtt" / "synthetic.safetensors")
-    torch.testing.assert_close(a.images, b.images, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(a.lr, b.lr, rtol=1e-6, atol=0)
+    torch.testing.assert_close(a.images, b.images, rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(a.lr, b.lr, rtol=2e-5, atol=0)  # 4.1e-6 measured, same float order
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--driver":
