@@ -12,8 +12,9 @@ num_params``, ``grand_loss = param_loss / param_dist``, backward, ``SGD(momentum
 
 Identical state: one tiny expert trajectory made here (the official ConvNet trained with plain SGD for
 ``--expert-epochs`` epochs on ``--expert-images`` real images; written in pydistill's expert format), start
-epoch 0 and target epoch ``expert_epochs`` on both sides, the same real-initialised synthetic images, the same
-syn_lr = lr_teacher and the same batch indices. pydistill's side is ``MTT.step`` (``lr_param="linear"``,
+epoch 0 and target epoch ``expert_epochs`` on both sides (the official ``get_network`` seeds its weights from the
+clock, so the expert, and with it the loss, differ from run to run), the same real-initialised synthetic images,
+the same syn_lr = lr_teacher and the same batch indices. pydistill's side is ``MTT.step`` (``lr_param="linear"``,
 ``dsa=False``) with its batch plan replaced by those indices. float64 by default (no DSA). Then one iteration
 of each is timed unpatched in float32, interleaved, one thread.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -338,6 +340,7 @@ def main(argv=None):
         print(f"  ratio wall {record['ratio_wall']:.3f}, cpu {record['ratio_cpu']:.3f}")
     if not a.no_write:
         write_result(a.name or f"mtt-{a.dataset}-ipc{a.ipc}-{a.dtype}", record, md)
+    shutil.rmtree(tmp, ignore_errors=True)  # the tiny expert
     return record
 
 
