@@ -128,3 +128,16 @@ def timing_table(tm: dict, label: str) -> str:
         f"| process CPU s | {o['median_cpu_s']:.2f} | {p['median_cpu_s']:.2f} | "
         f"{p['median_cpu_s'] / o['median_cpu_s']:.3f} |\n"
     )
+
+
+def time_against_official(official_it, ours_it, reps: int, warmup: int, label: str) -> tuple[dict, str]:
+    """Interleaved timing of one official and one pydistill iteration (``f(rep)`` each): the record fields
+    (timing, ratio_wall, ratio_cpu) and the markdown table; prints the ratios."""
+    tm = interleaved_timing({"official": official_it, "pydistill": ours_it}, reps, warmup=warmup)
+    fields = {
+        "timing": tm,
+        "ratio_wall": tm["pydistill"]["median_wall_s"] / tm["official"]["median_wall_s"],
+        "ratio_cpu": tm["pydistill"]["median_cpu_s"] / tm["official"]["median_cpu_s"],
+    }
+    print(f"  ratio wall {fields['ratio_wall']:.3f}, cpu {fields['ratio_cpu']:.3f}")
+    return fields, "\n" + timing_table(tm, label)

@@ -33,8 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from common import git_commit, import_official, interleaved_timing, max_abs, official_path, timing_table, write_result  # noqa: E402
-from mtt_step import timing_split_row, with_split_unflatten  # noqa: E402
+from common import git_commit, import_official, max_abs, official_path, time_against_official, write_result  # noqa: E402
 
 
 def official_state(ds, *, ippc, distill_steps, distill_epochs, distill_lr, lr, batch_size):
@@ -95,11 +94,6 @@ def main(argv=None):
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     p.add_argument("--time-reps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument(
-        "--time-split-unflatten",
-        action="store_true",
-        help="also time pydistill with unflatten_params done by one split (diagnostic, patched at run time)",
-    )
     p.add_argument("--name", default=None)
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args(argv)
@@ -249,19 +243,15 @@ def main(argv=None):
             gi = torch.randperm(ds.x_train.shape[0])[: a.batch_real]
             official_step(tdi, trainer32, model32, ds.x_train[gi], ds.y_train[gi], init_seed=100 + r)
 
-        sides = {"official": official_it, "pydistill": lambda r: ours.step(max(r, 0))}
-        if a.time_split_unflatten:
-            sides["pydistill_split"] = with_split_unflatten(lambda r: ours.step(max(r, 0)))
-        tm = interleaved_timing(sides, a.time_reps, warmup=a.warmup)
-        record.update(
-            timing=tm,
-            ratio_wall=tm["pydistill"]["median_wall_s"] / tm["official"]["median_wall_s"],
-            ratio_cpu=tm["pydistill"]["median_cpu_s"] / tm["official"]["median_cpu_s"],
+        fields, table = time_against_official(
+            official_it,
+            lambda r: ours.step(max(r, 0)),
+            a.time_reps,
+            a.warmup,
+            f"DD {a.dataset} IPC {a.ipc}, one step, fp32",
         )
-        md += "\n" + timing_table(tm, f"DD {a.dataset} IPC {a.ipc}, one step, fp32")
-        if a.time_split_unflatten:
-            md += timing_split_row(tm)
-        print(f"  ratio wall {record['ratio_wall']:.3f}, cpu {record['ratio_cpu']:.3f}")
+        record.update(fields)
+        md += table
     if not a.no_write:
         write_result(a.name or f"dd-{a.dataset}-ipc{a.ipc}-{a.dtype}", record, md)
     return record

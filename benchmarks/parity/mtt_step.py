@@ -36,35 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import git_commit, import_official, interleaved_timing, max_abs, official_path, timing_table, write_result  # noqa: E402
-
-
-def split_unflatten_params(model, flat):
-    """Diagnostic stand-in for ``pydistill.functional.unflatten_params``: the same views of ``flat`` [P], made
-    with one ``split`` (as the official ReparamModules do) instead of one slice per parameter."""
-    named = list(model.named_parameters())
-    parts = flat.split([p.numel() for _, p in named])
-    return {n: t.view(p.shape) for (n, p), t in zip(named, parts)}
-
-
-def with_split_unflatten(step):
-    """``step`` run with :func:`split_unflatten_params` patched into pydistill.functional (timing diagnostic)."""
-    import pydistill.functional as pf
-
-    def run(r):
-        orig, pf.unflatten_params = pf.unflatten_params, split_unflatten_params
-        try:
-            step(r)
-        finally:
-            pf.unflatten_params = orig
-
-    return run
-
-
-def timing_split_row(tm: dict) -> str:
-    """The markdown row of the ``pydistill_split`` side (--time-split-unflatten), CPU s and ratio to official."""
-    o, q = tm["official"]["median_cpu_s"], tm["pydistill_split"]["median_cpu_s"]
-    return f"| process CPU s, pydistill with a split unflatten (diagnostic) | {o:.2f} | {q:.2f} | {q / o:.3f} |\n"
+from common import git_commit, import_official, max_abs, official_path, time_against_official, write_result  # noqa: E402
 
 
 def official_batch_order(num_images: int, batch_syn: int, syn_steps: int, seed: int) -> list[torch.Tensor]:
@@ -187,11 +159,6 @@ def main(argv=None):
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     p.add_argument("--time-reps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument(
-        "--time-split-unflatten",
-        action="store_true",
-        help="also time pydistill with unflatten_params done by one split (diagnostic, patched at run time)",
-    )
     p.add_argument("--name", default=None)
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args(argv)
@@ -325,19 +292,15 @@ def main(argv=None):
                 dims=dims,
             )
 
-        sides = {"official": official_it, "pydistill": lambda r: ours.step(max(r, 0))}
-        if a.time_split_unflatten:
-            sides["pydistill_split"] = with_split_unflatten(lambda r: ours.step(max(r, 0)))
-        tm = interleaved_timing(sides, a.time_reps, warmup=a.warmup)
-        record.update(
-            timing=tm,
-            ratio_wall=tm["pydistill"]["median_wall_s"] / tm["official"]["median_wall_s"],
-            ratio_cpu=tm["pydistill"]["median_cpu_s"] / tm["official"]["median_cpu_s"],
+        fields, table = time_against_official(
+            official_it,
+            lambda r: ours.step(max(r, 0)),
+            a.time_reps,
+            a.warmup,
+            f"MTT {a.dataset} IPC {a.ipc}, N={a.syn_steps}, one iteration, fp32",
         )
-        md += "\n" + timing_table(tm, f"MTT {a.dataset} IPC {a.ipc}, N={a.syn_steps}, one iteration, fp32")
-        if a.time_split_unflatten:
-            md += timing_split_row(tm)
-        print(f"  ratio wall {record['ratio_wall']:.3f}, cpu {record['ratio_cpu']:.3f}")
+        record.update(fields)
+        md += table
     if not a.no_write:
         write_result(a.name or f"mtt-{a.dataset}-ipc{a.ipc}-{a.dtype}", record, md)
     shutil.rmtree(tmp, ignore_errors=True)  # the tiny expert
