@@ -132,15 +132,23 @@ def _cmd_distill(args) -> int:
     if getattr(cls, "uses_real_images", True) and getattr(cfg, "init", "real") != "noise":
         check_ipc(dataset, args.ipc, args.allow_repeat)
     check_network(cfg, dataset)
-    try:
-        method = cls(dataset, args.ipc, config=cfg, device=device, seed=args.seed)
-    except (TypeError, RuntimeError) as exc:  # a value the Config accepted but the method cannot use
-        raise ValueError(
-            f"method {args.method!r} cannot start with this configuration ({exc}); check the --set values"
-        ) from exc
+
+    def make_method(seed):
+        try:
+            return cls(dataset, args.ipc, config=cfg, device=device, seed=seed)
+        except (TypeError, RuntimeError) as exc:  # a value the Config accepted but the method cannot use
+            raise ValueError(
+                f"method {args.method!r} cannot start with this configuration ({exc}); check the --set values"
+            ) from exc
+
     from pydistill.distributed import is_main
     from pydistill.loggers import make_logger
 
+    if args.experiments < 1:
+        raise ValueError(f"--experiments must be >= 1, got {args.experiments}")
+    if args.experiments > 1:
+        return _distill_experiments(args, make_method, dataset)
+    method = make_method(args.seed)
     logger = make_logger(args.logger, args.out) if is_main() else None
     metrics = run_distillation(
         method,
@@ -158,6 +166,43 @@ def _cmd_distill(args) -> int:
             f"wrote {args.out}/synthetic.safetensors, grid.png, curves.png, metrics.json "
             f"({metrics['wall_time_s']:.1f} s distillation, {metrics['eval_time_s']:.1f} s evaluation)"
         )
+    return 0
+
+
+def experiment_statistic(choice: str, method: str, eval_every: int | None) -> str:
+    """--statistic: "auto" is MTT's best evaluated set when it evaluates periodically, else the final set."""
+    if choice != "auto":
+        return choice
+    return "best" if method == "mtt" and eval_every else "final"
+
+
+def _distill_experiments(args, make_method, dataset) -> int:
+    """distill --experiments E: E runs (seeds seed..seed+E-1) in OUT/exp-k, accuracies pooled (official stat)."""
+    from pydistill.experiments import run_experiments
+
+    if args.no_eval:
+        raise ValueError("--experiments pools the final evaluations; it cannot be combined with --no-eval")
+    if args.logger != "none":
+        raise ValueError("--logger writes one run's scalars; use it without --experiments (or per experiment)")
+    statistic = experiment_statistic(args.statistic, args.method, args.eval_every)
+    if statistic == "best" and not args.eval_every:
+        raise ValueError("--statistic best picks each run's best periodic evaluation: it needs --eval-every N")
+    result = run_experiments(
+        make_method,
+        args.out,
+        experiments=args.experiments,
+        seed=args.seed,
+        statistic=statistic,
+        checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every,
+        eval_kwargs=_eval_kwargs(args, dataset.name),
+        progress=not args.no_progress,
+    )
+    _print_accuracies(result["accuracies"])
+    print(
+        f"wrote {args.out}/exp-0 .. exp-{args.experiments - 1} (one run each) and {args.out}/metrics.json, "
+        f"experiments.png ({next(iter(result['accuracies'].values()))['statistic']})"
+    )
     return 0
 
 
@@ -309,6 +354,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=None, help="evaluate every N iterations (default: at the end)")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    p.add_argument(
+        "--experiments",
+        type=int,
+        default=1,
+        help="independent distillations (seeds SEED..SEED+E-1, folders OUT/exp-k) whose networks' accuracies "
+        "are pooled (the official statistic: 5 experiments x --num-eval 20 networks for DC/DSA/DM)",
+    )
+    p.add_argument(
+        "--statistic",
+        choices=("auto", "final", "best"),
+        default="auto",
+        help="with --experiments: each run's final set, or its best evaluated one (MTT's; needs --eval-every); "
+        "auto: best for mtt with --eval-every, else final",
+    )
     p.add_argument(
         "--zca",
         action=argparse.BooleanOptionalAction,

@@ -111,3 +111,28 @@ def save_curves(path: str | os.PathLike, log: list[dict], *, title: str = "") ->
     fig.tight_layout()
     with atomic_target(path) as tmp:
         fig.savefig(tmp, format="png")
+
+
+def save_experiments(path: str | os.PathLike, per_experiment: list[list[float]], *, title: str = "") -> None:
+    """Strip plot of each experiment's network accuracies (fractions, shown in %) with the pooled mean +- std."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(4, 1 + 0.8 * len(per_experiment)), 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    pooled = 100 * np.concatenate([np.asarray(a, dtype=float) for a in per_experiment])
+    for k, accs in enumerate(per_experiment):
+        ys = 100 * np.asarray(accs, dtype=float)
+        ax.scatter(np.full(len(ys), k) + np.linspace(-0.15, 0.15, len(ys)), ys, s=12)
+        ax.errorbar(k + 0.3, ys.mean(), yerr=ys.std(), fmt="o", color="black", capsize=3)
+    ax.axhline(pooled.mean(), color="gray", linestyle="--", label=f"pooled {pooled.mean():.2f} +- {pooled.std():.2f}")
+    ax.set_xticks(range(len(per_experiment)))
+    ax.set_xlabel("experiment")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)

@@ -323,6 +323,7 @@ def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs,
                             "iteration": it + 1,
                             "eval_acc": first["mean"],
                             "eval_std": first["std"],
+                            "eval_accs": first["accs"],  # per network: experiments pool them (experiments.py)
                             "eval_model": next(iter(res)),
                         }
                     )
@@ -393,6 +394,7 @@ def _run_locked(method, out: Path, *, checkpoint_every, eval_every, eval_kwargs,
                 "iteration": n_iter,
                 "eval_acc": accuracies[first_model]["mean"],
                 "eval_std": accuracies[first_model]["std"],
+                "eval_accs": accuracies[first_model]["accs"],
                 "eval_model": first_model,
             }
         )
