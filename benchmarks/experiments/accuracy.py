@@ -9,7 +9,10 @@ Writes ``benchmarks/results/accuracy-<dataset>-<device>-<date>.{md,json}`` and k
 Evaluation: every set under each of ``--protocols`` (``pydistill.evaluate`` protocol "paper": the method's own,
 "uniform": DSA for every set), ``--num-eval`` fresh networks of the distillation architecture, ``--eval-epochs``
 epochs (default: 300 on digits, else the protocol's 1000 with augmentation / 300 without); DD sets use their
-learned schedule (``pydistill.methods.dd.evaluate_dd``). Accuracies are in percent, mean +- std over networks.
+learned schedule (``pydistill.methods.dd.evaluate_dd``). The statistic is the official one: ``--experiments``
+distillations per cell (default 5, seeds SEED..SEED+E-1; MTT: each run's best evaluated set with
+``--mtt-eval-every``) x ``--num-eval`` networks (default 20), all accuracies pooled
+(``pydistill.experiments.pool_experiments``); pass fewer for a CPU budget. Accuracies are in percent.
 """
 
 from __future__ import annotations
@@ -113,7 +116,14 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--ipc", default="1,10")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--num-eval", type=int, default=3)
+    p.add_argument(
+        "--experiments",
+        type=int,
+        default=5,
+        help="independent distillations per cell (seeds SEED..SEED+E-1), their networks pooled: the official "
+        "statistic is 5 experiments x 20 networks (DC/DSA/DM main.py); the random subset gets E x N draws",
+    )
+    p.add_argument("--num-eval", type=int, default=20, help="evaluation networks per experiment (official 20)")
     p.add_argument("--eval-epochs", type=int, default=None)
     p.add_argument("--experts", type=int, default=5, help="MTT: number of expert trajectories")
     p.add_argument("--expert-epochs", type=int, default=15, help="MTT: epochs per expert")
@@ -163,11 +173,14 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy CPU)")
     args = p.parse_args(argv)
+    if args.experiments < 1 or args.num_eval < 1:
+        p.error(f"--experiments and --num-eval must be >= 1, got {args.experiments} and {args.num_eval}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
     from pydistill.data import load_dataset
     from pydistill.evaluate import evaluate, evaluate_baseline
+    from pydistill.experiments import pool_experiments
     from pydistill.methods.dd import TRAIN_SCHEDULE, evaluate_dd, evaluate_dd_random
     from pydistill.runner import run_distillation
 
@@ -195,6 +208,7 @@ def main(argv=None):
             "torch": torch.__version__,
             "device": args.device,
             "dataset": ds.name,
+            "experiments": args.experiments,
             "num_eval": args.num_eval,
             "eval_epochs": eval_epochs,
             "seed": args.seed,
@@ -221,9 +235,11 @@ def main(argv=None):
             spi = f"{r['distill_s_per_iter']:.3f}" if r.get("distill_s_per_iter") is not None else "-"
             aug = r.get("strategy") or r.get("augmentation") or "-"
             ev = f"{aug}, {r['epochs']}" if r.get("epochs") else aug
+            exps = r.get("experiments") or 1
+            nets = f"{exps} exp x {r['num_eval'] // exps} nets" if exps > 1 else f"{r['num_eval']} nets"
             lines.append(
                 f"| {r['method']} | {r['ipc']} | {r.get('protocol')} | {ev} | {r['model']} | "
-                f"{r['acc_mean']:.2f} +- {r['acc_std']:.2f} ({r['num_eval']} nets) | {pub} | {its} | {spi} | "
+                f"{r['acc_mean']:.2f} +- {r['acc_std']:.2f} ({nets}) | {pub} | {its} | {spi} | "
                 f"{r.get('published_budget') or '-'} |"
             )
         lines += [
@@ -255,6 +271,8 @@ def main(argv=None):
             "acc_mean": 100 * r["mean"],
             "acc_std": 100 * r["std"],
             "num_eval": len(r["accs"]),
+            "experiments": r.get("experiments", 1),
+            "statistic": r.get("statistic"),
             "published": PUBLISHED.get(ds.name, {}).get(method.split(" ")[0], {}).get(ipc),
             "seconds": seconds,
             "protocol": r.get("protocol"),
@@ -305,7 +323,7 @@ def main(argv=None):
                         "random",
                         ipc,
                         models=("ConvNet",),
-                        num_eval=args.num_eval,
+                        num_eval=args.num_eval * args.experiments,  # a new draw per network
                         epochs=eval_epochs,
                         device=args.device,
                         seed=args.seed,
@@ -317,59 +335,72 @@ def main(argv=None):
                     record("random" + (f" (vs {compared})" if compared else ""), ipc, res, time.time() - t0)
         for name in methods:
             cls, cfg = _config(name, ds, ipc, overrides, buffers)
-            method = cls(ds, ipc, config=cfg, device=args.device, seed=args.seed)
-            t0 = time.time()
-            out = os.path.join(work, f"{name}-ipc{ipc}")
-            every = args.mtt_eval_every if name == "mtt" else 0
-            metrics = run_distillation(
-                method,
-                out,
-                checkpoint_every=max(1, method.num_iterations // 4),
-                eval_every=every or None,
-                progress=False,
-                final_eval=bool(every),
-                eval_kwargs={
-                    "num_eval": args.num_eval,
-                    "epochs": eval_epochs,
-                    "models": (_eval_model(cfg, name, buffers)[0],),
-                    "model_kwargs": _eval_model(cfg, name, buffers)[1],
-                },
-            )
-            t_distill = time.time() - t0
-            syn = method.synthetic_set()
-            if syn.meta.get("train_schedule") == TRAIN_SCHEDULE:
-                # DD's images only work with its learned schedule: its baseline is random real images trained
-                # with the same schedule (same network, init and number of steps, best constant lr)
-                t1 = time.time()
-                base = evaluate_dd_random(syn, ds, num_models=args.num_eval, device=args.device, seed=args.seed)
-                record("dd-random", ipc, base, time.time() - t1, {"baseline_lr": next(iter(base.values()))["lr"]})
-                res = evaluate_dd(syn, ds, num_models=args.num_eval, device=args.device, seed=args.seed)
-                res = {m: {**r, "protocol": "dd schedule", "augmentation": "none"} for m, r in res.items()}
-                record(name, ipc, res, t_distill, _run_extra(method, metrics))
-                continue
-            best = metrics.get("best_eval") if every else None
-            if best is not None and best["iteration"] < method.num_iterations:  # MTT: the best evaluated set
-                from pydistill.synthetic import SyntheticSet
-
-                syn = SyntheticSet.load(os.path.join(out, "synthetic_best.safetensors"), device=args.device)
             model, kw = _eval_model(cfg, name, buffers)
-            for protocol in protocols:
-                res = evaluate(
-                    syn,
-                    ds,
-                    models=(model,),
-                    model_kwargs=kw,
-                    num_eval=args.num_eval,
-                    epochs=eval_epochs,
-                    device=args.device,
-                    seed=args.seed,
+            every = args.mtt_eval_every if name == "mtt" else 0
+            pooled_rows: dict[str, list] = {}  # row label -> one {model: result} per experiment
+            extras: dict[str, dict] = {}
+            t_distill = 0.0
+            for e in range(args.experiments):  # the official statistic: experiments x networks, pooled
+                seed = args.seed + e
+                method = cls(ds, ipc, config=cfg, device=args.device, seed=seed)
+                t0 = time.time()
+                out = os.path.join(work, f"{name}-ipc{ipc}" + (f"-exp{e}" if e else ""))
+                metrics = run_distillation(
+                    method,
+                    out,
+                    checkpoint_every=max(1, method.num_iterations // 4),
+                    eval_every=every or None,
                     progress=False,
-                    protocol=protocol,
+                    final_eval=bool(every),
+                    eval_kwargs={
+                        "num_eval": args.num_eval,
+                        "epochs": eval_epochs,
+                        "models": (model,),
+                        "model_kwargs": kw,
+                        "seed": seed,
+                    },
                 )
+                t_distill += time.time() - t0
                 extra = _run_extra(method, metrics)
-                if best is not None:
-                    extra["best_iteration"] = best["iteration"]
-                record(name, ipc, res, t_distill, extra)
+                syn = method.synthetic_set()
+                if syn.meta.get("train_schedule") == TRAIN_SCHEDULE:
+                    # DD's images only work with its learned schedule: its baseline is random real images trained
+                    # with the same schedule (same network, init and number of steps, best constant lr)
+                    base = evaluate_dd_random(syn, ds, num_models=args.num_eval, device=args.device, seed=seed)
+                    pooled_rows.setdefault("dd-random", []).append(base)
+                    extras.setdefault("dd-random", {}).setdefault("baseline_lr", []).append(
+                        next(iter(base.values()))["lr"]
+                    )
+                    res = evaluate_dd(syn, ds, num_models=args.num_eval, device=args.device, seed=seed)
+                    res = {m: {**r, "protocol": "dd schedule", "augmentation": "none"} for m, r in res.items()}
+                    pooled_rows.setdefault(name, []).append(res)
+                    extras[name] = extra
+                    continue
+                best = metrics.get("best_eval") if every else None
+                if best is not None and best["iteration"] < method.num_iterations:  # MTT: the best evaluated set
+                    from pydistill.synthetic import SyntheticSet
+
+                    syn = SyntheticSet.load(os.path.join(out, "synthetic_best.safetensors"), device=args.device)
+                for protocol in protocols:
+                    res = evaluate(
+                        syn,
+                        ds,
+                        models=(model,),
+                        model_kwargs=kw,
+                        num_eval=args.num_eval,
+                        epochs=eval_epochs,
+                        device=args.device,
+                        seed=seed,
+                        progress=False,
+                        protocol=protocol,
+                    )
+                    pooled_rows.setdefault(f"{name}|{protocol}", []).append(res)
+                    if best is not None:
+                        extra = {**extra, "best_iteration": extra.get("best_iteration", []) + [best["iteration"]]}
+                    extras[f"{name}|{protocol}"] = extra
+            for label, per_exp in pooled_rows.items():
+                row_name = label.split("|")[0]
+                record(row_name, ipc, pool_experiments(per_exp), t_distill / args.experiments, extras.get(label))
 
     stem, lines = write(rows)
     print("\n".join(lines))
