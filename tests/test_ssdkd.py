@@ -67,6 +67,17 @@ def test_phi_hand_computed():
     torch.testing.assert_close(
         modulating_phi(t, freq, 2.0, diversity="ratio"), torch.tensor([0.6 * 0.04, 0.25, 0.25]), rtol=1e-5, atol=1e-7
     )
+    # phi taken for given classes (the task loss's targets, phi_class="target"): classes [1, 1, 0] ->
+    # diversity [1 - 1/6, 1 - 1/6, 1 - 4/6], p_T(c) = [.1, .5, .25] -> focal [.81, .25, .5625]
+    y = torch.tensor([1, 1, 0])
+    torch.testing.assert_close(
+        modulating_phi(t, counts, 2.0, classes=y),
+        torch.tensor([(5 / 6) * 0.81, (5 / 6) * 0.25, (2 / 6) * 0.5625]),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    with pytest.raises(ValueError, match="classes"):
+        modulating_phi(t, counts, 2.0, classes=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="buffer_counts"):
         modulating_phi(t, torch.tensor([0.5, 0.5]))
     with pytest.raises(ValueError, match="gamma"):
@@ -604,3 +615,25 @@ def test_priorities_refreshed_as_weight_times_kl(digits_small, tiny_teacher):
     torch.testing.assert_close(
         m.buffer.tree.get(slots).float(), (m.buffer.delta[slots] + 1e-3) ** 0.6, rtol=1e-5, atol=1e-7
     )
+
+
+def test_phi_class_target_keeps_the_task_loss_alive_on_a_one_class_buffer(digits_small, tiny_teacher):
+    """A buffer full of one teacher class (the generator's first rounds) must not zero the task loss of images
+    the teacher still sees as that class but that are drawn towards another target (phi_class="target"): that
+    zero froze the generator on one class on MNIST. The literal reading (phi_class="predicted") gives it."""
+    from pydistill.methods.ssdkd import SSDKD
+
+    path, _ = tiny_teacher
+    k = digits_small.num_classes
+    t_logits = _logits([[0.9] + [0.1 / (k - 1)] * (k - 1)] * 3).float()  # the teacher sees class 0
+    targets = torch.tensor([0, 3, 7])
+    for phi_class, want in (("target", [0.0, 1.0, 1.0]), ("predicted", [0.0, 0.0, 0.0])):
+        m = SSDKD(digits_small, 1, config=_tiny_config(path, phi_class=phi_class, gamma=0.0))
+        m.buffer.add(torch.zeros(5, digits_small.channel, 8, 8), t_logits[:1].repeat(5, 1), torch.ones(5))
+        assert m.buffer.labels[: m.buffer.size].tolist() == [0] * 5
+        torch.testing.assert_close(m.phi(t_logits, targets), torch.tensor(want))
+    m = SSDKD(digits_small, 1, config=_tiny_config(path, gamma=2.0))  # focal term of the target's probability
+    p3 = 0.1 / (k - 1)
+    torch.testing.assert_close(m.phi(t_logits, targets), torch.tensor([0.01, (1 - p3) ** 2, (1 - p3) ** 2]))
+    with pytest.raises(ValueError, match="config.phi_class"):
+        SSDKD(digits_small, 1, config=_tiny_config(path, phi_class="argmax"))

@@ -240,18 +240,22 @@ def modulating_phi(
     diversity: str = "count",
     use_diversity: bool = True,
     use_difficulty: bool = True,
+    classes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SSD-KD modulating function ``phi(x) = diversity(x) * (1 - p_T(x))^gamma``, ``[N]``, detached, in [0, 1].
 
-    ``c_T(x) = argmax_c t_c(x)`` is the teacher's predicted class, ``p_T(x) = softmax(t(x))[c_T(x)]`` its
-    confidence (the difficulty-aware focal term is large where the teacher is unsure).
+    ``c(x)`` is the class phi is taken for: ``classes`` ``[N]`` when given (the task loss's target classes, the
+    default of :class:`Config`, ``phi_class="target"``), else the teacher's predicted class ``argmax_c t_c(x)``
+    (``phi_class="predicted"``). ``p_T(x) = softmax(t(x))[c(x)]`` (focal loss's p_t: the difficulty-aware term is
+    large where the teacher does not yet see x as c(x)), and ``n_B[c(x)]`` below counts the buffer samples
+    sharing c(x).
 
     - ``diversity="count"`` (default; the paper's form as we read it): ``buffer_counts`` holds ``n_B[c]``, the
-      number of buffer samples of predicted class ``c`` (:func:`class_counts`), and
-      ``diversity(x) = 1 - n_B[c_T(x)] / |B|`` (``|B| = sum n_B``): a class that fills the buffer gets 0, an
+      number of buffer samples of (teacher-predicted) class ``c`` (:func:`class_counts`), and
+      ``diversity(x) = 1 - n_B[c(x)] / |B|`` (``|B| = sum n_B``): a class that fills the buffer gets 0, an
       absent one 1; an empty buffer gives 1.
     - ``diversity="ratio"`` (our earlier form): ``buffer_counts`` holds class frequencies ``f``
-      (:func:`class_frequencies`) and ``diversity(x) = min(1, 1 / (K f[c_T(x)]))`` (1 where ``f = 0``).
+      (:func:`class_frequencies`) and ``diversity(x) = min(1, 1 / (K f[c(x)]))`` (1 where ``f = 0``).
 
     Either factor can be switched off (replaced by 1).
     """
@@ -268,6 +272,11 @@ def modulating_phi(
     with torch.no_grad():
         prob = F.softmax(teacher_logits.detach().float(), dim=1)
         conf, pred = prob.max(dim=1)
+        if classes is not None:
+            if classes.shape != conf.shape:
+                raise ValueError(f"classes must have shape ({conf.shape[0]},), got {tuple(classes.shape)}")
+            pred = classes.to(prob.device).long()
+            conf = prob.gather(1, pred.view(-1, 1)).squeeze(1)
         phi = torch.ones_like(conf)
         if use_diversity:
             counts = buffer_counts.to(conf.device, torch.float32)

@@ -100,6 +100,7 @@ class Config:
     use_phi: bool = True  # SSD-KD modulating function on the task loss (False: phi = 1)
     diversity: str = "count"  # phi's diversity term: "count" 1 - n_B(c_T)/|B| (paper, README), "ratio" (ours)
     gamma: float = 2.0  # focal exponent of (1 - p_T(x))^gamma (not stated in the paper; focal loss's default)
+    phi_class: str = "target"  # phi's class c(x): the task target (ours, README); "predicted": teacher argmax
     use_priority: bool = True  # SSD-KD priority sampling with IS weights (False: uniform replay, w = 1)
     alpha: float = 0.6  # P ∝ (delta + eps)^alpha (not stated in the paper; prioritized replay's 0.6)
     priority_eps: float = 1e-3  # eps in (delta + eps)^alpha
@@ -260,6 +261,7 @@ class SSDKD(Method):
             meta_optimizer=("adam", "sgd"),
             task_targets=("random", "argmax"),
             diversity=("count", "ratio"),
+            phi_class=("target", "predicted"),
         )
         for name, allowed in choices.items():
             if getattr(cfg, name) not in allowed:
@@ -330,18 +332,20 @@ class SSDKD(Method):
         k = int(self.dataset.num_classes)
         return torch.randint(0, k, (n,), generator=self.generator, device=self.generator.device).to(self.device)
 
-    def phi(self, t_logits: torch.Tensor) -> torch.Tensor:
-        """SSD-KD's modulating function of a batch over the current buffer (1 when ``use_phi=False``), ``[N]``."""
+    def phi(self, t_logits: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """SSD-KD's modulating function of a batch over the current buffer (1 when ``use_phi=False``), ``[N]``;
+        ``targets``: the task loss's labels (phi's class when ``phi_class="target"``)."""
         cfg = self.config
         if not cfg.use_phi:
             return torch.ones(t_logits.shape[0], device=t_logits.device)
         k = t_logits.shape[1]
         labels = self.buffer.labels[: self.buffer.size]
+        classes = targets if cfg.phi_class == "target" and targets is not None else None
         if cfg.diversity == "count":
             counts = class_counts(labels, k)
         else:
-            counts = class_frequencies(labels, t_logits.argmax(1), k)
-        return modulating_phi(t_logits, counts, cfg.gamma, diversity=cfg.diversity)
+            counts = class_frequencies(labels, t_logits.argmax(1) if classes is None else classes, k)
+        return modulating_phi(t_logits, counts, cfg.gamma, diversity=cfg.diversity, classes=classes)
 
     def invert(self, *, adversarial: bool) -> tuple[torch.Tensor, dict]:
         """One meta-generator round: ``(images [synthesis_batch, C, H, W] detached, logs)``."""
@@ -357,8 +361,8 @@ class SSDKD(Method):
             t_logits = self.teacher(xa)
             self.bn_loss.enabled = False
             l_bn = self.bn_loss.loss()
-            phi = self.phi(t_logits)
             y = t_logits.argmax(1) if targets is None else targets
+            phi = self.phi(t_logits, y)
             l_ce = task_loss(t_logits, y, phi)
             if adversarial and cfg.w_adv > 0:
                 l_adv = adversarial_loss(self.student(xa), t_logits, cfg.adv_agree_mask)
