@@ -228,6 +228,13 @@ def main(argv=None):
         action="store_true",
         help="diagnostic (--dsa, float64): pydistill's scale/rotate grids rounded to float32 like the official",
     )
+    p.add_argument(
+        "--perturb",
+        type=float,
+        default=0.0,
+        help="diagnostic: also run the official iteration from the images times (1 + PERTURB * N(0, 1)) and "
+        "report how far that moves its result (the problem's conditioning; e.g. 6e-8, float32 rounding)",
+    )
     p.add_argument("--time-reps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--name", default=None)
@@ -317,6 +324,31 @@ def main(argv=None):
         dsa_seeds=seeds,
     )
 
+    self_err = None
+    if a.perturb > 0:  # conditioning: the official iteration again from images0 * (1 + perturb * N(0, 1))
+        noise = torch.randn(images0.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
+        pert_img, pert_lr, pert_loss = official_mtt_iteration(
+            utils,
+            reparam,
+            image_syn=images0 * (1 + a.perturb * noise),
+            syn_lr=lr0,
+            label_syn=labels,
+            start=start,
+            target=target,
+            batches=batches,
+            lr_img=a.lr_img,
+            lr_lr=a.lr_lr,
+            dims=dims,
+            dsa_strategy=strategy,
+            dsa_seeds=seeds,
+        )
+        self_err = {
+            "perturb": a.perturb,
+            "max_abs_err_images": max_abs(pert_img, ref_img),
+            "abs_err_lr": abs(float(pert_lr) - float(ref_lr)),
+            "abs_err_loss": abs(pert_loss - ref_loss),
+        }
+
     # pydistill's side: the same state in the working dtype, the same batches
     m.net.to(dtype)
     m.images = images0.clone().requires_grad_(True)
@@ -341,6 +373,12 @@ def main(argv=None):
         f"{err_img:.3e} (update {upd_img:.3e}); lr |ours - official| = {err_lr:.3e} (update {upd_lr:.3e}); "
         f"loss {ref_loss:.6f} vs {stats['loss']:.6f}"
     )
+    if self_err is not None:
+        print(
+            f"  official vs official from images perturbed by {a.perturb:g} (relative): images "
+            f"{self_err['max_abs_err_images']:.3e}, lr {self_err['abs_err_lr']:.3e}, "
+            f"loss {self_err['abs_err_loss']:.3e}"
+        )
     if a.dsa:
         print(
             "  augmentation alone per step:", ", ".join(f"{r['step']}/{r['group']}: {r['err']:.1e}" for r in aug_rows)
@@ -362,6 +400,7 @@ def main(argv=None):
         "dsa_strategy": strategy,
         "dsa_seeds": seeds,
         "float32_grids": bool(a.float32_grids),
+        "official_vs_perturbed_official": self_err,
         "dsa_groups": [r["group"] for r in aug_rows] if a.dsa else None,
         "dsa_max_abs_err_per_step": [r["err"] for r in aug_rows] if a.dsa else None,
         "dtype": a.dtype,
@@ -384,6 +423,12 @@ def main(argv=None):
         f"{a.dtype} | {ref_loss:.6g} / "
         f"{stats['loss']:.6g} | {err_img:.2e} ({upd_img:.2e}) | {err_lr:.2e} ({upd_lr:.2e}) |\n"
     )
+    if self_err is not None:
+        md += (
+            f"\nConditioning: the official iteration from the same images times (1 + {a.perturb:g} N(0, 1)) moves "
+            f"the updated images by {self_err['max_abs_err_images']:.2e} (max abs), syn_lr by "
+            f"{self_err['abs_err_lr']:.2e}, the loss by {self_err['abs_err_loss']:.2e}.\n"
+        )
     if a.dsa:
         md += (
             "\nDSA alone, step by step on the initial images (official seeded draw vs pydistill with its "
