@@ -152,6 +152,20 @@ def pydistill_with_float32_grids():
         da.F = old
 
 
+@contextlib.contextmanager
+def pydistill_standard_layout():
+    """Diagnostic: pydistill's per-op DSA (``diff_augment_sequential``) returns its result in the standard
+    layout, as :func:`standard_layout` gives the official's; values are unchanged, only the memory layout the
+    network's first convolution sees (the crop of 1-channel images is otherwise also channels-last)."""
+    da = sys.modules["pydistill.ops.diff_augment"]
+    orig = da.diff_augment_sequential
+    da.diff_augment_sequential = lambda x, params: standard_layout(orig(x, params))
+    try:
+        yield
+    finally:
+        da.diff_augment_sequential = orig
+
+
 def standard_layout(x: torch.Tensor) -> torch.Tensor:
     """x in the standard (NCHW-contiguous) layout. The official crop returns, for 1-channel images, a tensor
     PyTorch also reads as channels-last, and the official networks' ``view`` then fails on today's PyTorch;

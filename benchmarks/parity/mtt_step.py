@@ -27,6 +27,9 @@ float64 casts the official float32 scale/rotate grids to float64 (``dsa_params.o
 MTT's utils already passes ``align_corners=True``), so those groups carry float32 grid rounding there;
 ``--float32-grids`` (diagnostic) has pydistill build the same float32 grids
 (``dsa_params.pydistill_with_float32_grids``) to show that this rounding is the whole difference.
+``--standard-layout`` (diagnostic) hands pydistill's network its augmented batch in the standard layout, as the
+official's (the crop of 1-channel images is otherwise channels-last: other convolution rounding, which ReLU
+kinks can amplify in float32).
 
     python benchmarks/parity/mtt_step.py --official /path/to/mtt-distillation [--dataset mnist --ipc 1] [--dsa]
 """
@@ -229,6 +232,11 @@ def main(argv=None):
         help="diagnostic (--dsa, float64): pydistill's scale/rotate grids rounded to float32 like the official",
     )
     p.add_argument(
+        "--standard-layout",
+        action="store_true",
+        help="diagnostic (--dsa): pydistill's augmented batch in the standard layout, as the official's",
+    )
+    p.add_argument(
         "--perturb",
         type=float,
         default=0.0,
@@ -288,6 +296,7 @@ def main(argv=None):
     lr0 = torch.tensor(a.lr_teacher, dtype=dtype)
     strategy = a.dsa_strategy if a.dsa else None
     f32_grids = dsa_params.pydistill_with_float32_grids if a.float32_grids else contextlib.nullcontext
+    layout = dsa_params.pydistill_standard_layout if a.standard_layout else contextlib.nullcontext
     seeds = [a.dsa_seed + n for n in range(a.syn_steps)] if a.dsa else None
     aug, aug_rows = None, []
     if a.dsa:
@@ -359,7 +368,7 @@ def main(argv=None):
     m.buffer.snapshots = lambda e, epochs, device, dtype_=None: [traj[int(t)].to(dtype) for t in epochs]
     assert m.strategy == strategy
     m._plan = lambda generator=None: (batches, aug)
-    with f32_grids():
+    with f32_grids(), layout():
         stats = m.step(0)
     del m._plan
     m.buffer.snapshots = orig_snap
@@ -400,6 +409,7 @@ def main(argv=None):
         "dsa_strategy": strategy,
         "dsa_seeds": seeds,
         "float32_grids": bool(a.float32_grids),
+        "standard_layout": bool(a.standard_layout),
         "official_vs_perturbed_official": self_err,
         "dsa_groups": [r["group"] for r in aug_rows] if a.dsa else None,
         "dsa_max_abs_err_per_step": [r["err"] for r in aug_rows] if a.dsa else None,
@@ -419,7 +429,8 @@ def main(argv=None):
         "|---|---|---|---|---|\n"
         f"| MTT {a.dataset} IPC {a.ipc}, ConvNet-128, N={a.syn_steps}, M={a.expert_epochs}, start epoch 0, "
         f"batch_syn {a.batch_syn or 'all'}, {'DSA ' + strategy if a.dsa else 'no DSA'}"
-        f"{' (pydistill grids in float32, diagnostic)' if a.float32_grids else ''}, lr_param linear | "
+        f"{' (pydistill grids in float32, diagnostic)' if a.float32_grids else ''}"
+        f"{' (pydistill batch in standard layout, diagnostic)' if a.standard_layout else ''}, lr_param linear | "
         f"{a.dtype} | {ref_loss:.6g} / "
         f"{stats['loss']:.6g} | {err_img:.2e} ({upd_img:.2e}) | {err_lr:.2e} ({upd_lr:.2e}) |\n"
     )
