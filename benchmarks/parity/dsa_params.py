@@ -31,37 +31,55 @@ def official_group(seed: int, strategy: str) -> str:
 
 
 def params_from_official_seed(
-    param, seed: int, strategy: str, n: int, h: int, w: int, dtype=torch.float32, all_groups: bool = False
+    param,
+    seed: int,
+    strategy: str,
+    n: int,
+    h: int,
+    w: int,
+    dtype=torch.float32,
+    all_groups: bool = False,
+    per_sample: bool = False,
+    field_dtype=torch.float32,
 ) -> DSAParams:
     """pydistill parameters equal to the official draw ``DiffAugment(x [n, C, h, w], strategy, seed=seed)``.
 
     ``param``: the official ``ParamDiffAug()``; ``dtype``: x's dtype (the colour draws use it).
     ``all_groups``: the official mode "M" (``param.aug_mode = 'M'``: every group in order, draws from seed on)
-    as pydistill's mode "all"."""
-    g = official_group(seed, strategy) if not all_groups else None
+    as pydistill's mode "all". ``per_sample``: instead the official unseeded call ``torch.random.manual_seed(seed);
+    DiffAugment(x, strategy, param=param)`` (``seed=-1``, as MTT's distill.py: one group for the batch, then
+    per-sample draws, all from the global stream without re-seeding), as pydistill per-sample parameters (the
+    fields [n], ``active`` [1, 6]). The other draws (non-colour floats) use the default dtype at call time, as
+    the official ones. ``field_dtype``: the dtype of the float fields (float64 keeps fp64 draws exact)."""
+    g = official_group(seed, strategy) if not all_groups else None  # per_sample: the stream continues from here
     s = seed + 1 if not all_groups else seed
+    if per_sample and all_groups:
+        torch.random.manual_seed(seed)
 
     def rnd(*shape, dt=None):
         nonlocal s
-        torch.random.manual_seed(s)
+        if not per_sample:
+            torch.random.manual_seed(s)
         s += 1
         return torch.rand(*shape, dtype=dt) if dt is not None else torch.rand(*shape)
 
     def rint(lo, hi, shape):
         nonlocal s
-        torch.random.manual_seed(s)
+        if not per_sample:
+            torch.random.manual_seed(s)
         s += 1
         return torch.randint(lo, hi, size=shape)
 
-    f64 = dict(dtype=torch.float32)
-    bright = torch.zeros(1, **f64)
-    sat = torch.ones(1, **f64)
-    con = torch.ones(1, **f64)
-    shift = torch.zeros(1, 2, dtype=torch.long)
-    centre = torch.zeros(1, 2, dtype=torch.long)
-    flip = torch.zeros(1, dtype=torch.bool)
-    scale = torch.ones(1, 2, **f64)
-    angle = torch.zeros(1, **f64)
+    b = n if per_sample else 1  # fields per sample, or the first sample's values shared (batch mode)
+    fd = dict(dtype=field_dtype)
+    bright = torch.zeros(b, **fd)
+    sat = torch.ones(b, **fd)
+    con = torch.ones(b, **fd)
+    shift = torch.zeros(b, 2, dtype=torch.long)
+    centre = torch.zeros(b, 2, dtype=torch.long)
+    flip = torch.zeros(b, dtype=torch.bool)
+    scale = torch.ones(b, 2, **fd)
+    angle = torch.zeros(b, **fd)
     todo = strategy.split("_") if all_groups else [g]
     for g in todo:
         _draw_group(g, param, rnd, rint, n, h, w, dtype, bright, sat, con, shift, centre, flip, scale, angle)
@@ -71,28 +89,34 @@ def params_from_official_seed(
 
 
 def _draw_group(g, param, rnd, rint, n, h, w, dtype, bright, sat, con, shift, centre, flip, scale, angle):
-    """The official draws of group ``g`` (in its order) written into pydistill's fields."""
+    """The official draws of group ``g`` (in its order) written into pydistill's fields (their first
+    ``len(field)`` samples: the first one in batch mode, all n per sample)."""
+    b = bright.shape[0]
+
+    def first(t):  # the draw's first b values as a flat vector
+        return t.reshape(-1)[:b]
+
     if g == "color":
-        bright[0] = float((rnd(n, 1, 1, 1, dt=dtype)[0] - 0.5) * param.brightness)
-        sat[0] = float(rnd(n, 1, 1, 1, dt=dtype)[0] * param.saturation)
-        con[0] = float(rnd(n, 1, 1, 1, dt=dtype)[0] + param.contrast)
+        bright[:] = (first(rnd(n, 1, 1, 1, dt=dtype)) - 0.5) * param.brightness
+        sat[:] = first(rnd(n, 1, 1, 1, dt=dtype)) * param.saturation
+        con[:] = first(rnd(n, 1, 1, 1, dt=dtype)) + param.contrast
     elif g == "crop":
         mh, mw = int(h * param.ratio_crop_pad + 0.5), int(w * param.ratio_crop_pad + 0.5)
-        shift[0, 0] = int(rint(-mh, mh + 1, [n, 1, 1])[0])
-        shift[0, 1] = int(rint(-mw, mw + 1, [n, 1, 1])[0])
+        shift[:, 0] = first(rint(-mh, mh + 1, [n, 1, 1]))
+        shift[:, 1] = first(rint(-mw, mw + 1, [n, 1, 1]))
     elif g == "cutout":
         ch, cw = int(h * param.ratio_cutout + 0.5), int(w * param.ratio_cutout + 0.5)
-        centre[0, 0] = int(rint(0, h + (1 - ch % 2), [n, 1, 1])[0])
-        centre[0, 1] = int(rint(0, w + (1 - cw % 2), [n, 1, 1])[0])
+        centre[:, 0] = first(rint(0, h + (1 - ch % 2), [n, 1, 1]))
+        centre[:, 1] = first(rint(0, w + (1 - cw % 2), [n, 1, 1]))
     elif g == "flip":
-        flip[0] = bool(rnd(n, 1, 1, 1)[0] < param.prob_flip)
+        flip[:] = first(rnd(n, 1, 1, 1)) < param.prob_flip
     elif g == "scale":
         r = param.ratio_scale
-        sx = rnd(n)[0] * (r - 1.0 / r) + 1.0 / r  # multiplies the horizontal (W) coordinate
-        sy = rnd(n)[0] * (r - 1.0 / r) + 1.0 / r
-        scale[0, 0], scale[0, 1] = float(sy), float(sx)
+        sx = first(rnd(n)) * (r - 1.0 / r) + 1.0 / r  # multiplies the horizontal (W) coordinate
+        sy = first(rnd(n)) * (r - 1.0 / r) + 1.0 / r
+        scale[:, 0], scale[:, 1] = sy, sx
     elif g == "rotate":
-        angle[0] = float((rnd(n)[0] - 0.5) * 2 * param.ratio_rotate / 180 * float(np.pi))
+        angle[:] = (first(rnd(n)) - 0.5) * 2 * param.ratio_rotate / 180 * float(np.pi)
 
 
 @contextlib.contextmanager
@@ -100,15 +124,46 @@ def official_with_align_corners(utils, align_corners: bool = True):
     """Run the official ``utils`` module's scale/rotate with ``align_corners`` fixed (its ``F`` replaced by a
     shim for the duration); the float32 sampling grid is cast to the images' dtype (float64 runs)."""
     shim = types.SimpleNamespace(**{k: getattr(F, k) for k in dir(F) if not k.startswith("__")})
-    shim.affine_grid = lambda theta, size: F.affine_grid(theta, size, align_corners=align_corners)
+    # (MTT's utils passes align_corners=True itself; the flag given here wins)
+    shim.affine_grid = lambda theta, size, **kw: F.affine_grid(theta, size, align_corners=align_corners)
     # the official theta (hence grid) is float32; cast it to x's dtype so that float64 runs are possible
-    shim.grid_sample = lambda x, grid: F.grid_sample(x, grid.to(x.dtype), align_corners=align_corners)
+    shim.grid_sample = lambda x, grid, **kw: F.grid_sample(x, grid.to(x.dtype), align_corners=align_corners)
     old = utils.F
     utils.F = shim
     try:
         yield
     finally:
         utils.F = old
+
+
+@contextlib.contextmanager
+def pydistill_with_float32_grids():
+    """Diagnostic for float64 runs: pydistill's per-op scale/rotate (``diff_augment_sequential``) build their
+    sampling grid from the float32-rounded theta in float32, then cast it back, as the official code does
+    (``torch.tensor(theta, dtype=torch.float)``, float32 ``affine_grid``); only the grid's rounding changes."""
+    da = sys.modules["pydistill.ops.diff_augment"]
+    shim = types.SimpleNamespace(**{k: getattr(F, k) for k in dir(F) if not k.startswith("__")})
+    shim.affine_grid = lambda theta, size, **kw: F.affine_grid(theta.float(), size, **kw).to(theta.dtype)
+    old = da.F
+    da.F = shim
+    try:
+        yield
+    finally:
+        da.F = old
+
+
+@contextlib.contextmanager
+def pydistill_standard_layout():
+    """Diagnostic: pydistill's per-op DSA (``diff_augment_sequential``) returns its result in the standard
+    layout, as :func:`standard_layout` gives the official's; values are unchanged, only the memory layout the
+    network's first convolution sees (the crop of 1-channel images is otherwise also channels-last)."""
+    da = sys.modules["pydistill.ops.diff_augment"]
+    orig = da.diff_augment_sequential
+    da.diff_augment_sequential = lambda x, params: standard_layout(orig(x, params))
+    try:
+        yield
+    finally:
+        da.diff_augment_sequential = orig
 
 
 def standard_layout(x: torch.Tensor) -> torch.Tensor:
