@@ -218,6 +218,7 @@ def _print_accuracies(acc: dict) -> None:
 def _cmd_evaluate(args) -> int:
     from pydistill.data import load_dataset
     from pydistill.evaluate import evaluate
+    from pydistill.experiments import pool_experiments
     from pydistill.synthetic import SyntheticSet
     from pydistill.utils import atomic_write_text, ensure_writable_file, resolve_device
 
@@ -225,26 +226,39 @@ def _cmd_evaluate(args) -> int:
     if args.out is not None:
         ensure_writable_file(args.out, "--out")
     device = resolve_device(args.device)
-    syn = SyntheticSet.load(args.synthetic, device=device)
-    recorded = syn.meta.get("dataset")
+    sets = [SyntheticSet.load(path, device=device) for path in args.synthetic]
+    recorded = sets[0].meta.get("dataset")
+    for path, syn in zip(args.synthetic[1:], sets[1:]):  # several sets: experiments of one setting
+        for key in ("dataset", "zca"):
+            if syn.meta.get(key) != sets[0].meta.get(key):
+                raise ValueError(
+                    f"--synthetic: {path} records {key}={syn.meta.get(key)!r}, {args.synthetic[0]} "
+                    f"{sets[0].meta.get(key)!r}; the sets of one pooled evaluation must share them"
+                )
     name = args.dataset or recorded
     if not name:
-        raise ValueError(f"{args.synthetic} does not record its dataset; pass --dataset")
-    zca = args.zca if args.zca is not None else bool(syn.meta.get("zca", False))
+        raise ValueError(f"{args.synthetic[0]} does not record its dataset; pass --dataset")
+    zca = args.zca if args.zca is not None else bool(sets[0].meta.get("zca", False))
     dataset = load_dataset(name, args.data_root, zca=zca, device=device, download=args.download)
     if recorded and dataset.name != recorded and not args.force:
         raise ValueError(
             f"--dataset {args.dataset!r} ({dataset.name}) differs from the dataset {recorded!r} recorded "
-            f"in {args.synthetic}; pass --force to evaluate on it anyway"
+            f"in {args.synthetic[0]}; pass --force to evaluate on it anyway"
         )
-    res = evaluate(
-        syn,
-        dataset,
-        device=device,
-        progress=not args.no_progress,
-        resume_dir=_resume_dir(args),
-        **_eval_kwargs(args, dataset.name),
-    )
+    kwargs = _eval_kwargs(args, dataset.name)
+    per_set = []
+    for k, syn in enumerate(sets):  # set k: evaluation seed SEED + k, as experiment k of `distill --experiments`
+        per_set.append(
+            evaluate(
+                syn,
+                dataset,
+                device=device,
+                progress=not args.no_progress,
+                resume_dir=_resume_dir(args),
+                **{**kwargs, "seed": kwargs["seed"] + k},
+            )
+        )
+    res = per_set[0] if len(sets) == 1 else pool_experiments(per_set)
     _print_accuracies(res)
     from pydistill.distributed import is_main
 
@@ -399,7 +413,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser("evaluate", help="evaluate a synthetic set (train fresh networks on it, test on real data)")
-    p.add_argument("--synthetic", required=True, help="synthetic.safetensors file")
+    p.add_argument(
+        "--synthetic",
+        required=True,
+        nargs="+",
+        help="synthetic.safetensors file; several: sets of independent experiments, their networks pooled "
+        "(mean +- std over sets x --num-eval networks, the official statistic)",
+    )
     p.add_argument("--out", default=None, help="write the accuracies to this JSON file")
     p.add_argument(
         "--zca",

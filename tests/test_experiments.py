@@ -187,3 +187,41 @@ def test_cli_experiments_end_to_end(tmp_path, capsys):
     sets = [SyntheticSet.load(out / f"exp-{k}" / "synthetic.safetensors") for k in range(2)]
     assert not torch.equal(sets[0].images, sets[1].images)
     assert pooled["statistic"].startswith("mean +- std over 2 experiments x 2 networks")
+
+
+def test_cli_evaluate_pools_several_sets(tmp_path, capsys):
+    out = tmp_path / "runs"
+    args = ["distill", "--method", "random", "--dataset", "digits", "--ipc", "1", "--out", str(out)]
+    assert main(args + ["--experiments", "2", "--num-eval", "2", "--eval-epochs", "3", "--no-progress"]) == 0
+    sets = [str(out / f"exp-{k}" / "synthetic.safetensors") for k in range(2)]
+    ev = ["evaluate", "--num-eval", "2", "--eval-epochs", "3", "--no-progress"]
+    assert main(ev + ["--synthetic", *sets, "--out", str(tmp_path / "pooled.json")]) == 0
+    pooled = json.loads((tmp_path / "pooled.json").read_text())["ConvNet"]
+    # set k is evaluated with seed k, as experiment k of distill --experiments: the same networks, same accuracies
+    want = json.loads((out / "metrics.json").read_text())["accuracies"]["ConvNet"]["accs"]
+    assert pooled["accs"] == pytest.approx(want) and pooled["experiments"] == 2
+    single = ev + ["--synthetic", sets[1], "--seed", "1", "--out", str(tmp_path / "one.json")]
+    assert main(single) == 0
+    assert json.loads((tmp_path / "one.json").read_text())["ConvNet"]["accs"] == pytest.approx(want[2:])
+    capsys.readouterr()
+    other = tmp_path / "other"
+    assert (
+        main(
+            [
+                "distill",
+                "--method",
+                "random",
+                "--dataset",
+                "digits",
+                "--ipc",
+                "1",
+                "--zca",
+                "--no-eval",
+                "--out",
+                str(other),
+            ]
+        )
+        == 0
+    )
+    assert main(ev + ["--synthetic", sets[0], str(other / "synthetic.safetensors")]) == 2
+    assert "must share them" in capsys.readouterr().err
