@@ -100,7 +100,7 @@ class Config:
             warnings.warn(
                 f"MTT has no published settings for dataset {name!r}; using the CIFAR-10 IPC {key} row "
                 f"{table[key]} (syn_steps, expert_epochs, max_start_epoch, lr_img, lr_lr, lr_teacher, "
-                "batch_syn, zca)",
+                "batch_syn, zca) with ZCA off (ZCA is the CIFAR rows' choice, not a default for other data)",
                 stacklevel=2,
             )
         else:
