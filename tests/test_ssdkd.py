@@ -637,3 +637,33 @@ def test_phi_class_target_keeps_the_task_loss_alive_on_a_one_class_buffer(digits
     torch.testing.assert_close(m.phi(t_logits, targets), torch.tensor([0.01, (1 - p3) ** 2, (1 - p3) ** 2]))
     with pytest.raises(ValueError, match="config.phi_class"):
         SSDKD(digits_small, 1, config=_tiny_config(path, phi_class="argmax"))
+
+
+def test_train_teacher_augments_three_channel_data(tmp_path, monkeypatch):
+    """3-channel data is augmented by default (crop + flip, as the base): the run calls augment() and trains."""
+    from pydistill.data import Dataset
+    from pydistill.methods.ssdkd import teacher as teacher_mod
+
+    g = torch.Generator().manual_seed(0)
+    ds = Dataset.from_tensors(
+        torch.rand(40, 3, 16, 16, generator=g),
+        torch.arange(40) % 4,
+        torch.rand(8, 3, 16, 16, generator=g),
+        torch.arange(8) % 4,
+        name="tiny-rgb",
+    )
+    calls = []
+    real = teacher_mod._augment
+
+    def spy(x, gen, **kw):
+        calls.append(kw)
+        return real(x, gen, **kw)
+
+    monkeypatch.setattr(teacher_mod, "_augment", spy)
+    meta = teacher_mod.train_teacher(ds, tmp_path / "t.pt", model="ConvNet", epochs=1, batch_size=16, verbose=False)
+    assert meta["complete"] and len(calls) == 3 and calls[0] == {"flip": True, "pad": 2}
+    calls.clear()
+    teacher_mod.train_teacher(
+        ds, tmp_path / "t2.pt", model="ConvNet", epochs=1, batch_size=16, verbose=False, augment=False
+    )
+    assert calls == []

@@ -55,6 +55,9 @@ def augment(
     return x
 
 
+_augment = augment  # for train_teacher, whose ``augment`` flag shadows the function
+
+
 def default_augment_args(dataset) -> dict:
     """``augment`` keywords for ``dataset``: pad ``max(1, H // 8)`` (4 at 32x32, as the base), flip for 3 channels,
     border = black in the dataset's normalized space (the base pads before normalizing)."""
@@ -109,8 +112,7 @@ def train_teacher(
         raise ValueError(f"lr must be > 0, got {lr}")
     model_kwargs = dict(model_kwargs or {})
     device = dataset.x_train.device
-    if augment is None:
-        augment = dataset.channel == 3
+    use_augment = dataset.channel == 3 if augment is None else bool(augment)  # (the parameter shadows augment())
     h, w = _im_size(dataset)
     pad = max(1, h // 8)
 
@@ -168,8 +170,8 @@ def train_teacher(
                 g["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / total))
             idx = perm[s * batch_size : (s + 1) * batch_size]
             xb, yb = dataset.x_train[idx], dataset.y_train[idx]
-            if augment:
-                xb = augment(xb, gen, flip=dataset.channel == 3, pad=pad)
+            if use_augment:
+                xb = _augment(xb, gen, flip=dataset.channel == 3, pad=pad)
             loss = F.cross_entropy(net(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
