@@ -179,7 +179,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     from pydistill.data import load_dataset
-    from pydistill.evaluate import evaluate, evaluate_baseline
+    from pydistill.evaluate import evaluate, evaluate_baseline, resolve_protocol
     from pydistill.experiments import pool_experiments
     from pydistill.methods.dd import TRAIN_SCHEDULE, evaluate_dd, evaluate_dd_random
     from pydistill.runner import run_distillation
@@ -315,10 +315,17 @@ def main(argv=None):
         # random real subset, evaluated with the same protocol (ConvNet, as DC/DSA/DM/MTT)
         t0 = time.time()
         if not args.skip_random:  # under "paper": once per compared protocol (DC's, and DSA/DM/MTT's)
+            seen = {}  # the same training spec under two protocols (DSA's "paper" and "uniform") is run once
             for protocol in protocols:
                 for compared in ("dc", "dsa") if protocol == "paper" else (None,):
                     t0 = time.time()
-                    res = evaluate_baseline(
+                    spec = resolve_protocol(protocol, compared, ds.name, "ConvNet", epochs=eval_epochs)
+                    key = json.dumps({k: v for k, v in spec.items() if k != "protocol"}, sort_keys=True)
+                    if key in seen:
+                        res = {m: {**r, "protocol": protocol} for m, r in seen[key].items()}
+                        record("random" + (f" (vs {compared})" if compared else ""), ipc, res, 0.0)
+                        continue
+                    res = seen[key] = evaluate_baseline(
                         ds,
                         "random",
                         ipc,
