@@ -402,9 +402,9 @@ def main(argv=None):
                         protocol=protocol,
                     )
                     pooled_rows.setdefault(f"{name}|{protocol}", []).append(res)
-                    if best is not None:
-                        extra = {**extra, "best_iteration": extra.get("best_iteration", []) + [best["iteration"]]}
-                    extras[f"{name}|{protocol}"] = extra
+                    label = f"{name}|{protocol}"
+                    bests = extras.get(label, {}).get("best_iteration", [])
+                    extras[label] = {**extra, **({"best_iteration": bests + [best["iteration"]]} if best else {})}
             for label, per_exp in pooled_rows.items():
                 row_name = label.split("|")[0]
                 record(row_name, ipc, pool_experiments(per_exp), t_distill / args.experiments, extras.get(label))
