@@ -317,29 +317,12 @@ def main(argv=None):
             aug_rows.append(
                 {"step": n, "seed": s, "group": dsa_params.official_group(s, strategy), "err": max_abs(ours_x, off)}
             )
-    ref_img, ref_lr, ref_loss = official_mtt_iteration(
-        utils,
-        reparam,
-        image_syn=images0,
-        syn_lr=lr0,
-        label_syn=labels,
-        start=start,
-        target=target,
-        batches=batches,
-        lr_img=a.lr_img,
-        lr_lr=a.lr_lr,
-        dims=dims,
-        dsa_strategy=strategy,
-        dsa_seeds=seeds,
-    )
 
-    self_err = None
-    if a.perturb > 0:  # conditioning: the official iteration again from images0 * (1 + perturb * N(0, 1))
-        noise = torch.randn(images0.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
-        pert_img, pert_lr, pert_loss = official_mtt_iteration(
+    def official_from(image_syn):  # the official iteration from these images, everything else as above
+        return official_mtt_iteration(
             utils,
             reparam,
-            image_syn=images0 * (1 + a.perturb * noise),
+            image_syn=image_syn,
             syn_lr=lr0,
             label_syn=labels,
             start=start,
@@ -351,6 +334,13 @@ def main(argv=None):
             dsa_strategy=strategy,
             dsa_seeds=seeds,
         )
+
+    ref_img, ref_lr, ref_loss = official_from(images0)
+
+    self_err = None
+    if a.perturb > 0:  # conditioning: the official iteration again from images0 * (1 + perturb * N(0, 1))
+        noise = torch.randn(images0.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
+        pert_img, pert_lr, pert_loss = official_from(images0 * (1 + a.perturb * noise))
         self_err = {
             "perturb": a.perturb,
             "max_abs_err_images": max_abs(pert_img, ref_img),
