@@ -218,7 +218,7 @@ def _print_accuracies(acc: dict) -> None:
 def _cmd_evaluate(args) -> int:
     from pydistill.data import load_dataset
     from pydistill.evaluate import evaluate
-    from pydistill.experiments import pool_experiments
+    from pydistill.experiments import experiment_seed, pool_experiments
     from pydistill.synthetic import SyntheticSet
     from pydistill.utils import atomic_write_text, ensure_writable_file, resolve_device
 
@@ -255,7 +255,7 @@ def _cmd_evaluate(args) -> int:
                 device=device,
                 progress=not args.no_progress,
                 resume_dir=_resume_dir(args),
-                **{**kwargs, "seed": kwargs["seed"] + k},
+                **{**kwargs, "seed": experiment_seed(kwargs["seed"], k)},
             )
         )
     res = per_set[0] if len(sets) == 1 else pool_experiments(per_set)

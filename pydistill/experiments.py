@@ -22,12 +22,19 @@ import numpy as np
 from pydistill.runner import run_distillation
 from pydistill.utils import RunLock, atomic_write_text, ensure_writable_dir, to_jsonable
 
-__all__ = ["STATISTICS", "experiment_accuracies", "pool_experiments", "run_experiments"]
+__all__ = ["STATISTICS", "experiment_accuracies", "experiment_seed", "pool_experiments", "run_experiments"]
 
 # "final": each experiment's final set (DC/DSA/DM); "best": each experiment's best evaluated set (MTT)
 STATISTICS = ("final", "best")
 # the fields of an evaluation result that describe its protocol (the same for every experiment)
 _SPEC_FIELDS = ("protocol", "augmentation", "strategy", "epochs", "lr_schedule", "official_statistic")
+
+
+def experiment_seed(seed: int, k: int) -> int:
+    """The seed of experiment ``k`` (0-based) of a series started at ``seed``: its method seed and, from the
+    series' evaluation seed, its evaluation networks' seed (``distill --experiments``, ``evaluate --synthetic A B``,
+    ``benchmarks/experiments/accuracy.py``)."""
+    return int(seed) + int(k)
 
 
 def experiment_accuracies(metrics: dict, statistic: str = "final") -> dict[str, dict]:
@@ -93,7 +100,7 @@ def run_experiments(
     statistic: str = "final",
     **run_kwargs,
 ) -> dict:
-    """Run ``experiments`` distillations, ``make_method(seed + k)`` into ``out_dir/exp-k``, and pool them.
+    """Run ``experiments`` distillations, ``make_method(experiment_seed(seed, k))`` into ``out_dir/exp-k``; pool them.
 
     ``run_kwargs`` go to :func:`pydistill.runner.run_distillation` (a final evaluation is required). Rerunning
     resumes every unfinished experiment; finished ones are re-read from their evaluation records. Returns the
@@ -110,11 +117,11 @@ def run_experiments(
     per_exp, runs = [], []
     with RunLock(out, command="pydistill experiments"):
         for k in range(experiments):
-            method = make_method(seed + k)
+            method = make_method(experiment_seed(seed, k))
             kwargs = dict(run_kwargs)
             if "eval_kwargs" in kwargs:  # fresh evaluation networks per experiment too (seed + k)
                 ev = dict(kwargs["eval_kwargs"] or {})
-                kwargs["eval_kwargs"] = {**ev, "seed": int(ev.get("seed", seed)) + k}
+                kwargs["eval_kwargs"] = {**ev, "seed": experiment_seed(ev.get("seed", seed), k)}
             metrics = run_distillation(method, out / f"exp-{k}", **kwargs)
             res = experiment_accuracies(metrics, statistic)
             per_exp.append(res)
@@ -122,7 +129,7 @@ def run_experiments(
             runs.append(
                 {
                     "out": f"exp-{k}",
-                    "seed": seed + k,
+                    "seed": experiment_seed(seed, k),
                     "mean": float(np.mean(first["accs"])),
                     "iteration": first.get("iteration", metrics["iterations"]),
                     "wall_time_s": metrics["wall_time_s"],

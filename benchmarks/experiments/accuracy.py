@@ -180,7 +180,7 @@ def main(argv=None):
 
     from pydistill.data import load_dataset
     from pydistill.evaluate import evaluate, evaluate_baseline, resolve_protocol
-    from pydistill.experiments import pool_experiments
+    from pydistill.experiments import experiment_seed, pool_experiments
     from pydistill.methods.dd import TRAIN_SCHEDULE, evaluate_dd, evaluate_dd_random
     from pydistill.runner import run_distillation
 
@@ -348,7 +348,7 @@ def main(argv=None):
             extras: dict[str, dict] = {}
             t_distill = 0.0
             for e in range(args.experiments):  # the official statistic: experiments x networks, pooled
-                seed = args.seed + e
+                seed = experiment_seed(args.seed, e)
                 method = cls(ds, ipc, config=cfg, device=args.device, seed=seed)
                 t0 = time.time()
                 out = os.path.join(work, f"{name}-ipc{ipc}" + (f"-exp{e}" if e else ""))
