@@ -313,17 +313,17 @@ def main(argv=None):
 
     for ipc in ipcs:
         # random real subset, evaluated with the same protocol (ConvNet, as DC/DSA/DM/MTT)
-        t0 = time.time()
         if not args.skip_random:  # under "paper": once per compared protocol (DC's, and DSA/DM/MTT's)
             seen = {}  # the same training spec under two protocols (DSA's "paper" and "uniform") is run once
             for protocol in protocols:
                 for compared in ("dc", "dsa") if protocol == "paper" else (None,):
                     t0 = time.time()
+                    label = "random" + (f" (vs {compared})" if compared else "")
                     spec = resolve_protocol(protocol, compared, ds.name, "ConvNet", epochs=eval_epochs)
                     key = json.dumps({k: v for k, v in spec.items() if k != "protocol"}, sort_keys=True)
                     if key in seen:
                         res = {m: {**r, "protocol": protocol} for m, r in seen[key].items()}
-                        record("random" + (f" (vs {compared})" if compared else ""), ipc, res, 0.0)
+                        record(label, ipc, res, 0.0)
                         continue
                     res = seen[key] = evaluate_baseline(
                         ds,
@@ -339,7 +339,7 @@ def main(argv=None):
                         protocol=protocol,
                         compared_with=compared,
                     )
-                    record("random" + (f" (vs {compared})" if compared else ""), ipc, res, time.time() - t0)
+                    record(label, ipc, res, time.time() - t0)
         for name in methods:
             cls, cfg = _config(name, ds, ipc, overrides, buffers)
             model, kw = _eval_model(cfg, name, buffers)
