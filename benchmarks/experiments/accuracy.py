@@ -407,7 +407,9 @@ def main(argv=None):
                     extras[label] = {**extra, **({"best_iteration": bests + [best["iteration"]]} if best else {})}
             for label, per_exp in pooled_rows.items():
                 row_name = label.split("|")[0]
-                record(row_name, ipc, pool_experiments(per_exp), t_distill / args.experiments, extras.get(label))
+                statistic = "best" if every and row_name == name else "final"  # MTT: each run's best evaluated set
+                pooled = pool_experiments(per_exp, statistic=statistic)
+                record(row_name, ipc, pooled, t_distill / args.experiments, extras.get(label))
 
     stem, lines = write(rows)
     print("\n".join(lines))
