@@ -72,7 +72,7 @@ class Config:
     rounds: int = 220  # synthesis rounds = epochs (fast_cifar.sh --epochs 220, one round per epoch: ep_steps/kd_steps)
     warmup: int = 20  # first rounds without adversarial term and without KD (fast_cifar.sh --warmup 20)
     synthesis_batch: int = 256  # images per round (datafree_kd.py: synthesis_batch_size = batch_size 256)
-    g_steps: int = 2  # inner generator steps per round (fast_cifar.sh --g_steps 2)
+    g_steps: int = 2  # inner generator steps a round (fast_cifar.sh --g_steps 2; Fast-10 row: 10, lr_g 2e-3, lr_z 0.01)
     kd_steps: int = 400  # student steps per round (fast_cifar.sh --kd_steps 400)
     batch_size: int = 256  # student mini-batch (fast_cifar.sh --batch_size 256)
     buffer_size: int | None = None  # replay buffer capacity; None = buffer_fraction x training-set size
