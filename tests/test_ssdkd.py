@@ -667,3 +667,23 @@ def test_train_teacher_augments_three_channel_data(tmp_path, monkeypatch):
         ds, tmp_path / "t2.pt", model="ConvNet", epochs=1, batch_size=16, verbose=False, augment=False
     )
     assert calls == []
+
+
+def test_inversion_inspection_records_the_buffer(digits_small, tiny_teacher):
+    import importlib.util
+    import os
+
+    from pydistill.methods.ssdkd import SSDKD
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "experiments", "ssdkd_inversion.py")
+    spec = importlib.util.spec_from_file_location("ssdkd_inversion", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    m = SSDKD(digits_small, 1, config=_tiny_config(tiny_teacher[0], rounds=3, warmup=1, eval_every=2), seed=0)
+    recs = mod.inspect_rounds(m, 3)
+    assert [r["round"] for r in recs] == [0, 1, 2]
+    assert [sum(r["buffer_class_counts"]) for r in recs] == [10, 20, 25]  # buffer_size 25 caps the third round
+    assert recs[-1]["buffer_class_counts"] == torch.bincount(m.buffer.labels[:25], minlength=10).tolist()
+    probs = torch.softmax(m.buffer.logits[:25], 1)
+    assert recs[-1]["teacher_pmax"] == pytest.approx(float(probs.max(1).values.mean()))
+    assert "student_acc" in recs[1] and "student_acc" not in recs[0] and recs[0]["warmup"] == 1.0
