@@ -14,6 +14,7 @@ Writes nothing unless ``--out`` (a JSON file of the per-round records) is given.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -23,9 +24,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from pydistill.config_overrides import parse_overrides  # noqa: E402
+from pydistill.config_overrides import make_config, parse_overrides  # noqa: E402
 from pydistill.data import load_dataset  # noqa: E402
 from pydistill.methods.ssdkd import SSDKD, Config  # noqa: E402
+from pydistill.methods.ssdkd.losses import class_counts  # noqa: E402
 
 
 def inspect_rounds(method: SSDKD, rounds: int) -> list[dict]:
@@ -41,7 +43,7 @@ def inspect_rounds(method: SSDKD, rounds: int) -> list[dict]:
         rec.update(
             round=it,
             teacher_pmax=float(probs.max(1).values.mean()),
-            buffer_class_counts=torch.bincount(method.buffer.labels[:n], minlength=k).tolist(),
+            buffer_class_counts=class_counts(method.buffer.labels[:n], k).long().tolist(),
             seconds=time.perf_counter() - t0,
         )
         records.append(rec)
@@ -71,17 +73,14 @@ def main(argv=None) -> list[dict]:
     if not os.path.isfile(args.teacher):
         ap.error(f"--teacher {args.teacher!r} is not a file")
     try:
-        over = parse_overrides(Config, args.set)
+        cfg = make_config(SSDKD, args.dataset, 1, overrides=parse_overrides(Config, args.set))
     except ValueError as e:
         ap.error(str(e))
-    dev = torch.device(args.device)
-    ds = load_dataset(args.dataset, device=dev)
-    cfg = Config.for_dataset(args.dataset)
-    for key, val in over.items():
-        setattr(cfg, key, val)
-    cfg.teacher, cfg.eval_every = args.teacher, args.eval_every
+    cfg = dataclasses.replace(cfg, teacher=args.teacher, eval_every=args.eval_every)
     if args.rounds > cfg.rounds:
         ap.error(f"--rounds {args.rounds} exceeds the Config's rounds ({cfg.rounds}); raise it with --set rounds=N")
+    dev = torch.device(args.device)
+    ds = load_dataset(args.dataset, device=dev)
     records = inspect_rounds(SSDKD(ds, 1, config=cfg, device=dev, seed=args.seed), args.rounds)
     if args.out:
         tmp = args.out + ".tmp"

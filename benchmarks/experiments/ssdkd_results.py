@@ -44,6 +44,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from pydistill.config_overrides import make_config, parse_overrides  # noqa: E402
 from pydistill.data import load_dataset  # noqa: E402
 from pydistill.evaluate import test_accuracy  # noqa: E402
 from pydistill.methods.ssdkd import SSDKD, Config, train_teacher  # noqa: E402
@@ -414,6 +415,12 @@ def main(argv=None) -> str:
         variants += [v for v in long_variants if v not in variants]
     if args.tag and not all(ch.isalnum() or ch in "-_." for ch in args.tag):
         ap.error(f"--tag must be letters, digits, '-', '_' or '.', got {args.tag!r}")
+    try:  # before the teacher trains: a bad --set fails in a second, not after the teacher's epochs
+        base_cfg = make_config(
+            SSDKD, args.dataset, 1, iterations=args.rounds, overrides=parse_overrides(Config, args.set)
+        )
+    except ValueError as e:
+        ap.error(str(e))
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     dev = torch.device(args.device)
@@ -431,15 +438,7 @@ def main(argv=None) -> str:
     with open(tpath, "rb") as f:
         teacher_digest = hashlib.sha256(f.read()).hexdigest()
 
-    base_cfg = Config.for_dataset(args.dataset)
-    base_cfg.teacher = tpath
-    base_cfg.eval_every = args.eval_every
-    if args.rounds:
-        base_cfg.rounds = args.rounds
-    for item in args.set:
-        k, v = item.split("=", 1)
-        cur = getattr(base_cfg, k)
-        setattr(base_cfg, k, type(cur)(v) if not isinstance(cur, bool) else v.lower() in ("1", "true", "yes"))
+    base_cfg = dataclasses.replace(base_cfg, teacher=tpath, eval_every=args.eval_every)
     if mults and not base_cfg.eval_every:
         ap.error("--long-multipliers needs --eval-every > 0 (the curves give the images-to-accuracy figures)")
 
